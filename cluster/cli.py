@@ -1,0 +1,214 @@
+"""`medray …`: the command-line front door.
+
+Each command's module is imported only when that command runs, so `medray --help` is
+instant and a data command never pays for importing torch. Problems the user can fix
+(`MedrayError`) print one line to stderr and exit 2; `--json` output goes to stdout
+alone, progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from cluster.errors import MedrayError
+
+log = logging.getLogger("medray")
+
+
+def _csv_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> None:
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(human())
+
+
+def _storage(args: argparse.Namespace):
+    from cluster.storage import Storage
+
+    return Storage.from_cli(args.storage)
+
+
+# data ----------------------------------------------------------------------------
+def _data_import(args: argparse.Namespace) -> None:
+    from cluster.config import DataConfig, validate_config
+    from train.data.importers import ImportRequest, import_dataset
+
+    data = validate_config(
+        {k: v for k, v in {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+                            "seed": args.seed, "image_size": args.size}.items() if v is not None},
+        DataConfig,
+    )
+    request = ImportRequest(
+        kind=args.kind, source=args.source, name=args.name, dataset=args.dataset, target=args.target,
+        columns=args.columns, missing=args.missing, categorical=args.categorical or [], group=args.group,
+        drop=args.drop or [], classes=args.classes, sep=args.sep, grayscale=not args.rgb,
+        license=args.license, data=data,
+    )
+    manifest = import_dataset(_storage(args), request)
+    _emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
+
+
+def describe_text(manifest: dict[str, Any]) -> str:
+    splits = manifest["splits"]
+    quality = manifest["quality"]
+    lines = [
+        f"{manifest['name']} v{manifest['version']}  ({manifest['modality']}, {len(manifest['classes'])} classes)",
+        f"  classes:  {', '.join(manifest['classes'])}",
+        "  splits:   " + "  ".join(f"{name} {splits[name]['rows']}" for name in ("train", "val", "test")),
+    ]
+    schema = manifest["schema"]
+    if "features" in schema:
+        lines.append(f"  features: {len(schema['features'])} ({', '.join(f['name'] for f in schema['features'][:8])}"
+                     + (", …)" if len(schema["features"]) > 8 else ")"))
+    else:
+        lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}")
+    for name in ("train", "val", "test"):
+        counts = ", ".join(f"{cls} {n}" for cls, n in splits[name]["class_counts"].items())
+        lines.append(f"  {name:<5} by class: {counts}")
+    duplicates = quality["duplicates_across_splits"]
+    lines += [
+        f"  missing values: {quality['missing_values_total']}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in quality['missing_values'].items() if v)})"
+           if quality["missing_values_total"] else ""),
+        f"  duplicates across splits: {sum(duplicates.values())} ({', '.join(f'{k} {v}' for k, v in duplicates.items())})",
+        f"  constant features: {quality['constant_features']}",
+        f"  source:  {manifest['source'].get('uri')}  sha256 {manifest['source'].get('sha256', '')[:16]}…",
+        f"  license: {manifest['license']}",
+        f"  created: {manifest['created_at']}",
+    ]
+    return "\n".join(lines)
+
+
+def _data_list(args: argparse.Namespace) -> None:
+    from train.data.dataset import list_datasets, read_manifest
+
+    storage = _storage(args)
+    storage.check()
+    rows = []
+    for name, versions in list_datasets(storage).items():
+        latest = read_manifest(storage, f"{name}@v{versions[-1]}")
+        rows.append({
+            "name": name, "versions": versions, "latest": versions[-1], "modality": latest["modality"],
+            "classes": latest["classes"],
+            "rows": {split: info["rows"] for split, info in latest["splits"].items()},
+        })
+
+    def human() -> str:
+        if not rows:
+            return f"no datasets in {storage.root}"
+        header = f"{'name':<20} {'latest':>6} {'versions':>8}  {'modality':<9} {'train/val/test':<16} classes"
+        body = [
+            f"{r['name']:<20} {'v' + str(r['latest']):>6} {len(r['versions']):>8}  {r['modality']:<9} "
+            f"{'/'.join(str(r['rows'][s]) for s in ('train', 'val', 'test')):<16} {', '.join(r['classes'])}"
+            for r in rows
+        ]
+        return "\n".join([f"datasets in {storage.root}", header, *body])
+
+    _emit(args, {"storage": storage.root, "datasets": rows}, human)
+
+
+def _data_describe(args: argparse.Namespace) -> None:
+    from train.data.dataset import read_manifest
+
+    manifest = read_manifest(_storage(args), args.ref)
+    _emit(args, manifest, lambda: describe_text(manifest))
+
+
+# demo ----------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> None:
+    from cluster.demo import run_demo
+
+    summary = run_demo(_storage(args))
+    _emit(args, summary, lambda: summary["text"])
+
+
+# parser --------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URI",
+                        help="storage root: file://PATH, a path, or s3://BUCKET/PREFIX (default: $MEDRAY_STORAGE, "
+                             "else ~/.medray)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medray", description="Train, tune and serve medical AI models on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="import, list and describe datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    imp = data_commands.add_parser(
+        "import", help="import a source into a new dataset version",
+        description="Import a source (file, folder, s3:// object, URL or dataset name) as a new, validated "
+                    "dataset version.",
+    )
+    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images"])
+    imp.add_argument("source", help="path, s3:// or https:// URL, or a dataset name (MedMNIST flag, UCR "
+                                    "dataset, scikit-learn dataset)")
+    imp.add_argument("--name", required=True, help="dataset name on storage")
+    imp.add_argument("--dataset", help="which dataset inside a multi-dataset source (UCR folder)")
+    imp.add_argument("--target", help="csv: the label column")
+    imp.add_argument("--columns", type=_csv_list, help="csv: column names for a file without a header row")
+    imp.add_argument("--missing", type=_csv_list, help="csv: cell texts meaning missing (default: '',?,NA,NaN)")
+    imp.add_argument("--categorical", type=_csv_list, help="csv: categorical columns")
+    imp.add_argument("--group", help="csv: rows sharing this column (e.g. patient id) stay in one split")
+    imp.add_argument("--drop", type=_csv_list, help="csv: columns to leave out (identifiers, free text)")
+    imp.add_argument("--classes", type=_csv_list, help="class names in label order; other labels are refused")
+    imp.add_argument("--sep", default=",", help="csv: field separator")
+    imp.add_argument("--size", type=int, help="images: side length to resize to (default 64)")
+    imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")
+    imp.add_argument("--val-fraction", type=float, help="share carved for validation (default 0.15)")
+    imp.add_argument("--test-fraction", type=float, help="share held out for test when the source has none")
+    imp.add_argument("--seed", type=int, help="split seed (default 0)")
+    imp.add_argument("--license", help="license or terms of the source, recorded in the manifest")
+    _common(imp)
+    imp.set_defaults(handler=_data_import)
+
+    lst = data_commands.add_parser("list", help="datasets and their versions")
+    _common(lst)
+    lst.set_defaults(handler=_data_list)
+
+    desc = data_commands.add_parser("describe", help="a dataset version's manifest")
+    desc.add_argument("ref", metavar="NAME[@vN]")
+    _common(desc)
+    desc.set_defaults(handler=_data_describe)
+
+    demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
+    _common(demo)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="medray: %(message)s"
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "ray"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.handler(args)
+    except MedrayError as error:
+        print(f"medray: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `medray … | head` closed the pipe; not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("medray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed configuration, validated once.
+
+A config is a YAML file plus `key=value` overrides from the command line
+(`optim.lr=3e-4 data.dataset=wdbc`). Everything is checked here, before any work
+starts; an invalid value is reported with its key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cluster.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class StorageConfig(Section):
+    """Where datasets, runs and models live, and how S3 is talked to."""
+
+    root: str | None = None
+    """`file:///path`, a plain path, or `s3://bucket/prefix`. None: `--storage`, then
+    `MEDRAY_STORAGE`, then `file://~/.medray`."""
+    server_side_encryption: Literal["AES256", "aws:kms", "none"] = "AES256"
+    """Requested on every S3 write; "none" only for servers that reject the header."""
+    kms_key_id: str | None = None
+    """KMS key for `aws:kms`; None uses the bucket's default key."""
+    max_attempts: int = Field(5, ge=1, le=20)
+    """Attempts per S3 request; transient errors are retried with exponential backoff."""
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+
+    @field_validator("root")
+    @classmethod
+    def _root_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme not in ("file", "s3"):
+                raise ValueError(f"scheme '{scheme}://' is not supported; use file:// or s3://")
+        return value
+
+
+class DataConfig(Section):
+    """How a dataset is imported and split."""
+
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.9)
+    """Share of rows carved for validation when the source has no validation split."""
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.9)
+    """Share of rows held out for testing when the source has no test split."""
+    seed: int = 0
+    """Seeds every split, so re-importing the same source gives the same rows."""
+    image_size: int = Field(64, ge=8, le=1024)
+    """Side length images are resized to by the `images` importer."""
+
+
+class MedrayConfig(Section):
+    """The whole configuration; each section validates itself."""
+
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at `loc`'s parent, to say what would have been accepted."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem: key, value given, what is allowed."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(model, item["loc"]))
+            lines.append(f"unknown config key '{key}'; allowed here: {allowed}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': value {item.get('input')!r} is not allowed: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def validate_config(raw: dict[str, Any], model: type[BaseModel] = MedrayConfig) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, model)) from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = MedrayConfig,
+) -> Any:
+    """Read YAML (optional), apply `key=value` overrides, validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        config_path = Path(path)
+        if not config_path.is_file():
+            raise ConfigError(f"config file '{config_path}' does not exist")
+        try:
+            loaded = yaml.safe_load(config_path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file '{config_path}' is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{config_path}' must hold a mapping of sections")
+        raw = loaded or {}
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return validate_config(raw, model)

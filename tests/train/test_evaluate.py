@@ -1,0 +1,320 @@
+"""train/evaluate.py: values against scikit-learn and hand computation, calibration,
+thresholds, and the written report."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from train.evaluate import (
+    apply_temperature,
+    auroc_with_ci,
+    choose_threshold,
+    classification_metrics,
+    evaluate_model_outputs,
+    evaluate_split,
+    expected_calibration_error,
+    fit_temperature,
+    write_report,
+)
+
+# Binary scores with ties inside and across classes.
+Y_BIN = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0])
+P_BIN = np.array([0.1, 0.4, 0.4, 0.8, 0.3, 0.3, 0.6, 0.6, 0.9, 0.1, 0.55, 0.2])
+
+# Three classes; rounding to one decimal creates ties in every column.
+Y_MC = np.array([0, 1, 2, 2, 1, 0, 0, 2, 1, 1, 2, 0])
+P_MC = np.array([
+    [0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4],
+    [0.4, 0.4, 0.2], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4], [0.2, 0.2, 0.6],
+    [0.1, 0.8, 0.1], [0.3, 0.4, 0.3], [0.2, 0.6, 0.2], [0.4, 0.3, 0.3],
+])
+
+
+def calibrated_logits(n, n_classes, rng, scale=2.0):
+    """Logits and labels drawn from softmax(logits): calibrated by construction."""
+    logits = rng.normal(scale=scale, size=(n, n_classes))
+    probs = apply_temperature(logits, 1.0)
+    cumulative = probs.cumsum(axis=1)
+    labels = (rng.random((n, 1)) > cumulative).sum(axis=1)
+    return logits, np.minimum(labels, n_classes - 1)
+
+
+# --- AUROC ------------------------------------------------------------------------------
+
+
+def test_binary_auroc_matches_sklearn_with_ties():
+    result = auroc_with_ci(Y_BIN, P_BIN, n_boot=0)
+    assert result["value"] == pytest.approx(roc_auc_score(Y_BIN, P_BIN), abs=1e-12)
+    # (N, 2) probabilities give the same value as the P(class 1) vector.
+    two_col = np.stack([1 - P_BIN, P_BIN], axis=1)
+    assert auroc_with_ci(Y_BIN, two_col, n_boot=0)["value"] == pytest.approx(result["value"])
+
+
+def test_multiclass_auroc_matches_sklearn_ovr_macro_with_ties():
+    expected = roc_auc_score(Y_MC, P_MC, multi_class="ovr", average="macro")
+    assert auroc_with_ci(Y_MC, P_MC, n_boot=0)["value"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_auroc_matches_sklearn_on_random_tied_scores():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 500)
+    p = np.round(rng.random(500) * 0.6 + 0.3 * y, 1)
+    assert auroc_with_ci(y, p, n_boot=0)["value"] == pytest.approx(roc_auc_score(y, p))
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+
+    def ci(n):
+        y = rng.integers(0, 2, n)
+        p = rng.random(n) + 0.5 * y
+        return auroc_with_ci(y, p, n_boot=500, seed=1)
+
+    small, large = ci(100), ci(4000)
+    for r in (small, large):
+        assert r["low"] <= r["value"] <= r["high"]
+    assert (large["high"] - large["low"]) < 0.5 * (small["high"] - small["low"])
+
+
+def test_bootstrap_is_seeded_and_fast():
+    import time
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 1000)
+    p = rng.random(1000) + 0.3 * y
+    start = time.perf_counter()
+    first = auroc_with_ci(y, p, n_boot=1000, seed=7)
+    assert time.perf_counter() - start < 1.0
+    assert auroc_with_ci(y, p, n_boot=1000, seed=7) == first
+
+
+def test_multiclass_bootstrap_ci_contains_estimate():
+    r = auroc_with_ci(Y_MC, P_MC, n_boot=300, seed=0)
+    assert r["low"] <= r["value"] <= r["high"]
+
+
+def test_single_class_gives_none_auroc_without_exception():
+    assert auroc_with_ci(np.ones(5, int), np.linspace(0, 1, 5)) == {
+        "value": None, "low": None, "high": None,
+    }
+    result = evaluate_split(np.zeros(6, int), np.random.default_rng(0).normal(size=(6, 2)),
+                            ["neg", "pos"], n_boot=50)
+    assert result["auroc"] is None and result["auroc_ci"] == [None, None]
+    assert result["sensitivity"] is None  # no positives: undefined
+    assert result["specificity"] is not None
+    json.dumps(result)
+
+
+# --- Classification metrics ---------------------------------------------------------------
+
+
+def test_binary_metrics_hand_computed():
+    # TP=8, FN=2, FP=3, TN=7, as P(class 1) just above/below the 0.5 default.
+    y = np.array([1] * 10 + [0] * 10)
+    p = np.array([0.9] * 8 + [0.2] * 2 + [0.7] * 3 + [0.1] * 7)
+    m = classification_metrics(y, p, class_names=["healthy", "disease"])
+    assert m["confusion_matrix"] == [[7, 3], [2, 8]]
+    assert m["sensitivity"] == pytest.approx(8 / 10)
+    assert m["specificity"] == pytest.approx(7 / 10)
+    assert m["ppv"] == pytest.approx(8 / 11)
+    assert m["npv"] == pytest.approx(7 / 9)
+    assert m["f1"] == pytest.approx(2 * 8 / (2 * 8 + 3 + 2))
+    assert m["accuracy"] == pytest.approx(15 / 20)
+    assert m["threshold"] == 0.5
+    assert m["per_class"]["disease"] == {
+        "precision": pytest.approx(8 / 11), "recall": pytest.approx(0.8),
+        "f1": pytest.approx(16 / 21), "support": 10,
+    }
+
+
+def test_binary_metrics_match_sklearn_at_threshold():
+    threshold = 0.4
+    pred = (P_BIN >= threshold).astype(int)
+    m = classification_metrics(Y_BIN, P_BIN, threshold=threshold)
+    assert m["confusion_matrix"] == confusion_matrix(Y_BIN, pred).tolist()
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(Y_BIN, pred))
+    assert m["f1"] == pytest.approx(f1_score(Y_BIN, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(Y_BIN, pred))
+    assert m["specificity"] == pytest.approx(recall_score(Y_BIN, pred, pos_label=0))
+
+
+def test_multiclass_metrics_match_sklearn():
+    pred = P_MC.argmax(axis=1)
+    m = classification_metrics(Y_MC, P_MC, class_names=["a", "b", "c"])
+    assert m["confusion_matrix"] == confusion_matrix(Y_MC, pred).tolist()
+    assert m["accuracy"] == pytest.approx(np.mean(pred == Y_MC))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(Y_MC, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(Y_MC, pred, average="macro"))
+    assert m["f1"] == pytest.approx(f1_score(Y_MC, pred, average="macro"))
+    per_class_f1 = f1_score(Y_MC, pred, average=None)
+    for name, value in zip("abc", per_class_f1):
+        assert m["per_class"][name]["f1"] == pytest.approx(value)
+    # Macro specificity from the one-vs-rest confusion matrices.
+    cm = confusion_matrix(Y_MC, pred)
+    spec = [(cm.sum() - cm[k].sum() - cm[:, k].sum() + cm[k, k]) / (cm.sum() - cm[k].sum())
+            for k in range(3)]
+    assert m["specificity"] == pytest.approx(np.mean(spec))
+    assert m["threshold"] is None
+    with pytest.raises(ValueError, match="binary"):
+        classification_metrics(Y_MC, P_MC, threshold=0.5)
+
+
+def test_zero_division_is_none_without_warnings():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4])  # nothing reaches 0.5: no positive calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y, p)
+    assert m["ppv"] is None
+    assert m["per_class"]["1"]["precision"] is None
+    assert m["sensitivity"] == 0.0 and m["f1"] == 0.0  # defined: 0 / 2
+    assert m["npv"] == pytest.approx(0.5)
+
+
+# --- Thresholds -------------------------------------------------------------------------
+
+
+def test_youden_threshold_hand_computed():
+    y = np.array([0, 0, 0, 1, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    # J at 0.7 = 2/3 + 1 - 1 = 0.667; at 0.4 = 1 + 3/5 - 1 = 0.6; every other cut is lower.
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.7)
+
+
+def test_target_sensitivity_threshold_reaches_target_on_val():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(rng.normal(0.4 + 0.2 * y, 0.15), 0, 1)
+    t = choose_threshold(y, p, "target_sensitivity", target_sensitivity=0.9)
+    assert np.mean(p[y == 1] >= t) >= 0.9
+    # It is the highest such threshold: the next score up misses the target.
+    higher = np.min(p[p > t])
+    assert np.mean(p[y == 1] >= higher) < 0.9
+
+
+def test_threshold_errors_are_clear():
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.ones(4, int), np.linspace(0, 1, 4))
+    with pytest.raises(ValueError, match="target_sensitivity"):
+        choose_threshold(Y_BIN, P_BIN, "target_sensitivity")
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        choose_threshold(Y_BIN, P_BIN, "f1")
+
+
+# --- Calibration ------------------------------------------------------------------------
+
+
+def test_temperature_recovers_overconfidence_and_reduces_ece():
+    logits, y = calibrated_logits(5000, 3, np.random.default_rng(0))
+    overconfident = 5.0 * logits
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(5.0, rel=0.1)
+    before = expected_calibration_error(y, apply_temperature(overconfident, 1.0))
+    after = expected_calibration_error(y, apply_temperature(overconfident, t))
+    assert after < 0.5 * before
+    assert after < 0.03
+
+
+def test_temperature_of_calibrated_logits_is_near_one():
+    logits, y = calibrated_logits(5000, 2, np.random.default_rng(1))
+    assert fit_temperature(logits, y) == pytest.approx(1.0, rel=0.1)
+
+
+def test_ece_of_perfectly_calibrated_set_is_small():
+    rng = np.random.default_rng(4)
+    p = rng.random(20000)
+    y = (rng.random(20000) < p).astype(int)
+    assert expected_calibration_error(y, p) < 0.02
+
+
+def test_ece_hand_computed_uses_top_label_confidence():
+    # P(class 1) = 0.2 is a class-0 call with confidence 0.8, so all four rows share one
+    # bin at confidence 0.8; rows 0-2 are right, row 3 wrong: ECE = |3/4 - 0.8| = 0.05.
+    # (Binning P(class 1) instead would split them and give a different value.)
+    y = np.array([1, 0, 0, 0])
+    p = np.array([0.8, 0.2, 0.2, 0.8])
+    assert expected_calibration_error(y, p, n_bins=10) == pytest.approx(0.05)
+
+
+# --- End to end -------------------------------------------------------------------------
+
+
+def binary_outputs(rng, n):
+    logits, y = calibrated_logits(n, 2, rng)
+    return y, 3.0 * logits  # over-confident, as trained networks tend to be
+
+
+def test_evaluate_model_outputs_is_json_and_consistent():
+    rng = np.random.default_rng(6)
+    val, test = binary_outputs(rng, 600), binary_outputs(rng, 600)
+    result = evaluate_model_outputs(val, test, ["benign", "malignant"], n_boot=200)
+    assert set(result) == {"val", "test", "temperature", "threshold"}
+    assert result == json.loads(json.dumps(result))
+    assert result["temperature"] == pytest.approx(3.0, rel=0.2)
+    for split in ("val", "test"):
+        s = result[split]
+        assert s["threshold"] == result["threshold"]
+        assert s["temperature"] == result["temperature"]
+        assert s["ece_calibrated"] < s["ece"]
+        assert s["auroc_ci"][0] <= s["auroc"] <= s["auroc_ci"][1]
+        assert s["n"] == 600
+        assert {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv",
+                "f1", "confusion_matrix", "per_class"} <= set(s)
+    # The val metrics use the calibrated probabilities the threshold was chosen on.
+    y_val, z_val = val
+    pred = apply_temperature(z_val, result["temperature"])[:, 1] >= result["threshold"]
+    assert result["val"]["sensitivity"] == pytest.approx(recall_score(y_val, pred))
+
+
+def test_evaluate_model_outputs_target_sensitivity_and_multiclass():
+    rng = np.random.default_rng(8)
+    val, test = binary_outputs(rng, 400), binary_outputs(rng, 400)
+    result = evaluate_model_outputs(val, test, ["neg", "pos"], "target_sensitivity",
+                                    target_sensitivity=0.95, n_boot=0)
+    assert result["val"]["sensitivity"] >= 0.95
+    assert result["val"]["auroc_ci"] == [None, None]
+
+    z_val, y_val = calibrated_logits(300, 4, rng)
+    z_test, y_test = calibrated_logits(300, 4, rng)
+    result = evaluate_model_outputs((y_val, z_val), (y_test, z_test), list("abcd"), n_boot=100)
+    assert result["threshold"] is None
+    assert result["test"]["auroc"] == pytest.approx(roc_auc_score(
+        y_test, apply_temperature(z_test, result["temperature"]), multi_class="ovr"))
+    assert len(result["test"]["confusion_matrix"]) == 4
+
+
+def test_write_report_writes_valid_pngs_and_json(tmp_path):
+    rng = np.random.default_rng(9)
+    val, test = binary_outputs(rng, 300), binary_outputs(rng, 300)
+    names = ["benign", "malignant"]
+    metrics = evaluate_model_outputs(val, test, names, n_boot=100)
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_auroc": 0.7 + 0.02 * e,
+         "val_accuracy": 0.6 + 0.03 * e}
+        for e in range(1, 6)
+    ]
+    paths = write_report(tmp_path / "report", metrics, val, test, history, names)
+
+    assert set(paths) == {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"}
+    assert json.loads(Path(paths["metrics"]).read_text()) == metrics
+    for key in ("roc", "reliability", "confusion_matrix", "learning_curves"):
+        with open(paths[key], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        with Image.open(paths[key]) as image:
+            width, height = image.size
+            assert 300 <= width <= 2000 and 250 <= height <= 2000
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "confusion_matrix.png", "learning_curves.png", "metrics.json", "reliability.png",
+        "roc.png",
+    ]

@@ -1,0 +1,340 @@
+"""What an imported dataset is, how it is checked, and how a version is published.
+
+Every importer turns its source into an `ImportedDataset` held in memory; from there
+one path validates it, computes the quality report, writes Parquet and publishes a
+new version: payload files first, `manifest.json` last and exclusively, so a reader
+never sees a half-written version and two imports never claim the same number.
+
+Storage tree: `{root}/datasets/{name}/v{N}/manifest.json` and
+`{root}/datasets/{name}/v{N}/{train,val,test}/part-*.parquet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster.errors import MedrayError, NotFoundError
+from cluster.storage import AlreadyExistsError, Storage
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["image", "signal", "tabular"]
+SPLITS = ("train", "val", "test")
+LABEL_COLUMN = "label"
+ROWS_PER_FILE = 50_000
+MANIFEST_FORMAT = 1
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class DataImportError(MedrayError):
+    """A source that cannot become a dataset; the message names file, column or row."""
+
+
+@dataclass
+class Split:
+    """One split in memory: feature columns and integer labels (indices into classes)."""
+
+    features: pa.Table
+    labels: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImportedDataset:
+    """An importer's result, before it is validated and published."""
+
+    modality: Modality
+    classes: list[str]
+    splits: dict[str, Split]
+    schema: dict[str, Any]
+    """Feature schema: `{"column", "shape", "dtype"}` for image/signal,
+    `{"features": [{"name", "type", "categories"?}]}` for tabular."""
+    source: dict[str, Any]
+    """Where it came from: `kind`, `uri`, `sha256` (or per-file `files`), `options`."""
+    license: str
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def check_name(name: str) -> str:
+    if not _NAME_PATTERN.match(name or ""):
+        raise MedrayError(
+            f"dataset name '{name}' is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_files(paths: list[Path], root: Path | None = None) -> dict[str, Any]:
+    """`{"sha256": combined, "files": {name: sha256}}` for a source made of several files;
+    names are relative to `root` when given."""
+    files = {str(path.relative_to(root) if root else path.name): sha256_file(path) for path in sorted(paths)}
+    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
+    return {"sha256": combined, "files": files}
+
+
+def tensor_column(values: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, *shape) array -> one fixed-size-list column; the shape lives in the manifest."""
+    flat = np.ascontiguousarray(values).reshape(len(values), -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def tensor_from_column(column: pa.ChunkedArray | pa.Array, shape: list[int], dtype: str) -> np.ndarray:
+    """Inverse of `tensor_column`, without a Python loop over rows."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(dtype, copy=False).reshape(len(column), *shape)
+
+
+# Validation ------------------------------------------------------------------
+def validate(dataset: ImportedDataset) -> None:
+    """Refuse a dataset no model could learn from or be tested on, naming the problem."""
+    missing = [name for name in SPLITS if name not in dataset.splits]
+    if missing:
+        raise DataImportError(f"split(s) {', '.join(missing)} missing from the import")
+    if len(dataset.classes) < 2:
+        raise DataImportError(f"at least two classes are needed; found {dataset.classes}")
+    for name in SPLITS:
+        split = dataset.splits[name]
+        if split.rows == 0:
+            raise DataImportError(f"the {name} split is empty")
+        if split.features.num_rows != split.rows:
+            raise DataImportError(
+                f"the {name} split has {split.features.num_rows} feature rows but {split.rows} labels"
+            )
+        bad = np.flatnonzero((split.labels < 0) | (split.labels >= len(dataset.classes)))
+        if bad.size:
+            raise DataImportError(
+                f"the {name} split has a label outside the {len(dataset.classes)} known classes at row {int(bad[0])}"
+            )
+    train_classes = set(np.unique(dataset.splits["train"].labels).tolist())
+    if len(train_classes) < 2:
+        raise DataImportError("the train split holds a single class; a classifier needs at least two")
+
+
+# Quality report ----------------------------------------------------------------
+def _row_digests(table: pa.Table) -> np.ndarray:
+    """A 64-bit digest per row, for exact-duplicate detection across splits."""
+    digests = np.zeros(table.num_rows, dtype=np.uint64)
+    for column in table.columns:
+        column = column.combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            values = np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width))
+            row_bytes = values.view(np.uint8).reshape(len(values), -1)
+            column_digest = np.frombuffer(
+                b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in row_bytes),
+                dtype=np.uint64,
+            )
+        else:
+            column_digest = pd.util.hash_array(column.to_numpy(zero_copy_only=False))
+        digests = digests * np.uint64(1_000_003) ^ column_digest
+    return digests
+
+
+def _missing_per_column(dataset: ImportedDataset) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for split in dataset.splits.values():
+        for name, column in zip(split.features.column_names, split.features.columns):
+            missing = column.null_count
+            if pa.types.is_fixed_size_list(column.type):
+                values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                missing = int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0
+            elif pa.types.is_floating(column.type):
+                missing += int(np.isnan(column.to_numpy(zero_copy_only=False)).sum()) - column.null_count
+            counts[name] = counts.get(name, 0) + int(missing)
+    return counts
+
+
+def _constant_features(dataset: ImportedDataset) -> list[str] | dict[str, int]:
+    table = pa.concat_tables(split.features for split in dataset.splits.values())
+    if dataset.modality == "tabular":
+        return [
+            name for name, column in zip(table.column_names, table.columns)
+            if len(column.drop_null().unique()) <= 1
+        ]
+    # Image / signal: report how many positions (pixels, time steps) never change.
+    values = tensor_from_column(table.column(0), [-1], "float64")
+    constant = np.nanmax(values, axis=0) == np.nanmin(values, axis=0)
+    return {"constant_positions": int(constant.sum()), "positions": int(values.shape[1])}
+
+
+def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
+    digests = {name: _row_digests(split.features) for name, split in dataset.splits.items()}
+    train_digests = set(digests["train"].tolist())
+    duplicates = {
+        f"train_{name}": int(sum(d in train_digests for d in digests[name].tolist())) for name in ("val", "test")
+    }
+    duplicates["val_test"] = int(len(set(digests["val"].tolist()) & set(digests["test"].tolist())))
+    balance = {}
+    for name, split in dataset.splits.items():
+        counts = np.bincount(split.labels, minlength=len(dataset.classes))
+        balance[name] = {cls: round(float(n) / max(split.rows, 1), 4) for cls, n in zip(dataset.classes, counts)}
+    missing = _missing_per_column(dataset)
+    return {
+        "missing_values": missing,
+        "missing_values_total": int(sum(missing.values())),
+        "class_balance": balance,
+        "duplicates_across_splits": duplicates,
+        "constant_features": _constant_features(dataset),
+    }
+
+
+# Publishing ----------------------------------------------------------------------
+def dataset_key(name: str, version: int | None = None) -> str:
+    return f"datasets/{name}" if version is None else f"datasets/{name}/v{version}"
+
+
+def list_versions(storage: Storage, name: str) -> list[int]:
+    """Published versions (those whose manifest exists), ascending."""
+    versions = []
+    for entry in storage.list_dir(dataset_key(name)):
+        if re.fullmatch(r"v\d+", entry) and storage.exists(f"{dataset_key(name, int(entry[1:]))}/manifest.json"):
+            versions.append(int(entry[1:]))
+    return sorted(versions)
+
+
+def list_datasets(storage: Storage) -> dict[str, list[int]]:
+    found = {}
+    for name in storage.list_dir("datasets"):
+        versions = list_versions(storage, name)
+        if versions:
+            found[name] = versions
+    return found
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME@vN` (also `NAME@N`) -> (name, version or None for latest)."""
+    name, _, version = ref.partition("@")
+    if not version:
+        return check_name(name), None
+    match = re.fullmatch(r"v?(\d+)", version)
+    if not match:
+        raise MedrayError(f"dataset reference '{ref}' is not NAME or NAME@vN")
+    return check_name(name), int(match.group(1))
+
+
+def read_manifest(storage: Storage, ref: str) -> dict[str, Any]:
+    """The manifest of `NAME[@vN]`; the latest version when none is given."""
+    name, version = parse_ref(ref)
+    versions = list_versions(storage, name)
+    if not versions:
+        known = ", ".join(sorted(list_datasets(storage))) or "none"
+        raise NotFoundError(f"dataset '{name}' does not exist in {storage.root} (datasets: {known})")
+    if version is None:
+        version = versions[-1]
+    elif version not in versions:
+        raise NotFoundError(f"dataset '{name}' has no version v{version} (versions: {', '.join(f'v{v}' for v in versions)})")
+    return storage.read_json(f"{dataset_key(name, version)}/manifest.json")
+
+
+def _split_table(split: Split) -> pa.Table:
+    return split.features.append_column(LABEL_COLUMN, pa.array(split.labels.astype(np.int64)))
+
+
+def _write_payload(dataset: ImportedDataset, staging: Path) -> dict[str, list[dict[str, Any]]]:
+    """Parquet files for every split, in a local staging folder, with their checksums."""
+    token = uuid.uuid4().hex[:12]
+    files: dict[str, list[dict[str, Any]]] = {}
+    for name in SPLITS:
+        table = _split_table(dataset.splits[name])
+        files[name] = []
+        for index, start in enumerate(range(0, table.num_rows, ROWS_PER_FILE)):
+            chunk = table.slice(start, ROWS_PER_FILE)
+            relative = f"{name}/part-{index:05d}-{token}.parquet"
+            local = staging / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(chunk, local, compression="zstd")
+            files[name].append({"path": relative, "rows": chunk.num_rows, "sha256": sha256_file(local)})
+    return files
+
+
+def build_manifest(name: str, version: int, dataset: ImportedDataset, files: dict[str, list[dict]]) -> dict:
+    splits = {}
+    for split_name in SPLITS:
+        split = dataset.splits[split_name]
+        counts = np.bincount(split.labels, minlength=len(dataset.classes))
+        splits[split_name] = {
+            "rows": split.rows,
+            "class_counts": {cls: int(n) for cls, n in zip(dataset.classes, counts)},
+            "files": files[split_name],
+        }
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "modality": dataset.modality,
+        "description": dataset.description,
+        "classes": list(dataset.classes),
+        "label_column": LABEL_COLUMN,
+        "schema": dataset.schema,
+        "splits": splits,
+        "source": dataset.source,
+        "license": dataset.license,
+        "quality": quality_report(dataset),
+        "notes": dataset.notes,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def publish(storage: Storage, name: str, dataset: ImportedDataset, staging: Path) -> dict[str, Any]:
+    """Validate, write the payload, then claim the next version with the manifest."""
+    check_name(name)
+    validate(dataset)
+    files = _write_payload(dataset, staging)
+    storage.check()
+    for _attempt in range(5):
+        version = (list_versions(storage, name) or [0])[-1] + 1
+        prefix = dataset_key(name, version)
+        manifest = build_manifest(name, version, dataset, files)
+        uploaded: list[str] = []
+        try:
+            total = sum(len(entries) for entries in files.values())
+            log.info("writing %s v%d (%d files) to %s", name, version, total, storage.uri(prefix))
+            for entries in files.values():
+                for entry in entries:
+                    key = f"{prefix}/{entry['path']}"
+                    storage.put_file(key, staging / entry["path"])
+                    uploaded.append(key)
+            storage.write_json(f"{prefix}/manifest.json", manifest, exclusive=True)
+            return manifest
+        except AlreadyExistsError:
+            log.info("v%d of %s was published by another import meanwhile; taking the next", version, name)
+            _remove(storage, uploaded)
+        except BaseException:
+            # Nothing was published (the manifest comes last); leave no stray payload.
+            _remove(storage, uploaded)
+            raise
+    raise MedrayError(f"could not claim a new version of '{name}': too many concurrent imports")
+
+
+def _remove(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            storage.delete(key)
+        except Exception:  # cleanup is best effort; the version stays unpublished either way
+            log.warning("could not remove unpublished file %s", storage.uri(key))

@@ -1,0 +1,101 @@
+"""One entry point for every import kind: source -> validated, versioned dataset on storage."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.config import DataConfig
+from cluster.storage import Storage
+from train.data.dataset import DataImportError, ImportedDataset, check_name, publish
+
+log = logging.getLogger(__name__)
+
+IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images")
+
+
+@dataclass
+class ImportRequest:
+    """Everything `medray data import` was asked to do."""
+
+    kind: str
+    source: str
+    name: str
+    dataset: str | None = None
+    """Which dataset inside a multi-dataset source (UCR folder)."""
+    target: str | None = None
+    columns: list[str] | None = None
+    missing: list[str] | None = None
+    categorical: list[str] = field(default_factory=list)
+    group: str | None = None
+    drop: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
+    sep: str = ","
+    grayscale: bool = True
+    license: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
+    """Parse and check the source in memory; nothing is written to storage here."""
+    data = request.data
+    if request.kind == "medmnist":
+        from train.data.medmnist import import_medmnist
+
+        return import_medmnist(_local(request.source, staging))
+    if request.kind == "ucr":
+        from train.data.ucr import import_ucr
+
+        return import_ucr(request.source, request.dataset, data.val_fraction, data.seed)
+    if request.kind == "csv":
+        from train.data.sources import local_source
+        from train.data.tabular import TableOptions, import_csv
+
+        if not request.target:
+            raise DataImportError("a csv import needs --target COLUMN (the label column)")
+        options = TableOptions(
+            target=request.target, columns=request.columns, categorical=request.categorical,
+            group=request.group, drop=request.drop, classes=request.classes, sep=request.sep,
+            val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.seed,
+        )
+        if request.missing is not None:
+            options.missing = request.missing
+        path = local_source(request.source, staging)
+        return import_csv(path, options, uri=request.source if "://" in request.source else None)
+    if request.kind == "sklearn":
+        from train.data.tabular import import_sklearn
+
+        return import_sklearn(request.source, data.val_fraction, data.test_fraction, data.seed)
+    if request.kind == "images":
+        from train.data.images import import_image_folder
+
+        return import_image_folder(
+            request.source, data.image_size, request.grayscale, data.val_fraction, data.test_fraction, data.seed
+        )
+    raise DataImportError(f"unknown import kind '{request.kind}'; use one of {', '.join(IMPORT_KINDS)}")
+
+
+def _local(source: str, staging: Path) -> str:
+    """s3:// and http(s):// sources are fetched first; names and paths pass through."""
+    if "://" in source:
+        from train.data.sources import local_source
+
+        return str(local_source(source, staging))
+    return source
+
+
+def import_dataset(storage: Storage, request: ImportRequest) -> dict[str, Any]:
+    """Read, validate and publish; returns the new version's manifest."""
+    check_name(request.name)
+    storage.check()  # an unusable storage fails before minutes of parsing
+    with tempfile.TemporaryDirectory(prefix="medray-import-") as scratch:
+        staging = Path(scratch)
+        log.info("reading %s source %s", request.kind, request.source)
+        dataset = read_source(request, staging)
+        if request.license:
+            dataset.license = request.license
+        log.info("validating and writing %s", request.name)
+        return publish(storage, request.name, dataset, staging / "payload")

@@ -1,0 +1,61 @@
+"""Reading a published dataset version back: as a Ray Data stream or as arrays.
+
+Only the files the manifest lists are read, so stray files of an interrupted import
+are never picked up. Image and signal columns come back in the manifest's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cluster.storage import Storage
+from train.data.dataset import LABEL_COLUMN, SPLITS, dataset_key, read_manifest, tensor_from_column
+
+
+def split_paths(storage: Storage, manifest: dict[str, Any], split: str) -> list[str]:
+    if split not in SPLITS:
+        raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+    prefix = dataset_key(manifest["name"], manifest["version"])
+    return [storage.arrow_path(f"{prefix}/{entry['path']}") for entry in manifest["splits"][split]["files"]]
+
+
+def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], dtype: str) -> dict[str, np.ndarray]:
+    """Ray hands fixed-size-list cells over as an object array of rows; stack and reshape."""
+    values = batch[column]
+    if values.dtype == object:
+        values = np.stack(values) if len(values) else np.empty((0, int(np.prod(shape))), dtype=dtype)
+    batch[column] = values.astype(dtype, copy=False).reshape(len(values), *shape)
+    return batch
+
+
+def read_split(storage: Storage, ref: str | dict[str, Any], split: str):
+    """`NAME[@vN]` (or its manifest) -> a `ray.data.Dataset` of one split."""
+    import ray.data
+
+    manifest = ref if isinstance(ref, dict) else read_manifest(storage, ref)
+    filesystem, _ = storage.arrow_filesystem()
+    dataset = ray.data.read_parquet(split_paths(storage, manifest, split), filesystem=filesystem)
+    if manifest["modality"] in ("image", "signal"):
+        schema = manifest["schema"]
+        dataset = dataset.map_batches(
+            reshape_batch, batch_format="numpy",
+            fn_kwargs={"column": schema["column"], "shape": schema["shape"], "dtype": schema["dtype"]},
+        )
+    return dataset
+
+
+def read_split_arrays(storage: Storage, ref: str | dict[str, Any], split: str) -> tuple[Any, np.ndarray]:
+    """One split in this process, without Ray: (features, labels). Features are an array
+    in the manifest's shape for image/signal data and a pandas DataFrame for tables."""
+    manifest = ref if isinstance(ref, dict) else read_manifest(storage, ref)
+    filesystem, _ = storage.arrow_filesystem()
+    table = pq.ParquetDataset(split_paths(storage, manifest, split), filesystem=filesystem).read()
+    labels = table.column(LABEL_COLUMN).to_numpy()
+    features = table.drop_columns([LABEL_COLUMN])
+    if manifest["modality"] == "tabular":
+        return features.to_pandas(), labels
+    schema = manifest["schema"]
+    return tensor_from_column(features.column(schema["column"]), schema["shape"], schema["dtype"]), labels

@@ -1,0 +1,142 @@
+"""MedMNIST (v2/v3) images: a local `.npz`, or a flag name fetched from the official record.
+
+The `.npz` holds `{train,val,test}_images` (N, H, W) or (N, H, W, C) uint8 and
+`{train,val,test}_labels` shaped (N,) or (N, 1). The official splits are kept.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from train.data.dataset import SPLITS, DataImportError, ImportedDataset, Split, sha256_file, tensor_column
+from train.data.sources import cached_or_download
+
+# The official MedMNIST+ record on Zenodo; 28x28 files are `{flag}.npz`,
+# larger sizes `{flag}_{size}.npz`.
+MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{filename}?download=1"
+
+# Class names and licenses of the single-label subsets, from MedMNIST's INFO table.
+MEDMNIST_INFO: dict[str, dict] = {
+    "breastmnist": {"classes": ["malignant", "normal_benign"], "license": "CC BY 4.0",
+                    "description": "Breast ultrasound (Al-Dhabyani et al. 2020; MedMNIST v2)"},
+    "pneumoniamnist": {"classes": ["normal", "pneumonia"], "license": "CC BY 4.0",
+                       "description": "Paediatric chest X-ray (Kermany et al. 2018; MedMNIST v2)"},
+    "dermamnist": {"classes": ["actinic_keratoses", "basal_cell_carcinoma", "benign_keratosis",
+                               "dermatofibroma", "melanoma", "melanocytic_nevi", "vascular_lesions"],
+                   "license": "CC BY-NC 4.0", "description": "Dermatoscopy (HAM10000; MedMNIST v2)"},
+    "bloodmnist": {"classes": ["basophil", "eosinophil", "erythroblast", "immature_granulocytes",
+                               "lymphocyte", "monocyte", "neutrophil", "platelet"],
+                   "license": "CC BY 4.0", "description": "Blood cell microscopy (Acevedo et al. 2020; MedMNIST v2)"},
+    "pathmnist": {"classes": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth_muscle",
+                              "normal_colon_mucosa", "cancer_associated_stroma",
+                              "colorectal_adenocarcinoma_epithelium"],
+                  "license": "CC BY 4.0", "description": "Colon pathology (Kather et al. 2019; MedMNIST v2)"},
+    "octmnist": {"classes": ["choroidal_neovascularization", "diabetic_macular_edema", "drusen", "normal"],
+                 "license": "CC BY 4.0", "description": "Retinal OCT (Kermany et al. 2018; MedMNIST v2)"},
+    "retinamnist": {"classes": ["grade_0", "grade_1", "grade_2", "grade_3", "grade_4"], "license": "CC BY 4.0",
+                    "description": "Fundus camera, DR grading (DeepDRiD; MedMNIST v2)"},
+    **{
+        flag: {"classes": ["bladder", "femur_left", "femur_right", "heart", "kidney_left", "kidney_right",
+                           "liver", "lung_left", "lung_right", "pancreas", "spleen"],
+               "license": "CC BY 4.0", "description": f"Abdominal CT, {view} view (LiTS; MedMNIST v2)"}
+        for flag, view in (("organamnist", "axial"), ("organcmnist", "coronal"), ("organsmnist", "sagittal"))
+    },
+}
+
+
+def _resolve(source: str, size: int) -> tuple[Path, str, str | None]:
+    """(local file, source URI, flag) for a path or a MedMNIST flag name."""
+    path = Path(source).expanduser()
+    if path.suffix == ".npz" or path.exists():
+        if not path.is_file():
+            raise DataImportError(f"source '{source}' does not exist")
+        flag = path.stem.split("_")[0].lower()
+        return path, str(path.resolve()), flag if flag in MEDMNIST_INFO else None
+    flag = source.lower()
+    if flag not in MEDMNIST_INFO:
+        raise DataImportError(
+            f"'{source}' is neither an .npz file nor a known MedMNIST flag ({', '.join(sorted(MEDMNIST_INFO))})"
+        )
+    filename = f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+    url = MEDMNIST_URL.format(filename=filename)
+    return cached_or_download(filename, url), url, flag
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise DataImportError(f"'{path}' is corrupt or truncated, not a readable .npz ({error})") from None
+
+
+def _split_arrays(arrays: dict[str, np.ndarray], split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    for key in (f"{split}_images", f"{split}_labels"):
+        if key not in arrays:
+            raise DataImportError(f"'{path}' has no array '{key}' (found: {', '.join(sorted(arrays))})")
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise DataImportError(
+            f"'{path}': {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 1|3)"
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataImportError(
+            f"'{path}': {split}_labels has shape {labels.shape}; expected (N,) or (N, 1) "
+            "(multi-label subsets such as ChestMNIST are not supported)"
+        )
+    if len(labels) != len(images):
+        raise DataImportError(f"'{path}': {split} has {len(images)} images but {len(labels)} labels")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer) or images.min(initial=0) < 0 or images.max(initial=0) > 255:
+            raise DataImportError(f"'{path}': {split}_images must hold 8-bit pixel values (0-255)")
+        images = images.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise DataImportError(f"'{path}': {split}_labels must be whole class numbers")
+        labels = labels.astype(np.int64)
+    return images, labels.astype(np.int64)
+
+
+def import_medmnist(source: str, size: int = 28) -> ImportedDataset:
+    path, uri, flag = _resolve(source, size)
+    arrays = _load_npz(path)
+    splits = {name: _split_arrays(arrays, name, path) for name in SPLITS}
+    shapes = {images.shape[1:] for images, _ in splits.values()}
+    if len(shapes) != 1:
+        raise DataImportError(f"'{path}': the splits' image shapes differ: {sorted(shapes)}")
+    info = MEDMNIST_INFO.get(flag or "", {})
+    if info:
+        classes = list(info["classes"])
+    else:
+        classes = [str(label) for label in np.unique(splits["train"][1])]
+    known = {int(c) for c in range(len(classes))} if info else {int(c) for c in classes}
+    for name, (_, labels) in splits.items():
+        unknown = sorted(set(np.unique(labels).tolist()) - known)
+        if unknown:
+            row = int(np.flatnonzero(labels == unknown[0])[0])
+            raise DataImportError(
+                f"'{path}': {name}_labels row {row} holds label {unknown[0]}, which is not one of the "
+                f"{len(classes)} known classes"
+            )
+    if not info:
+        index = {int(c): i for i, c in enumerate(classes)}
+        splits = {name: (images, np.vectorize(index.get)(labels)) for name, (images, labels) in splits.items()}
+    shape = list(next(iter(shapes)))
+    return ImportedDataset(
+        modality="image",
+        classes=classes,
+        splits={
+            name: Split(pa.table({"image": tensor_column(images)}), labels)
+            for name, (images, labels) in splits.items()
+        },
+        schema={"column": "image", "shape": shape, "dtype": "uint8"},
+        source={"kind": "medmnist", "uri": uri, "sha256": sha256_file(path), "flag": flag},
+        license=info.get("license", "unknown: check the source's terms"),
+        description=info.get("description", "MedMNIST-format images"),
+    )

@@ -1,0 +1,82 @@
+"""Getting source files onto local disk: a path, an s3:// object, or a public URL.
+
+Downloads land in one sources folder (`MEDRAY_DATA_SOURCES`, default
+`~/.cache/medray/sources`) and are looked up there first, so a folder of source files
+prepared offline is used exactly as a finished download would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+from train.data.dataset import DataImportError
+
+log = logging.getLogger(__name__)
+
+SOURCES_ENV = "MEDRAY_DATA_SOURCES"
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def sources_dir() -> Path:
+    return Path(os.environ.get(SOURCES_ENV) or "~/.cache/medray/sources").expanduser()
+
+
+def download(url: str, destination: Path) -> Path:
+    """Fetch `url` to `destination` (atomically: a partial download is never left there)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
+    log.info("downloading %s", url)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "medray"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, leave=False) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        partial.replace(destination)
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        reason = getattr(error, "reason", None) or error
+        raise DataImportError(
+            f"could not download {url} ({reason}); without network, put the file at {destination}"
+        ) from None
+    return destination
+
+
+def cached_or_download(filename: str, url: str) -> Path:
+    """The file from the sources folder, downloading it there first if it is missing."""
+    cached = sources_dir() / filename
+    if cached.is_file():
+        log.info("using %s", cached)
+        return cached
+    return download(url, cached)
+
+
+def local_source(source: str, staging: Path) -> Path:
+    """A local path for `source`: itself, an s3:// object copied to staging, or a URL download."""
+    if source.startswith("s3://"):
+        from cluster.storage import Storage
+
+        bucket_root, _, key = source.removeprefix("s3://").partition("/")
+        if not key:
+            raise DataImportError(f"source '{source}' names a bucket, not an object")
+        local = staging / "source" / Path(key).name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        Storage(f"s3://{bucket_root}").download_file(key, local)
+        return local
+    if source.startswith(("http://", "https://")):
+        name = Path(source.split("?", 1)[0]).name or "download"
+        return cached_or_download(name, source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataImportError(f"source '{source}' does not exist")
+    return path
+

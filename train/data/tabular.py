@@ -1,0 +1,209 @@
+"""Health-record tables: a CSV file with a target column, or a dataset shipped in scikit-learn.
+
+Numeric columns become float64 (missing markers become nulls); categorical columns stay
+text. An optional group column (e.g. a patient id) keeps each group inside one split and
+is then dropped: identifiers are never copied into the dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_file
+from train.data.splits import three_way_split
+
+
+@dataclass
+class TableOptions:
+    """How to read one table; each field maps to a `medray data import csv` option."""
+
+    target: str
+    columns: list[str] | None = None
+    """Column names for a file without a header row."""
+    missing: list[str] = field(default_factory=lambda: ["", "?", "NA", "NaN", "nan"])
+    """Cell texts that mean "missing"."""
+    categorical: list[str] = field(default_factory=list)
+    group: str | None = None
+    """Rows sharing this column's value (e.g. a patient) stay in one split."""
+    drop: list[str] = field(default_factory=list)
+    """Columns left out of the dataset (identifiers, free text)."""
+    classes: list[str] | None = None
+    """Class names in label order; values outside it are refused. Default: sorted values."""
+    sep: str = ","
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def _canonical(value: str) -> str:
+    """'1.0' and '1' are the same class; non-numeric names are kept as written."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value.strip()
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _read_csv(path: Path, options: TableOptions) -> pd.DataFrame:
+    try:
+        with open(path, newline="") as handle:
+            first = next(csv.reader(handle, delimiter=options.sep), None)
+    except UnicodeDecodeError:
+        raise DataImportError(f"'{path}' is not a text table") from None
+    if first is None:
+        raise DataImportError(f"'{path}' is empty")
+    if options.columns is not None and len(first) != len(options.columns):
+        raise DataImportError(
+            f"'{path}' line 1 has {len(first)} fields but {len(options.columns)} column names were given"
+        )
+    try:
+        return pd.read_csv(
+            path, sep=options.sep, header=None if options.columns else 0, names=options.columns,
+            dtype=str, keep_default_na=False, na_values=options.missing, skipinitialspace=True,
+        )
+    except pd.errors.EmptyDataError:
+        raise DataImportError(f"'{path}' holds no rows") from None
+    except pd.errors.ParserError as error:
+        raise DataImportError(f"'{path}' is not a well-formed table: {str(error).strip()}") from None
+
+
+def _numeric(frame: pd.DataFrame, column: str, path: Path, header_lines: int) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        # The value itself is not shown: it may be a patient's record.
+        raise DataImportError(
+            f"'{path}' column '{column}', row {row + 1} (line {row + 1 + header_lines}): value is not a number; "
+            "mark the column with --categorical, or leave it out with --drop"
+        )
+    return values.astype("float64")
+
+
+def _labels(target: pd.Series, options: TableOptions, path: Path, header_lines: int) -> tuple[np.ndarray, list[str]]:
+    missing = target.isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise DataImportError(
+            f"'{path}' column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): the target is missing"
+        )
+    texts = target.astype(str).map(_canonical)
+    if options.classes is not None:
+        classes = [_canonical(c) for c in options.classes]
+        unknown = ~texts.isin(classes)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise DataImportError(
+                f"'{path}' column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): "
+                f"label is not one of the given classes {classes}"
+            )
+    else:
+        found = texts.unique().tolist()
+        numeric = all(_canonical(c) == c and c.lstrip("-").replace(".", "", 1).isdigit() for c in found)
+        classes = sorted(found, key=float) if numeric else sorted(found)
+    index = {name: i for i, name in enumerate(classes)}
+    return texts.map(index).to_numpy(dtype=np.int64), classes
+
+
+def tabular_dataset(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    classes: list[str],
+    categorical: list[str],
+    splits: dict[str, np.ndarray],
+    source: dict,
+    license: str,
+    description: str,
+) -> ImportedDataset:
+    """Build the dataset from a cleaned feature frame (numeric float64, categorical text)."""
+    schema = []
+    for name in features.columns:
+        if name in categorical:
+            categories = sorted(features[name].dropna().astype(str).unique().tolist())
+            schema.append({"name": name, "type": "categorical", "categories": categories})
+        else:
+            schema.append({"name": name, "type": "numeric"})
+    arrow = pa.Table.from_pandas(features, preserve_index=False)
+    return ImportedDataset(
+        modality="tabular",
+        classes=classes,
+        splits={name: Split(arrow.take(pa.array(rows)), labels[rows]) for name, rows in splits.items()},
+        schema={"features": schema},
+        source=source,
+        license=license,
+        description=description,
+    )
+
+
+def import_csv(source: Path, options: TableOptions, uri: str | None = None) -> ImportedDataset:
+    frame = _read_csv(source, options)
+    header_lines = 0 if options.columns else 1
+    named = [options.target, *options.categorical, *options.drop, *([options.group] if options.group else [])]
+    absent = [name for name in named if name not in frame.columns]
+    if absent:
+        raise DataImportError(
+            f"'{source}' has no column(s) {', '.join(repr(a) for a in absent)} (columns: {', '.join(frame.columns)})"
+        )
+    if frame.empty:
+        raise DataImportError(f"'{source}' holds no rows")
+    labels, classes = _labels(frame[options.target], options, source, header_lines)
+    groups = None
+    if options.group:
+        if frame[options.group].isna().any():
+            raise DataImportError(f"'{source}' column '{options.group}': some rows have no group value")
+        groups = frame[options.group].to_numpy(dtype=str)
+    feature_names = [c for c in frame.columns if c not in {options.target, options.group, *options.drop}]
+    if not feature_names:
+        raise DataImportError(f"'{source}' has no feature columns besides the target")
+    features = pd.DataFrame({
+        name: frame[name].astype("string").str.strip().astype(object).where(frame[name].notna(), None)
+        if name in options.categorical else _numeric(frame, name, source, header_lines)
+        for name in feature_names
+    })
+    splits = three_way_split(labels, options.val_fraction, options.test_fraction, options.seed, groups)
+    option_record = {k: v for k, v in vars(options).items() if v not in (None, [], "")}
+    return tabular_dataset(
+        features, labels, classes, options.categorical, splits,
+        source={"kind": "csv", "uri": uri or str(source.resolve()), "sha256": sha256_file(source),
+                "options": option_record},
+        license="as stated by the data owner (recorded at import with --license)",
+        description=f"Table {source.name}, target '{options.target}'",
+    )
+
+
+# Real datasets that ship inside scikit-learn (no download needed).
+SKLEARN_DATASETS = {
+    "breast_cancer": {
+        "loader": "load_breast_cancer",
+        "file": "breast_cancer.csv",
+        "license": "CC BY 4.0 (UCI Wisconsin Diagnostic Breast Cancer; Street, Wolberg, Mangasarian 1993)",
+        "description": "Wisconsin Diagnostic Breast Cancer: 30 features of fine-needle aspirates",
+    },
+}
+
+
+def import_sklearn(name: str, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> ImportedDataset:
+    if name not in SKLEARN_DATASETS:
+        raise DataImportError(f"'{name}' is not a scikit-learn dataset medray knows ({', '.join(SKLEARN_DATASETS)})")
+    info = SKLEARN_DATASETS[name]
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, info["loader"])(as_frame=True)
+    features = bunch.data.astype("float64")
+    labels = bunch.target.to_numpy(dtype=np.int64)
+    data_file = resources.files("sklearn.datasets") / "data" / info["file"]
+    splits = three_way_split(labels, val_fraction, test_fraction, seed)
+    return tabular_dataset(
+        features, labels, [str(c) for c in bunch.target_names], [], splits,
+        source={"kind": "sklearn", "uri": f"sklearn://{name}", "sha256": sha256_file(data_file),
+                "options": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}},
+        license=info["license"],
+        description=info["description"],
+    )

@@ -1,0 +1,595 @@
+"""Medical evaluation of a classifier's outputs: metrics, thresholds, calibration, plots.
+
+Pure functions over numpy arrays: no Ray, no storage. `write_report` writes to a local
+directory; whoever uploads it (e.g. the promotion step) copies that directory.
+
+Conventions used throughout:
+
+- `y_true` holds integer class indices in [0, K). Logits and probabilities are (N, K)
+  with K >= 2; binary models have K = 2 and class 1 is the positive class. Where a
+  function takes probabilities, a binary caller may also pass the (N,) vector of
+  P(class 1).
+- A metric whose denominator is zero (e.g. PPV when nothing is predicted positive) is
+  `None`, never 0.0 or NaN: "undefined" must not look like "bad", and `None` survives
+  JSON as `null`. Macro averages average over the classes where the metric is defined.
+- AUROC needs both a positive and a negative example. With a single class in `y_true`
+  it is `None` (value and CI), not an exception, so that evaluating a tiny or skewed
+  split still yields the other metrics. Threshold choice on such a split raises
+  `ValueError`: there is nothing to choose from.
+- Binary decisions are `P(class 1) >= threshold`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import roc_curve
+
+# Temperatures outside this range mean the validation set is degenerate (e.g. perfectly
+# separable, which drives T to 0); clamping keeps the probabilities usable.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+# Bootstrap resamples are processed in chunks so that the (chunk, N) count matrices
+# stay around this many elements (~16 MB of int64) whatever the split size.
+_BOOT_CHUNK_ELEMENTS = 2_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks
+
+
+def _labels(y_true: ArrayLike, n_classes: int | None = None) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"y_true must be 1-D class indices, got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError("y_true is empty")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise ValueError("y_true must hold integer class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
+        raise ValueError(f"y_true holds labels outside [0, {n_classes}): {np.unique(y).tolist()}")
+    return y
+
+
+def _probs_2d(probs: ArrayLike, n: int) -> np.ndarray:
+    """(N, K) probabilities; a binary (N,) vector of P(class 1) becomes [1 - p, p]."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:
+        p = np.stack([1.0 - p, p], axis=1)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probs must be (N,) or (N, K>=2), got shape {np.shape(probs)}")
+    if p.shape[0] != n:
+        raise ValueError(f"probs has {p.shape[0]} rows but y_true has {n}")
+    return p
+
+
+def _logits_2d(logits: ArrayLike, n: int) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must be (N, K>=2), got shape {z.shape}")
+    if z.shape[0] != n:
+        raise ValueError(f"logits has {z.shape[0]} rows but y_true has {n}")
+    return z
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den > 0 else None
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+# ---------------------------------------------------------------------------------------
+# AUROC with a bootstrap confidence interval
+
+
+def _auroc_from_draws(
+    scores: np.ndarray, pos_draws: np.ndarray, neg_draws: np.ndarray
+) -> np.ndarray:
+    """AUROC of each resample, given the rows drawn as positives and as negatives.
+
+    `pos_draws` is (B, n_pos) row indices, `neg_draws` (B, n_neg). AUROC is the
+    probability that a random positive outscores a random negative, ties counting 1/2
+    (the Mann-Whitney statistic, which is what `roc_auc_score` computes). Rows are
+    grouped by distinct score; per resample we count draws per group, then each
+    positive group scores the negatives in lower groups plus half those in its own.
+    """
+    uniq, group = np.unique(scores, return_inverse=True)
+    m = uniq.size
+    n_boot = pos_draws.shape[0]
+    offsets = (np.arange(n_boot) * m)[:, None]
+
+    def counts(draws: np.ndarray) -> np.ndarray:
+        flat = (group[draws] + offsets).ravel()
+        return np.bincount(flat, minlength=n_boot * m).reshape(n_boot, m)
+
+    pos = counts(pos_draws)
+    neg = counts(neg_draws)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    wins = (pos * (2 * neg_below + neg)).sum(axis=1) / 2.0
+    return wins / (pos_draws.shape[1] * neg_draws.shape[1])
+
+
+def _macro_auroc_from_draws(
+    probs: np.ndarray, columns: Sequence[int], draws: dict[int, np.ndarray]
+) -> np.ndarray:
+    """Mean one-vs-rest AUROC over `columns`; `draws[c]` is (B, n_c) rows of class c."""
+    per_column = []
+    for k in columns:
+        neg = np.concatenate([d for c, d in draws.items() if c != k], axis=1)
+        per_column.append(_auroc_from_draws(probs[:, k], draws[k], neg))
+    return np.mean(per_column, axis=0)
+
+
+def auroc_with_ci(
+    y_true: ArrayLike,
+    probs: ArrayLike,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """AUROC and its (1 - alpha) percentile-bootstrap confidence interval.
+
+    Binary (`probs` is (N,) P(class 1), or (N, 2)): the usual AUROC of class 1.
+    K > 2 classes (`probs` (N, K)): the unweighted mean of one-vs-rest AUROCs, as
+    `roc_auc_score(..., multi_class="ovr", average="macro")`; classes absent from
+    `y_true` are left out of the mean (scikit-learn raises instead).
+
+    The bootstrap is stratified: each resample redraws every class with replacement at
+    its original count, so no resample lacks a class. Returns `{"value", "low", "high"}`;
+    all three are `None` when `y_true` has a single class, and low/high are `None` when
+    `n_boot` is 0.
+    """
+    y = _labels(y_true)
+    p = _probs_2d(probs, y.size)
+    n_classes = p.shape[1]
+    if y.max() >= n_classes:
+        raise ValueError(f"y_true has label {y.max()} but probs has {n_classes} columns")
+    present = np.unique(y).tolist()
+    if len(present) < 2:
+        return {"value": None, "low": None, "high": None}
+    columns = [1] if n_classes == 2 else present
+    rows = {c: np.flatnonzero(y == c) for c in present}
+
+    identity = {c: r[None, :] for c, r in rows.items()}
+    value = float(_macro_auroc_from_draws(p, columns, identity)[0])
+    if n_boot <= 0:
+        return {"value": value, "low": None, "high": None}
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // y.size)
+    boot = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = {c: r[rng.integers(0, r.size, size=(b, r.size))] for c, r in rows.items()}
+        boot.append(_macro_auroc_from_draws(p, columns, draws))
+    low, high = np.quantile(np.concatenate(boot), [alpha / 2, 1 - alpha / 2])
+    return {"value": value, "low": float(low), "high": float(high)}
+
+
+# ---------------------------------------------------------------------------------------
+# Operating threshold (binary)
+
+
+def choose_threshold(
+    y_true: ArrayLike,
+    pos_probs: ArrayLike,
+    method: str = "youden",
+    target_sensitivity: float | None = None,
+) -> float:
+    """Pick the decision threshold on P(class 1) from validation data.
+
+    Candidates are the distinct validation scores; a case is called positive when its
+    score is >= the threshold.
+
+    - "youden": maximise sensitivity + specificity - 1; on a tie, the highest threshold
+      (fewer false positives).
+    - "target_sensitivity": the highest threshold whose validation sensitivity is at
+      least `target_sensitivity` (the best specificity that keeps the target), the
+      usual choice for screening.
+
+    Raises ValueError when `y_true` lacks either class.
+    """
+    y = _labels(y_true, 2)
+    s = np.asarray(pos_probs, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"pos_probs must be (N,) like y_true, got shape {s.shape}")
+    if np.unique(y).size < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    # Thresholds come back descending, one per distinct score, after a leading +inf
+    # (nothing called positive) that is never a useful operating point.
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    if method == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    if method == "target_sensitivity":
+        if target_sensitivity is None or not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(
+                f"target_sensitivity must be in (0, 1] for method 'target_sensitivity', "
+                f"got {target_sensitivity}"
+            )
+        # tpr rises as the threshold falls and reaches 1.0 at the lowest score.
+        return float(thresholds[np.argmax(tpr >= target_sensitivity - 1e-12)])
+    raise ValueError(f"unknown threshold method {method!r}; use 'youden' or 'target_sensitivity'")
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration
+
+
+def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
+    """Softmax probabilities (N, K) of `logits / temperature`."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64)
+    return softmax(z / temperature, axis=-1)
+
+
+def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
+    """Temperature T minimising the validation NLL of softmax(logits / T).
+
+    The NLL is convex in 1/T, hence unimodal in log T, so a bounded Brent search over
+    log T finds the optimum without a learning rate to tune: T ~ 1 for calibrated
+    logits, T > 1 for over-confident ones. T is clamped to `TEMPERATURE_BOUNDS`.
+    """
+    y = _labels(y_true)
+    z = _logits_2d(logits, y.size)
+    if y.max() >= z.shape[1]:
+        raise ValueError(f"y_true has label {y.max()} but logits has {z.shape[1]} columns")
+    rows = np.arange(y.size)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z * np.exp(-log_t), axis=1)[rows, y].mean())
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def _calibration_bins(
+    y: np.ndarray, probs: np.ndarray, n_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: count, mean confidence, accuracy (top label)."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    # Bins are (lo, hi]; confidence 0 joins the first bin.
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
+    conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return count, conf_sum / count, correct_sum / count
+
+
+def expected_calibration_error(y_true: ArrayLike, probs: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with `n_bins` equal-width bins.
+
+    Confidence is the highest class probability and "correct" means the argmax equals
+    the label; ECE = sum over bins of (bin share) * |accuracy - mean confidence|. This
+    holds for binary models too: confidence is max(p, 1 - p), in [0.5, 1], not P(class 1).
+    """
+    y = _labels(y_true)
+    p = _probs_2d(probs, y.size)
+    count, confidence, accuracy = _calibration_bins(y, p, n_bins)
+    filled = count > 0
+    return float(np.sum(count[filled] * np.abs(accuracy[filled] - confidence[filled])) / y.size)
+
+
+# ---------------------------------------------------------------------------------------
+# Classification metrics at an operating point
+
+
+def classification_metrics(
+    y_true: ArrayLike,
+    probs: ArrayLike,
+    threshold: float | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict:
+    """Accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV, F1 and more.
+
+    Binary: the prediction is `P(class 1) >= threshold` (default 0.5) and sensitivity,
+    specificity, PPV, NPV and F1 are those of class 1 as the positive class.
+    K > 2: the prediction is the argmax (`threshold` must be None) and those five are
+    macro averages of each class's one-vs-rest value, over the classes where the value
+    is defined; multi-class sensitivity therefore equals balanced accuracy.
+
+    Undefined values (zero denominator) are `None`. Returns keys accuracy,
+    balanced_accuracy, sensitivity, specificity, ppv, npv, f1, threshold,
+    confusion_matrix (rows = true class, columns = predicted, as scikit-learn) and
+    per_class (name -> precision, recall, f1, support).
+    """
+    y = _labels(y_true)
+    p = _probs_2d(probs, y.size)
+    n_classes = p.shape[1]
+    if y.max() >= n_classes:
+        raise ValueError(f"y_true has label {y.max()} but probs has {n_classes} columns")
+    names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} probability columns")
+
+    if n_classes == 2:
+        threshold = 0.5 if threshold is None else float(threshold)
+        pred = (p[:, 1] >= threshold).astype(np.int64)
+    else:
+        if threshold is not None:
+            raise ValueError("a threshold applies to binary models only; multi-class uses argmax")
+        pred = p.argmax(axis=1)
+
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes**2).reshape(n_classes, n_classes)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = y.size - tp - fp - fn
+
+    precision = [_ratio(tp[k], tp[k] + fp[k]) for k in range(n_classes)]
+    recall = [_ratio(tp[k], tp[k] + fn[k]) for k in range(n_classes)]
+    specificity = [_ratio(tn[k], tn[k] + fp[k]) for k in range(n_classes)]
+    npv = [_ratio(tn[k], tn[k] + fn[k]) for k in range(n_classes)]
+    # 2TP / (2TP + FP + FN) is the harmonic mean of precision and recall, and is still
+    # defined (0) when only one of them is.
+    f1 = [_ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]) for k in range(n_classes)]
+
+    if n_classes == 2:
+        summary = {
+            "sensitivity": recall[1],
+            "specificity": specificity[1],
+            "ppv": precision[1],
+            "npv": npv[1],
+            "f1": f1[1],
+        }
+    else:
+        summary = {
+            "sensitivity": _mean_defined(recall),
+            "specificity": _mean_defined(specificity),
+            "ppv": _mean_defined(precision),
+            "npv": _mean_defined(npv),
+            "f1": _mean_defined(f1),
+        }
+    return {
+        "accuracy": float(tp.sum() / y.size),
+        # Mean recall over the classes present in y_true, as balanced_accuracy_score.
+        "balanced_accuracy": _mean_defined(recall),
+        **summary,
+        "threshold": threshold,
+        "confusion_matrix": cm.tolist(),
+        "per_class": {
+            names[k]: {
+                "precision": precision[k],
+                "recall": recall[k],
+                "f1": f1[k],
+                "support": int(tp[k] + fn[k]),
+            }
+            for k in range(n_classes)
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-split and val -> test evaluation
+
+
+def evaluate_split(
+    y_true: ArrayLike,
+    logits: ArrayLike,
+    class_names: Sequence[str],
+    temperature: float | None = None,
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Every metric for one split, JSON-ready.
+
+    With a `temperature`, AUROC and the classification metrics use the calibrated
+    probabilities (the threshold was chosen on those); `ece` is always before scaling,
+    `ece_calibrated` after (None without a temperature).
+    """
+    y = _labels(y_true)
+    z = _logits_2d(logits, y.size)
+    raw = apply_temperature(z, 1.0)
+    probs = raw if temperature is None else apply_temperature(z, temperature)
+    auroc = auroc_with_ci(y, probs, n_boot=n_boot, seed=seed)
+    metrics = classification_metrics(y, probs, threshold=threshold, class_names=class_names)
+    return {
+        "auroc": auroc["value"],
+        "auroc_ci": [auroc["low"], auroc["high"]],
+        **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "sensitivity",
+                                   "specificity", "ppv", "npv", "f1")},
+        "ece": expected_calibration_error(y, raw),
+        "ece_calibrated": None if temperature is None else expected_calibration_error(y, probs),
+        "threshold": metrics["threshold"],
+        "temperature": None if temperature is None else float(temperature),
+        "confusion_matrix": metrics["confusion_matrix"],
+        "per_class": metrics["per_class"],
+        "n": int(y.size),
+    }
+
+
+def evaluate_model_outputs(
+    val: tuple[ArrayLike, ArrayLike],
+    test: tuple[ArrayLike, ArrayLike],
+    class_names: Sequence[str],
+    threshold_method: str = "youden",
+    target_sensitivity: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Fit temperature and (binary) threshold on val, then report val and test with both.
+
+    `val` and `test` are `(y_true, logits)`. The threshold is chosen on the calibrated
+    validation probabilities; for K > 2 there is none (argmax). Returns
+    `{"val", "test", "temperature", "threshold"}`, plain JSON types only.
+    """
+    y_val, z_val = val
+    temperature = fit_temperature(z_val, y_val)
+    threshold = None
+    if len(class_names) == 2:
+        pos = apply_temperature(z_val, temperature)[:, 1]
+        threshold = choose_threshold(y_val, pos, threshold_method, target_sensitivity)
+    common = dict(class_names=class_names, temperature=temperature, threshold=threshold,
+                  n_boot=n_boot, seed=seed)
+    return {
+        "val": evaluate_split(y_val, z_val, **common),
+        "test": evaluate_split(test[0], test[1], **common),
+        "temperature": temperature,
+        "threshold": threshold,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Plots: Figure + FigureCanvasAgg, so nothing touches pyplot's global state or backend.
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return str(path)
+
+
+def plot_roc(
+    y_true: ArrayLike, probs: ArrayLike, class_names: Sequence[str], path: str | os.PathLike
+) -> str:
+    """ROC curve of class 1 (binary) or one-vs-rest curve per class, AUROC in the legend."""
+    y = _labels(y_true)
+    p = _probs_2d(probs, y.size)
+    columns = [1] if p.shape[1] == 2 else range(p.shape[1])
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for k in columns:
+        positive = y == k
+        if positive.all() or not positive.any():
+            continue  # undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(positive, p[:, k])
+        auc = auroc_with_ci(positive.astype(np.int64), p[:, k], n_boot=0)["value"]
+        ax.plot(fpr, tpr, lw=1.8, label=f"{class_names[k]} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+           ylabel="True positive rate (sensitivity)",
+           title="ROC curve" if p.shape[1] == 2 else "ROC curves (one vs rest)")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: ArrayLike,
+    probs_before: ArrayLike,
+    probs_after: ArrayLike | None,
+    path: str | os.PathLike,
+    n_bins: int = 15,
+) -> str:
+    """Reliability diagram (top-label accuracy vs confidence), before/after scaling."""
+    y = _labels(y_true)
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for label, probs, marker in (("before scaling", probs_before, "o"),
+                                 ("after temperature scaling", probs_after, "s")):
+        if probs is None:
+            continue
+        p = _probs_2d(probs, y.size)
+        count, confidence, accuracy = _calibration_bins(y, p, n_bins)
+        filled = count > 0
+        ece = expected_calibration_error(y, p, n_bins)
+        ax.plot(confidence[filled], accuracy[filled], marker=marker, lw=1.5,
+                label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Confidence (top-class probability)",
+           ylabel="Accuracy", title="Reliability diagram")
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    cm: ArrayLike, class_names: Sequence[str], path: str | os.PathLike
+) -> str:
+    """Counts, rows = true class, columns = predicted class."""
+    counts = np.asarray(cm)
+    k = counts.shape[0]
+    fig = Figure(figsize=(1.2 * k + 3, 1.2 * k + 2.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    half = counts.max() / 2 if counts.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                    color="white" if counts[i, j] > half else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names, yticklabels=class_names,
+           xlabel="Predicted class", ylabel="True class", title="Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike) -> str:
+    """Two panels: train/val loss; val AUROC and accuracy. Missing values are skipped."""
+    fig = Figure(figsize=(10, 4))
+    loss_ax, score_ax = fig.subplots(1, 2)
+    panels = ((loss_ax, ("train_loss", "val_loss"), "Loss", "Loss"),
+              (score_ax, ("val_auroc", "val_accuracy"), "Score", "Validation AUROC and accuracy"))
+    labels = {"train_loss": "train loss", "val_loss": "val loss", "val_auroc": "val AUROC",
+              "val_accuracy": "val accuracy"}
+    for ax, keys, ylabel, title in panels:
+        for key in keys:
+            points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+            if points:
+                epochs, values = zip(*points)
+                ax.plot(epochs, values, marker="o", ms=3, label=labels[key])
+        ax.set(xlabel="Epoch", ylabel=ylabel, title=title)
+        if ax.has_data():
+            ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    metrics: dict,
+    val: tuple[ArrayLike, ArrayLike],
+    test: tuple[ArrayLike, ArrayLike],
+    history: Sequence[dict],
+    class_names: Sequence[str],
+) -> dict[str, str]:
+    """Write metrics.json and the four plots into `out_dir` (created if missing).
+
+    `metrics` is `evaluate_model_outputs`' result. The ROC, reliability and confusion
+    plots show the test split: the temperature was fitted on val, so only test shows
+    whether calibration carries over. `val` is taken for symmetry with
+    `evaluate_model_outputs` and is not plotted.
+    Returns {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"} ->
+    file path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y_test, z_test = _labels(test[0]), _logits_2d(test[1], len(test[0]))
+    temperature = metrics.get("temperature")
+    before = apply_temperature(z_test, 1.0)
+    after = None if temperature is None else apply_temperature(z_test, temperature)
+
+    # Write then rename, so a reader never sees a half-written metrics.json.
+    metrics_path = out / "metrics.json"
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    os.replace(tmp, metrics_path)
+
+    return {
+        "metrics": str(metrics_path),
+        "roc": plot_roc(y_test, before if after is None else after, class_names,
+                        out / "roc.png"),
+        "reliability": plot_reliability(y_test, before, after, out / "reliability.png"),
+        "confusion_matrix": plot_confusion_matrix(metrics["test"]["confusion_matrix"],
+                                                  class_names, out / "confusion_matrix.png"),
+        "learning_curves": plot_learning_curves(history, out / "learning_curves.png"),
+    }

@@ -1,0 +1,281 @@
+"""Model families and the registry that builds them.
+
+Three families, one module each: `cnn` (images), `rnn` (signals), `attention`
+(tabular records, one token per feature). Each module has a config dataclass, an
+`nn.Module` built from that config alone, and `PRESETS`: named architectures, each a
+dict of the hyperparameters it uses with their defaults. The seed's reference
+architecture is the preset called "seed" in every family.
+
+    spec = InputSpec("image", (1, 28, 28))
+    config = model_config_for("cnn", "resnet", spec, num_classes=2, overrides={"dropout": 0.1})
+    model = build_model("cnn", "resnet", spec, num_classes=2, overrides={"dropout": 0.1})
+    # a checkpoint stores family, dataclasses.asdict(config) and the state_dict;
+    # build_model_from_config(family, config_dict) rebuilds the same module.
+
+Every model maps a float tensor to logits of shape (B, num_classes); the loss or the
+caller applies softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any, Literal
+
+from torch import nn
+
+from cluster.errors import ConfigError
+
+
+class ModelConfigError(ConfigError, ValueError):
+    """A model family, preset, input shape or hyperparameter that is not allowed."""
+
+
+# --- Checks shared by the family configs -------------------------------------------
+# These live above the family imports below because the family modules import them.
+
+
+def apply_preset(config: Any, presets: Mapping[str, Mapping[str, Any]]) -> None:
+    """Fill the hyperparameters `config` leaves as None from its preset's defaults.
+
+    A hyperparameter is any key of any preset. The ones the chosen preset does not use
+    must stay None, so a stored config shows exactly what shaped the model.
+    """
+    kind = type(config).__name__
+    if config.preset not in presets:
+        raise ModelConfigError(
+            f"{kind}: unknown preset {config.preset!r}; choose one of: {', '.join(presets)}"
+        )
+    used = presets[config.preset]
+    for name in sorted(set().union(*presets.values())):
+        value = getattr(config, name)
+        if name in used:
+            if value is None:
+                setattr(config, name, used[name])
+        elif value is not None:
+            raise ModelConfigError(
+                f"{kind}.{name} is not used by preset {config.preset!r}; "
+                f"it takes: {', '.join(used)}"
+            )
+
+
+def check_positive_ints(config: Any, *names: str) -> None:
+    """Each named field, unless None, must be an integer >= 1 (stored as a plain int)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        try:
+            # operator.index accepts numpy integers (from a search space) and rejects floats.
+            number = operator.index(value)
+        except TypeError:
+            number = 0
+        if isinstance(value, bool) or number < 1:
+            raise ModelConfigError(
+                f"{type(config).__name__}.{name} must be a positive integer, got {value!r}"
+            )
+        setattr(config, name, int(number))
+
+
+def check_positive_int_tuple(config: Any, name: str) -> None:
+    """The named field, unless None, must hold one or more integers >= 1 (stored as a tuple;
+    JSON hands tuples back as lists)."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    try:
+        numbers = tuple(operator.index(v) for v in value if not isinstance(v, bool))
+        ok = len(numbers) == len(value) > 0 and min(numbers) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ModelConfigError(
+            f"{type(config).__name__}.{name} must be one or more positive integers, got {value!r}"
+        )
+    setattr(config, name, tuple(int(n) for n in numbers))
+
+
+def check_fractions(config: Any, *names: str) -> None:
+    """Each named field, unless None, must be a dropout-like rate in [0, 1)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+            raise ModelConfigError(
+                f"{type(config).__name__}.{name} must be a number in [0, 1), got {value!r}"
+            )
+        setattr(config, name, float(value))
+
+
+def check_num_classes(config: Any) -> None:
+    check_positive_ints(config, "num_classes")
+    if config.num_classes < 2:
+        raise ModelConfigError(
+            f"{type(config).__name__}.num_classes must be at least 2, got {config.num_classes}"
+        )
+
+
+# The family modules import the names above, so they come after them.
+from train.models import attention, cnn, rnn  # noqa: E402
+
+# --- Inputs and the registry ----------------------------------------------------------
+
+Modality = Literal["image", "signal", "tabular"]
+
+# What each axis of InputSpec.shape means, per modality (the batch axis is not included).
+SHAPE_AXES: dict[str, tuple[str, ...]] = {
+    "image": ("channels", "height", "width"),
+    "signal": ("length", "channels"),
+    "tabular": ("features",),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one example looks like after preprocessing (without the batch axis)."""
+
+    modality: Modality
+    shape: tuple[int, ...]
+    """image: (C, H, W); signal: (L, C), length then channels; tabular: (F,) numeric features."""
+
+    def __post_init__(self) -> None:
+        if self.modality not in SHAPE_AXES:
+            raise ModelConfigError(
+                f"unknown input modality {self.modality!r}; choose one of: {', '.join(SHAPE_AXES)}"
+            )
+        axes = SHAPE_AXES[self.modality]
+        try:
+            shape = tuple(operator.index(n) for n in self.shape if not isinstance(n, bool))
+            ok = len(shape) == len(self.shape) == len(axes) and min(shape) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ModelConfigError(
+                f"{self.modality} input shape must be ({', '.join(axes)}) "
+                f"as positive integers, got {self.shape!r}"
+            )
+        object.__setattr__(self, "shape", tuple(int(n) for n in shape))
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the registry needs to know about one model family."""
+
+    config_cls: type
+    model_cls: type[nn.Module]
+    presets: Mapping[str, Mapping[str, Any]]
+    modality: str
+    """The input modality every preset of this family takes."""
+    shape_fields: tuple[str, ...]
+    """The config field that receives each axis of InputSpec.shape, in order."""
+
+
+FAMILIES: dict[str, Family] = {
+    "cnn": Family(cnn.CNNConfig, cnn.CNN, cnn.PRESETS, cnn.MODALITY, cnn.SHAPE_FIELDS),
+    "rnn": Family(rnn.RNNConfig, rnn.RNN, rnn.PRESETS, rnn.MODALITY, rnn.SHAPE_FIELDS),
+    "attention": Family(
+        attention.AttentionConfig,
+        attention.AttentionNet,
+        attention.PRESETS,
+        attention.MODALITY,
+        attention.SHAPE_FIELDS,
+    ),
+}
+
+
+def _family(family: str) -> Family:
+    if family not in FAMILIES:
+        raise ModelConfigError(
+            f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}"
+        )
+    return FAMILIES[family]
+
+
+def model_config_for(
+    family: str,
+    preset: str,
+    input_spec: InputSpec,
+    num_classes: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """The config dataclass for `preset` of `family`, sized for `input_spec`.
+
+    `overrides` may set any hyperparameter the preset uses (the keys of its PRESETS
+    entry); input sizes and num_classes come from the arguments, never from overrides.
+    """
+    spec = _family(family)
+    if preset not in spec.presets:
+        raise ModelConfigError(
+            f"unknown {family} preset {preset!r}; choose one of: {', '.join(spec.presets)}"
+        )
+    if input_spec.modality != spec.modality:
+        takers = [name for name, f in FAMILIES.items() if f.modality == input_spec.modality]
+        raise ModelConfigError(
+            f"model family {family!r} (preset {preset!r}) takes {spec.modality} inputs, "
+            f"not {input_spec.modality!r}; for {input_spec.modality} use: {', '.join(takers)}"
+        )
+    overrides = dict(overrides or {})
+    allowed = spec.presets[preset]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ModelConfigError(
+            f"unknown override {', '.join(map(repr, unknown))} for {family} preset {preset!r}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    sizes = dict(zip(spec.shape_fields, input_spec.shape))
+    return spec.config_cls(preset=preset, num_classes=num_classes, **sizes, **overrides)
+
+
+def build_model(
+    family: str,
+    preset: str,
+    input_spec: InputSpec,
+    num_classes: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """A freshly initialised model (seed torch first for reproducible weights)."""
+    config = model_config_for(family, preset, input_spec, num_classes, overrides)
+    return FAMILIES[family].model_cls(config)
+
+
+def build_model_from_config(family: str, config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from `dataclasses.asdict(config)`, e.g. as read from a checkpoint.
+
+    Lists (what JSON makes of tuples) are accepted where the config holds tuples.
+    """
+    spec = _family(family)
+    fields = dataclasses.fields(spec.config_cls)
+    names = [f.name for f in fields]
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ModelConfigError(
+            f"{spec.config_cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+            f"fields: {', '.join(names)}"
+        )
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in config
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ModelConfigError(
+            f"{spec.config_cls.__name__} is missing {', '.join(map(repr, missing))}"
+        )
+    return spec.model_cls(spec.config_cls(**config))
+
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "InputSpec",
+    "ModelConfigError",
+    "build_model",
+    "build_model_from_config",
+    "model_config_for",
+]

@@ -1,0 +1,180 @@
+"""Convolutional networks for images: the seed's reference CNN and a small ResNet.
+
+Input: float tensor (B, C, H, W). Output: logits (B, num_classes).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from train.models import (
+    ModelConfigError,
+    apply_preset,
+    check_fractions,
+    check_num_classes,
+    check_positive_int_tuple,
+    check_positive_ints,
+)
+
+MODALITY = "image"
+SHAPE_FIELDS = ("in_channels", "height", "width")
+
+PRESETS: dict[str, dict[str, object]] = {
+    # The seed's Keras reference: Conv 32→64→128 (3x3, ReLU, 2x2 max-pool), Dense 512,
+    # Dropout 0.5, then the classifier.
+    "seed": {"channels": (32, 64, 128), "dense_units": 512, "max_spatial": 4, "dropout": 0.5},
+    # A small ResNet (He et al. 2016) sized for 28x28 and up: BasicBlocks, BatchNorm,
+    # global average pooling.
+    "resnet": {"channels": (32, 64, 128), "blocks_per_stage": 2, "stem": "auto", "dropout": 0.2},
+}
+
+# The smallest side that the stage-1 feature map should keep: a 28x28 image (MedMNIST)
+# is not downsampled by the stem, and larger images only when this is still met.
+_STEM_MIN_SIDE = 28
+
+
+@dataclass
+class CNNConfig:
+    preset: str
+    """Architecture: a key of PRESETS ("seed" or "resnet")."""
+    in_channels: int
+    """Image channels: 1 for greyscale, 3 for RGB."""
+    height: int
+    """Image height in pixels."""
+    width: int
+    """Image width in pixels."""
+    num_classes: int
+    """Number of logits."""
+    channels: tuple[int, ...] | None = None
+    """Conv width per stage; each stage halves the resolution (seed: one conv + pool)."""
+    dense_units: int | None = None
+    """seed: width of the dense layer between the convs and the classifier."""
+    max_spatial: int | None = None
+    """seed: largest side of the feature map flattened into the dense layer; a larger map
+    is average-pooled down to it, so big images do not blow up the dense layer."""
+    blocks_per_stage: int | None = None
+    """resnet: BasicBlocks per stage."""
+    stem: str | None = None
+    """resnet: "plain" (3x3 conv, full resolution), "strided" (3x3 conv stride 2 and a
+    max-pool: a quarter of the resolution), or "auto" (stored resolved): "strided" when
+    the image stays at least 28 pixels a side after it."""
+    dropout: float | None = None
+    """Dropout before the classifier."""
+
+    def __post_init__(self) -> None:
+        apply_preset(self, PRESETS)
+        check_positive_ints(
+            self, "in_channels", "height", "width", "dense_units", "max_spatial", "blocks_per_stage"
+        )
+        check_positive_int_tuple(self, "channels")
+        check_num_classes(self)
+        check_fractions(self, "dropout")
+        smallest = min(self.height, self.width)
+        if self.preset == "seed" and smallest < 2 ** len(self.channels):
+            raise ModelConfigError(
+                f"the seed CNN halves the image {len(self.channels)} times, so it needs at "
+                f"least {2 ** len(self.channels)} pixels a side; got {self.height}x{self.width}"
+            )
+        if self.stem == "auto":
+            self.stem = "strided" if smallest // 4 >= _STEM_MIN_SIDE else "plain"
+        if self.stem not in (None, "plain", "strided"):
+            raise ModelConfigError(
+                f"CNNConfig.stem must be one of: auto, plain, strided; got {self.stem!r}"
+            )
+
+
+class CNN(nn.Module):
+    """`features` (convolutions) then `head` (classifier), both chosen by the preset."""
+
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        build = _seed_layers if config.preset == "seed" else _resnet_layers
+        self.features, self.head, self._cam_layer_name = build(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def grad_cam_layer(self) -> nn.Module:
+        """The module whose output is the last convolutional feature map (after its
+        activation, before any pooling): hook it for Grad-CAM."""
+        return self.get_submodule(self._cam_layer_name)
+
+
+def _seed_layers(config: CNNConfig) -> tuple[nn.Module, nn.Module, str]:
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    in_channels, height, width = config.in_channels, config.height, config.width
+    for i, out_channels in enumerate(config.channels, start=1):
+        layers[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"pool{i}"] = nn.MaxPool2d(2)
+        in_channels, height, width = out_channels, height // 2, width // 2
+    if max(height, width) > config.max_spatial:
+        height, width = min(height, config.max_spatial), min(width, config.max_spatial)
+        layers["shrink"] = nn.AdaptiveAvgPool2d((height, width))
+    head = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_channels * height * width, config.dense_units),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.dense_units, config.num_classes),
+    )
+    return nn.Sequential(layers), head, f"features.relu{len(config.channels)}"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def _resnet_layers(config: CNNConfig) -> tuple[nn.Module, nn.Module, str]:
+    width = config.channels[0]
+    stride = 2 if config.stem == "strided" else 1
+    stem: list[nn.Module] = [
+        nn.Conv2d(config.in_channels, width, 3, stride, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+    ]
+    if config.stem == "strided":
+        stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+    layers: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(*stem))
+    in_channels = width
+    for i, out_channels in enumerate(config.channels, start=1):
+        blocks = [
+            # The first stage keeps the stem's resolution; each later one halves it.
+            BasicBlock(in_channels if b == 0 else out_channels, out_channels,
+                       stride=2 if (b == 0 and i > 1) else 1)
+            for b in range(config.blocks_per_stage)
+        ]
+        layers[f"stage{i}"] = nn.Sequential(*blocks)
+        in_channels = out_channels
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(config.dropout),
+        nn.Linear(in_channels, config.num_classes),
+    )
+    last = f"features.stage{len(config.channels)}.{config.blocks_per_stage - 1}"
+    return nn.Sequential(layers), head, last
