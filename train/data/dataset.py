@@ -98,7 +98,7 @@ def sha256_files(paths: list[Path], root: Path | None = None) -> dict[str, Any]:
 
 def tensor_column(values: np.ndarray) -> pa.FixedSizeListArray:
     """(N, *shape) array -> one fixed-size-list column; the shape lives in the manifest."""
-    flat = np.ascontiguousarray(values).reshape(len(values), -1)
+    flat = np.ascontiguousarray(values).reshape(len(values), int(np.prod(values.shape[1:])))
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 

@@ -125,8 +125,9 @@ def import_medmnist(source: str, size: int = 28) -> ImportedDataset:
                 f"{len(classes)} known classes"
             )
     if not info:
-        index = {int(c): i for i, c in enumerate(classes)}
-        splits = {name: (images, np.vectorize(index.get)(labels)) for name, (images, labels) in splits.items()}
+        # Labels seen in train, ascending, become 0..K-1 (all labels were checked to be among them).
+        values = np.asarray([int(c) for c in classes])
+        splits = {name: (images, np.searchsorted(values, labels)) for name, (images, labels) in splits.items()}
     shape = list(next(iter(shapes)))
     return ImportedDataset(
         modality="image",

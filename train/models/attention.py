@@ -86,7 +86,8 @@ class AttentionConfig:
             )
         if self.ffn_factor is not None:
             factor = self.ffn_factor
-            if isinstance(factor, bool) or not isinstance(factor, Real) or self.d_token * factor < 1:
+            is_number = isinstance(factor, Real) and not isinstance(factor, bool)
+            if not is_number or self.d_token * factor < 1:
                 raise ModelConfigError(
                     f"AttentionConfig.ffn_factor must make the feed-forward layer at least 1 "
                     f"wide (d_token * ffn_factor >= 1), got {factor!r}"

@@ -50,7 +50,8 @@ class CNNConfig:
     num_classes: int
     """Number of logits."""
     channels: tuple[int, ...] | None = None
-    """Conv width per stage; each stage halves the resolution (seed: one conv + pool)."""
+    """Conv width per stage. seed: one conv and a 2x2 max-pool each; resnet: BasicBlocks,
+    every stage after the first halving the resolution."""
     dense_units: int | None = None
     """seed: width of the dense layer between the convs and the classifier."""
     max_spatial: int | None = None

@@ -1,0 +1,113 @@
+import os
+import subprocess
+
+import boto3
+import pyarrow.fs as pafs
+import pytest
+
+from cluster.config import StorageConfig
+from cluster.errors import ConfigError, NotFoundError, StorageError
+from cluster.storage import AlreadyExistsError, Storage, normalize_root, resolve_root
+from conftest import start_moto
+
+
+def test_root_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDRAY_STORAGE", "s3://from-env/p")
+    assert resolve_root("s3://from-cli/x") == "s3://from-cli/x"
+    assert resolve_root(None) == "s3://from-env/p"
+    monkeypatch.delenv("MEDRAY_STORAGE")
+    assert resolve_root(None).startswith("file://") and resolve_root(None).endswith(".medray")
+    assert normalize_root(str(tmp_path)) == f"file://{tmp_path}"
+    assert normalize_root("s3://bucket/a/b/") == "s3://bucket/a/b"
+
+
+@pytest.mark.parametrize("root", ["s3://ab/x", "s3://Upper/x", "s3://has_underscore", "gs://bucket/x"])
+def test_bad_roots_are_refused(root):
+    with pytest.raises(ConfigError):
+        normalize_root(root)
+
+
+def test_round_trip_list_and_delete(storage):
+    storage.write_json("a/b/manifest.json", {"x": 1})
+    storage.write_bytes("a/c.bin", b"\x00\x01")
+    assert storage.read_json("a/b/manifest.json") == {"x": 1}
+    assert storage.read_bytes("a/c.bin") == b"\x00\x01"
+    assert storage.list_dir("a") == ["b", "c.bin"]
+    assert storage.list_dir("nothing/here") == []
+    assert storage.exists("a/c.bin") and not storage.exists("a/zzz")
+    storage.delete("a/c.bin")
+    assert not storage.exists("a/c.bin")
+    storage.delete_prefix("a")
+    assert storage.list_dir("a") == []
+    with pytest.raises(NotFoundError, match="a/b/manifest.json"):
+        storage.read_bytes("a/b/manifest.json")
+
+
+def test_exclusive_write_claims_a_key_once(storage):
+    storage.write_json("v1/manifest.json", {"first": True}, exclusive=True)
+    with pytest.raises(AlreadyExistsError):
+        storage.write_json("v1/manifest.json", {"first": False}, exclusive=True)
+    assert storage.read_json("v1/manifest.json") == {"first": True}
+
+
+def test_local_writes_leave_no_temporary_files(local_storage):
+    for i in range(3):
+        local_storage.write_bytes("d/f.bin", bytes([i]))
+    folder = local_storage.root.removeprefix("file://") + "/d"
+    assert os.listdir(folder) == ["f.bin"]
+
+
+def test_arrow_filesystem_reads_what_storage_wrote(storage):
+    storage.write_bytes("x/data.bin", b"hello")
+    fs, _ = storage.arrow_filesystem()
+    with fs.open_input_stream(storage.arrow_path("x/data.bin")) as handle:
+        assert handle.read() == b"hello"
+
+
+def test_s3_writes_request_server_side_encryption(s3_storage, s3_bucket):
+    s3_storage.write_bytes("enc.bin", b"1")
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key="root/enc.bin")
+    assert head["ServerSideEncryption"] == "AES256"
+    plain = Storage(s3_storage.root, StorageConfig(server_side_encryption="none"))
+    plain.write_bytes("plain.bin", b"1")
+    assert "ServerSideEncryption" not in boto3.client("s3").head_object(Bucket=s3_bucket, Key="root/plain.bin")
+
+
+def test_missing_bucket_is_one_clear_message(s3_endpoint):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        Storage("s3://no-such-bucket/root").check()
+
+
+def test_unreachable_endpoint_is_one_clear_message(monkeypatch, s3_endpoint):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    storage = Storage("s3://some-bucket/root", StorageConfig(max_attempts=2, connect_timeout_s=1))
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint http://127.0.0.1:9"):
+        storage.check()
+
+
+def test_bad_credentials_are_one_clear_message(monkeypatch, s3_endpoint):
+    # A second server with authentication on: unknown keys are refused as on AWS.
+    process, url = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+        with pytest.raises(StorageError, match="refused the credentials"):
+            Storage("s3://some-bucket/root").check()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_missing_credentials_are_one_clear_message(monkeypatch, s3_endpoint, tmp_path):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(StorageError, match="no AWS credentials"):
+        Storage("s3://some-bucket/root").check()
+
+
+def test_refuses_to_delete_the_root(local_storage):
+    with pytest.raises(StorageError):
+        local_storage.delete_prefix("")

@@ -1,0 +1,370 @@
+"""Each importer on small hand-made sources, and every kind of bad input."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cluster.config import DataConfig
+from train.data.dataset import DataImportError, list_datasets, read_manifest
+from train.data.importers import ImportRequest, import_dataset
+from train.data.loading import read_split_arrays
+
+
+def write_npz(path, sizes=(20, 6, 8), shape=(8, 8), label_shape="flat", seed=0, **overrides):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        labels = np.arange(n) % 2
+        arrays[f"{split}_labels"] = labels[:, None] if label_shape == "column" else labels
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def run(storage, **fields):
+    return import_dataset(storage, ImportRequest(**fields))
+
+
+# medmnist ------------------------------------------------------------------------
+@pytest.mark.parametrize("label_shape", ["flat", "column"])
+def test_medmnist_keeps_official_splits_and_pixels(local_storage, tmp_path, label_shape):
+    arrays = write_npz(tmp_path / "toy.npz", label_shape=label_shape)
+    manifest = run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    assert manifest["modality"] == "image"
+    assert manifest["schema"]["shape"] == [8, 8]
+    assert {s: manifest["splits"][s]["rows"] for s in ("train", "val", "test")} == {"train": 20, "val": 6, "test": 8}
+    assert manifest["classes"] == ["0", "1"]
+    images, labels = read_split_arrays(local_storage, "toy", "val")
+    np.testing.assert_array_equal(images, arrays["val_images"])
+    np.testing.assert_array_equal(labels, arrays["val_labels"].reshape(-1))
+
+
+def test_medmnist_known_flag_gets_class_names_and_license(local_storage, tmp_path):
+    write_npz(tmp_path / "breastmnist.npz")
+    manifest = run(local_storage, kind="medmnist", source=str(tmp_path / "breastmnist.npz"), name="b")
+    assert manifest["classes"] == ["malignant", "normal_benign"]
+    assert manifest["license"] == "CC BY 4.0"
+
+
+def test_medmnist_rgb_images(local_storage, tmp_path):
+    arrays = write_npz(tmp_path / "rgb.npz", shape=(8, 8, 3))
+    run(local_storage, kind="medmnist", source=str(tmp_path / "rgb.npz"), name="rgb")
+    images, _ = read_split_arrays(local_storage, "rgb", "test")
+    np.testing.assert_array_equal(images, arrays["test_images"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"val_images": np.zeros((6, 8), np.uint8)}, r"val_images has shape \(6, 8\)"),
+    ({"train_labels": np.zeros(19, np.int64)}, "train has 20 images but 19 labels"),
+    ({"test_labels": np.zeros((8, 3), np.int64)}, "multi-label"),
+    ({"test_images": np.zeros((0, 8, 8), np.uint8), "test_labels": np.zeros(0, np.int64)}, "the test split is empty"),
+    ({"val_labels": np.array([0, 1, 0, 1, 0, 7])}, "val_labels row 5 holds label 7"),
+    ({"train_images": np.full((20, 8, 8), 300, np.int64)}, "8-bit"),
+])
+def test_medmnist_bad_arrays_are_refused_and_nothing_is_published(local_storage, tmp_path, overrides, message):
+    write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataImportError, match=message):
+        run(local_storage, kind="medmnist", source=str(tmp_path / "bad.npz"), name="bad")
+    assert list_datasets(local_storage) == {}
+
+
+def test_medmnist_missing_key_and_truncated_file(local_storage, tmp_path):
+    np.savez(tmp_path / "nokey.npz", train_images=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DataImportError, match="has no array 'train_labels'"):
+        run(local_storage, kind="medmnist", source=str(tmp_path / "nokey.npz"), name="x")
+    write_npz(tmp_path / "full.npz")
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataImportError, match="cut.npz' is corrupt or truncated"):
+        run(local_storage, kind="medmnist", source=str(tmp_path / "cut.npz"), name="x")
+    with pytest.raises(DataImportError, match="neither an .npz file nor a known MedMNIST flag"):
+        run(local_storage, kind="medmnist", source="notaflag", name="x")
+
+
+# ucr -----------------------------------------------------------------------------
+def write_ucr(folder, name="TOY", train_rows=None, test_rows=None, sep=" "):
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(n):
+        return [[(-1 if i % 3 == 0 else 1), *rng.normal(size=12).round(6)] for i in range(n)]
+
+    train_rows = train_rows if train_rows is not None else rows(30)
+    test_rows = test_rows if test_rows is not None else rows(12)
+    for suffix, data in (("TRAIN", train_rows), ("TEST", test_rows)):
+        text = "\n".join(sep.join(str(v) for v in row) for row in data) + "\n"
+        (folder / f"{name}_{suffix}.txt").write_text(text)
+    return train_rows, test_rows
+
+
+@pytest.mark.parametrize("sep", ["  ", ","])
+def test_ucr_reads_both_separators_and_carves_validation(local_storage, tmp_path, sep):
+    _, test = write_ucr(tmp_path / "ucr", sep=sep)
+    test = np.asarray(test, dtype=float)
+    manifest = run(local_storage, kind="ucr", source=str(tmp_path / "ucr"), name="toy", dataset="TOY")
+    rows = {s: manifest["splits"][s]["rows"] for s in ("train", "val", "test")}
+    assert rows["train"] + rows["val"] == 30 and rows["test"] == 12 and rows["val"] >= 4
+    assert manifest["classes"] == ["-1", "1"]
+    assert manifest["schema"]["shape"] == [12]
+    signals, labels = read_split_arrays(local_storage, "toy", "test")
+    np.testing.assert_array_equal(signals, test[:, 1:])
+    np.testing.assert_array_equal(labels, (test[:, 0] == 1).astype(int))
+    # Validation is stratified: both classes present in it.
+    _, val_labels = read_split_arrays(local_storage, "toy", "val")
+    assert set(val_labels.tolist()) == {0, 1}
+
+
+def test_ucr_split_is_seeded(local_storage, tmp_path):
+    write_ucr(tmp_path / "ucr")
+    first = run(local_storage, kind="ucr", source=str(tmp_path / "ucr"), name="a")
+    second = run(local_storage, kind="ucr", source=str(tmp_path / "ucr"), name="a")
+    assert first["version"] == 1 and second["version"] == 2
+    a, _ = read_split_arrays(local_storage, "a@v1", "val")
+    b, _ = read_split_arrays(local_storage, "a@v2", "val")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_ucr_bad_inputs(local_storage, tmp_path):
+    folder = tmp_path / "u1"
+    write_ucr(folder)
+    text = (folder / "TOY_TRAIN.txt").read_text().splitlines()
+    text[4] = text[4] + " abc"
+    (folder / "TOY_TRAIN.txt").write_text("\n".join(text))
+    with pytest.raises(DataImportError, match="TOY_TRAIN.txt' line 5: sample 13 is not a number"):
+        run(local_storage, kind="ucr", source=str(folder), name="u")
+
+    folder = tmp_path / "u2"
+    write_ucr(folder, test_rows=[[2, *range(12)]])
+    with pytest.raises(DataImportError, match="row 1: label 2 does not occur in the train file"):
+        run(local_storage, kind="ucr", source=str(folder), name="u")
+
+    folder = tmp_path / "u3"
+    write_ucr(folder, train_rows=[[1, 1, 2, 3], [-1, 1, 2]])
+    with pytest.raises(DataImportError, match="line 2: 2 samples, but earlier lines have 3"):
+        run(local_storage, kind="ucr", source=str(folder), name="u")
+
+    with pytest.raises(DataImportError, match="holds 0 UCR datasets"):
+        run(local_storage, kind="ucr", source=str(tmp_path), name="u")
+    assert list_datasets(local_storage) == {}
+
+
+# csv -----------------------------------------------------------------------------
+def clinical_table(n=60):
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({
+        "patient": [f"p{i // 2}" for i in range(n)],  # two visits per patient
+        "age": rng.integers(30, 80, n),
+        "chol": rng.normal(200, 30, n).round(1),
+        "smoker": np.where(rng.random(n) > 0.5, "yes", "no"),
+        "outcome": np.where(np.arange(n) % 3 == 0, "disease", "healthy"),
+    })
+
+
+def test_csv_with_header_categorical_missing_and_groups(local_storage, tmp_path):
+    frame = clinical_table()
+    frame = frame.astype({"chol": object})
+    frame.loc[[3, 10], "chol"] = "?"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    manifest = run(
+        local_storage, kind="csv", source=str(tmp_path / "t.csv"), name="t", target="outcome",
+        categorical=["smoker"], group="patient", missing=["?"],
+    )
+    assert manifest["classes"] == ["disease", "healthy"]
+    assert manifest["quality"]["missing_values"]["chol"] == 2
+    assert [f["name"] for f in manifest["schema"]["features"]] == ["age", "chol", "smoker"]
+    assert manifest["schema"]["features"][2] == {"name": "smoker", "type": "categorical", "categories": ["no", "yes"]}
+    # No patient spans two splits, and the identifier itself is not stored.
+    seen = {}
+    for split in ("train", "val", "test"):
+        features, _ = read_split_arrays(local_storage, "t", split)
+        assert "patient" not in features.columns
+        assert len(features) == manifest["splits"][split]["rows"]
+    sizes = [manifest["splits"][s]["rows"] for s in ("train", "val", "test")]
+    assert sum(sizes) == 60 and all(size % 2 == 0 for size in sizes)  # whole patients only
+
+
+def test_csv_groups_never_span_splits(tmp_path):
+    from train.data.splits import three_way_split
+
+    labels = np.array([0, 1] * 50)
+    groups = np.repeat(np.arange(25), 4)
+    splits = three_way_split(labels, 0.15, 0.2, seed=3, groups=groups)
+    owners = [set(groups[rows]) for rows in splits.values()]
+    assert not (owners[0] & owners[1]) and not (owners[0] & owners[2]) and not (owners[1] & owners[2])
+    assert sum(len(rows) for rows in splits.values()) == 100
+
+
+def test_csv_headerless_numeric_classes(local_storage, tmp_path):
+    (tmp_path / "h.data").write_text("".join(f"{i},{i * 2.5},{i % 3}.0\n" for i in range(40)))
+    manifest = run(local_storage, kind="csv", source=str(tmp_path / "h.data"), name="h",
+                   columns=["a", "b", "y"], target="y")
+    assert manifest["classes"] == ["0", "1", "2"]
+    assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == 40
+
+
+@pytest.mark.parametrize("content, options, message", [
+    ("a,b,y\n1,2,0\n1,x,1\n", {"target": "y"}, r"column 'b', row 2 \(line 3\): value is not a number"),
+    ("a,b,y\n1,2,0\n", {"target": "label"}, "has no column\\(s\\) 'label'"),
+    ("a,b,y\n1,2,0\n1,2,\n", {"target": "y"}, r"row 2 \(line 3\): the target is missing"),
+    ("a,b,y\n1,2,0\n1,2,5\n", {"target": "y", "classes": ["0", "1"]}, "row 2.*not one of the given classes"),
+    ("", {"target": "y"}, "is empty"),
+    ("1,2\n", {"target": "y", "columns": ["a", "b", "y"]}, "line 1 has 2 fields but 3 column names"),
+])
+def test_csv_bad_inputs(local_storage, tmp_path, content, options, message):
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(DataImportError, match=message):
+        run(local_storage, kind="csv", source=str(tmp_path / "bad.csv"), name="bad", **options)
+    assert list_datasets(local_storage) == {}
+
+
+def test_error_messages_never_echo_record_values(local_storage, tmp_path):
+    (tmp_path / "p.csv").write_text("name,age,y\nJane Doe,41,0\nJohn Roe,SECRET-VALUE,1\n")
+    with pytest.raises(DataImportError) as error:
+        run(local_storage, kind="csv", source=str(tmp_path / "p.csv"), name="p", target="y", drop=["name"])
+    assert "SECRET-VALUE" not in str(error.value) and "age" in str(error.value)
+
+
+def test_split_too_small_for_stratification(local_storage, tmp_path):
+    (tmp_path / "tiny.csv").write_text("a,y\n1,0\n2,0\n3,0\n4,1\n")
+    with pytest.raises(DataImportError, match="stratified"):
+        run(local_storage, kind="csv", source=str(tmp_path / "tiny.csv"), name="tiny", target="y")
+
+
+# sklearn -------------------------------------------------------------------------
+def test_sklearn_breast_cancer(local_storage):
+    from sklearn.datasets import load_breast_cancer
+
+    manifest = run(local_storage, kind="sklearn", source="breast_cancer", name="wdbc")
+    assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == 569
+    assert manifest["classes"] == ["malignant", "benign"]
+    bunch = load_breast_cancer(as_frame=True)
+    features, labels = read_split_arrays(local_storage, "wdbc", "test")
+    assert list(features.columns) == list(bunch.data.columns)
+    merged = features.merge(bunch.frame, on=list(bunch.data.columns), how="left")
+    np.testing.assert_array_equal(merged["target"].to_numpy(), labels)
+    with pytest.raises(DataImportError, match="not a scikit-learn dataset"):
+        run(local_storage, kind="sklearn", source="iris_flowers", name="x")
+
+
+# images --------------------------------------------------------------------------
+def write_dicom(path, pixels, patient_name="Doe^Jane", patient_id="PID-12345"):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName, ds.PatientID = patient_name, patient_id
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def image_folder(root, per_class=10, with_dicom=True):
+    rng = np.random.default_rng(4)
+    for class_index, name in enumerate(("benign", "malignant")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+            pixels[:, :10] = 255 * class_index  # the class shows as a dark or bright left half
+            if with_dicom and i % 3 == 0:
+                write_dicom(folder / f"Doe_Jane_{i}.dcm", pixels.astype(np.uint16) * 16)
+            else:
+                Image.fromarray(pixels).save(folder / f"img{i}.png" if i % 2 else folder / f"img{i}.jpg")
+    return root
+
+
+def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
+    folder = image_folder(tmp_path / "imgs")
+    manifest = run(local_storage, kind="images", source=str(folder), name="imgs", data=DataConfig(image_size=16))
+    assert manifest["classes"] == ["benign", "malignant"]
+    assert manifest["schema"]["shape"] == [16, 16]
+    assert manifest["source"]["dicom_files"] == 8
+    assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == 20
+    images, labels = read_split_arrays(local_storage, "imgs", "train")
+    assert images.shape[1:] == (16, 16) and images.dtype == np.uint8
+    # The class signal (a bright or dark left half) survives resizing and DICOM windowing.
+    assert images[labels == 1][:, :, :7].mean() > images[labels == 0][:, :, :7].mean() + 150
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    for secret in (b"Doe", b"Jane", b"PID-12345"):
+        assert secret not in stored
+
+
+def test_images_resize_matches_pillow(local_storage, tmp_path):
+    folder = image_folder(tmp_path / "imgs", with_dicom=False)
+    run(local_storage, kind="images", source=str(folder), name="imgs", data=DataConfig(image_size=8))
+    first = sorted((folder / "benign").glob("*"))[0]
+    expected = np.asarray(Image.open(first).convert("L").resize((8, 8), Image.Resampling.BILINEAR))
+    images = np.concatenate([read_split_arrays(local_storage, "imgs", s)[0] for s in ("train", "val", "test")])
+    assert any(np.array_equal(image, expected) for image in images)
+
+
+def test_images_corrupt_file_is_named(local_storage, tmp_path):
+    folder = image_folder(tmp_path / "imgs", with_dicom=False)
+    (folder / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    with pytest.raises(DataImportError, match="broken.png' is corrupt"):
+        run(local_storage, kind="images", source=str(folder), name="imgs")
+    (folder / "benign" / "broken.png").unlink()
+    (folder / "benign" / "bad.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(DataImportError, match="bad.dcm' is not a readable DICOM"):
+        run(local_storage, kind="images", source=str(folder), name="imgs")
+    assert list_datasets(local_storage) == {}
+
+
+# versions and quality ------------------------------------------------------------
+def test_reimport_makes_a_new_version_and_leaves_the_old_one(local_storage, tmp_path):
+    write_npz(tmp_path / "toy.npz")
+    run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    v1_files = {p: p.read_bytes() for p in (tmp_path / "store" / "datasets" / "toy" / "v1").rglob("*") if p.is_file()}
+    write_npz(tmp_path / "toy.npz", seed=9)
+    manifest = run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    assert manifest["version"] == 2
+    assert {p: p.read_bytes() for p in v1_files} == v1_files
+    assert read_manifest(local_storage, "toy")["version"] == 2
+    assert read_manifest(local_storage, "toy@v1")["version"] == 1
+
+
+def test_quality_report_finds_duplicates_constants_and_balance(local_storage, tmp_path):
+    rows = "".join(f"{i % 7},5,{i % 2}\n" for i in range(60))  # few distinct rows: duplicates everywhere
+    (tmp_path / "q.csv").write_text("a,const,y\n" + rows)
+    manifest = run(local_storage, kind="csv", source=str(tmp_path / "q.csv"), name="q", target="y")
+    quality = manifest["quality"]
+    assert quality["constant_features"] == ["const"]
+    assert quality["duplicates_across_splits"]["train_test"] == manifest["splits"]["test"]["rows"]
+    assert quality["class_balance"]["train"]["0"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_failed_upload_publishes_nothing(local_storage, tmp_path, monkeypatch):
+    write_npz(tmp_path / "toy.npz")
+    calls = {"n": 0}
+    original = local_storage.put_file
+
+    def flaky(key, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        original(key, path)
+
+    monkeypatch.setattr(local_storage, "put_file", flaky)
+    with pytest.raises(OSError):
+        run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    assert list_datasets(local_storage) == {}
+    leftovers = [p for p in (tmp_path / "store").rglob("*.parquet")]
+    assert leftovers == []
+
+
+def test_bad_dataset_names_are_refused(local_storage):
+    from cluster.errors import MedrayError
+
+    with pytest.raises(MedrayError, match="dataset name '../etc'"):
+        run(local_storage, kind="sklearn", source="breast_cancer", name="../etc")

@@ -1,0 +1,474 @@
+"""Model families: shapes, parameter counts, values against independent references,
+learning, rebuilding from a stored config, attention weights, and config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cluster.errors import ConfigError
+from train.models import (
+    FAMILIES,
+    InputSpec,
+    ModelConfigError,
+    build_model,
+    build_model_from_config,
+    model_config_for,
+)
+
+IMAGE_SMALL = InputSpec("image", (1, 28, 28))  # BreastMNIST
+IMAGE_RGB = InputSpec("image", (3, 64, 64))
+SIGNAL_1 = InputSpec("signal", (96, 1))  # ECG200
+SIGNAL_3 = InputSpec("signal", (96, 3))
+TABLE_13 = InputSpec("tabular", (13,))
+TABLE_30 = InputSpec("tabular", (30,))
+
+SPECS = {
+    "cnn": [IMAGE_SMALL, IMAGE_RGB],
+    "rnn": [SIGNAL_1, SIGNAL_3],
+    "attention": [TABLE_13, TABLE_30],
+}
+ALL_PRESETS = [(family, preset) for family, f in FAMILIES.items() for preset in f.presets]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # On a shared 2-core runner, two intra-op threads stall whenever another process
+    # holds a core (a 0.1 s training step was seen taking 3 s); one thread is steady.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(family, preset, spec, num_classes=2, overrides=None, seed=0):
+    torch.manual_seed(seed)
+    return build_model(family, preset, spec, num_classes, overrides)
+
+
+def _batch(spec, n, seed=0):
+    return torch.randn(n, *spec.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _randomize(model, seed=0):
+    """Seeded random values for every parameter and BatchNorm statistic, in float64, so a
+    reference that wires anything differently cannot match by accident."""
+    gen = torch.Generator().manual_seed(seed)
+    model.double().eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen, dtype=tensor.dtype) + 0.5)
+            else:
+                tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype))
+    return model
+
+
+def _param_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- Shapes and sizes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,preset", ALL_PRESETS)
+def test_logits_have_one_row_per_example_and_one_column_per_class(family, preset):
+    for spec in SPECS[family]:
+        model = _model(family, preset, spec, num_classes=3).eval()
+        with torch.no_grad():
+            logits = model(_batch(spec, 5))
+        assert logits.shape == (5, 3), (spec, logits.shape)
+        assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("preset", ["seed", "resnet"])
+@pytest.mark.parametrize("shape", [(3, 224, 224), (1, 28, 40), (1, 8, 8)])
+def test_cnn_takes_large_small_and_non_square_images(preset, shape):
+    model = _model("cnn", preset, InputSpec("image", shape)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, *shape)).shape == (2, 2)
+
+
+def test_seed_cnn_pools_only_maps_larger_than_max_spatial():
+    small = _model("cnn", "seed", IMAGE_SMALL)  # 28 -> 14 -> 7 -> 3: flattened as is
+    large = _model("cnn", "seed", InputSpec("image", (3, 224, 224)))  # 28x28 map -> 4x4
+    assert not hasattr(small.features, "shrink")
+    assert small.head[1].in_features == 128 * 3 * 3
+    assert large.features.shrink.output_size == (4, 4)
+    assert large.head[1].in_features == 128 * 4 * 4
+
+
+def test_resnet_stem_downsamples_only_images_that_stay_at_least_28_wide():
+    def stem(side):
+        return model_config_for("cnn", "resnet", InputSpec("image", (3, side, side)), 2).stem
+
+    assert (stem(28), stem(64), stem(111), stem(112), stem(224)) == (
+        "plain", "plain", "plain", "strided", "strided"
+    )
+    forced = model_config_for("cnn", "resnet", IMAGE_SMALL, 2, {"stem": "strided"})
+    assert forced.stem == "strided"
+
+
+# Counted by hand from the layer list (weights + biases; BatchNorm: 2 per channel).
+# cnn seed 28x28: conv 1*32*9+32, 32*64*9+64, 64*128*9+128; dense 1152*512+512; head 512*2+2.
+# cnn seed 64x64 RGB: conv1 3*32*9+32; the 8x8 map is pooled to 4x4: dense 2048*512+512.
+# cnn resnet: stem 288+64; stage1 2*(2*9216+128); stage2 (18432+36864+256+2048+128)
+#   + (73728+256); stage3 (73728+147456+512+8192+256) + (294912+512); head 258.
+# rnn seed: LSTM 4*128*(C+128) + 8*128; dense 128*64+64; head 130.
+# rnn bigru: GRU layer1 2*(3*64*(C+64)+6*64), layer2 2*(3*64*(128+64)+6*64);
+#   dense 256*64+64; head 130.
+# attention seed: tokenizer 2*F*128; MHA(128) 4*128*128+4*128; LN 256; dense 128*64+64;
+#   MHA(64) 4*64*64+4*64; LN 128; head 130.
+# attention ft: tokenizer 2*F*64 + CLS 64; 3 blocks of MHA 16640 + FFN (64*170+170 +
+#   85*64+64) + LNs (128 in the first block, 256 in the others); readout LN 128; head 130.
+EXPECTED_PARAMS = {
+    ("cnn", "seed", IMAGE_SMALL): 684_034,
+    ("cnn", "seed", IMAGE_RGB): 1_143_362,
+    ("cnn", "resnet", IMAGE_SMALL): 695_010,
+    ("cnn", "resnet", IMAGE_RGB): 695_586,
+    ("rnn", "seed", SIGNAL_1): 75_458,
+    ("rnn", "seed", SIGNAL_3): 76_482,
+    ("rnn", "bigru", SIGNAL_1): 116_802,
+    ("rnn", "bigru", SIGNAL_3): 117_570,
+    ("attention", "seed", TABLE_13): 94_786,
+    ("attention", "seed", TABLE_30): 99_138,
+    ("attention", "ft_transformer", TABLE_13): 102_208,
+    ("attention", "ft_transformer", TABLE_30): 104_384,
+}
+
+
+@pytest.mark.parametrize("family,preset,spec", list(EXPECTED_PARAMS))
+def test_parameter_count_matches_the_architecture(family, preset, spec):
+    assert _param_count(_model(family, preset, spec)) == EXPECTED_PARAMS[family, preset, spec]
+
+
+# --- Values under fixed weights ---------------------------------------------------
+
+
+def test_seed_cnn_value_with_constant_weights():
+    model = _model("cnn", "seed", IMAGE_SMALL).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(0.0 if name.endswith("bias") else 0.01 if "features" in name else 0.001)
+        model.head[-1].bias.copy_(torch.tensor([0.0, 0.5]))
+        logits = model(torch.ones(1, 1, 28, 28))
+    # By hand: with all-ones input and positive weights, each 3x3 conv gives an interior
+    # pixel (in_channels * 9) * input * w, and every 2x2 max-pool window holds an interior
+    # pixel, so the pooled maps are uniform:
+    #   9*0.01 = 0.09 -> 32*9*0.09*0.01 = 0.2592 -> 64*9*0.2592*0.01 = 1.492992 (3x3 map).
+    # dense: 128*3*3 * 1.492992 * 0.001 = 1.719926784; head: 512 * that * 0.001 + bias.
+    expected = 512 * 0.001 * 1.719926784
+    torch.testing.assert_close(logits, torch.tensor([[expected, expected + 0.5]]))
+
+
+def _resnet_reference(model, x):
+    sd, blocks = model.state_dict(), model.config.blocks_per_stage
+
+    def bn(h, prefix):
+        return F.batch_norm(
+            h, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
+            sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=1e-5,
+        )
+
+    h = F.relu(bn(F.conv2d(x, sd["features.stem.0.weight"], padding=1), "features.stem.1"))
+    for stage in (1, 2, 3):
+        for b in range(blocks):
+            p = f"features.stage{stage}.{b}"
+            stride = 2 if stage > 1 and b == 0 else 1
+            out = F.conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, padding=1)
+            out = F.relu(bn(out, f"{p}.bn1"))
+            out = bn(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            if f"{p}.shortcut.0.weight" in sd:
+                h = bn(F.conv2d(h, sd[f"{p}.shortcut.0.weight"], stride=stride), f"{p}.shortcut.1")
+            h = F.relu(out + h)
+    return F.linear(h.mean(dim=(2, 3)), sd["head.3.weight"], sd["head.3.bias"])
+
+
+def test_resnet_matches_a_functional_reference():
+    model = _randomize(_model("cnn", "resnet", IMAGE_SMALL))
+    x = _batch(IMAGE_SMALL, 3).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _resnet_reference(model, x))
+
+
+def _lstm_last_hidden(x, w_ih, w_hh, b_ih, b_hh):
+    h = c = x.new_zeros(x.shape[0], w_hh.shape[1])
+    for t in range(x.shape[1]):
+        i, f, g, o = (x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    return h
+
+
+def test_rnn_seed_reads_the_lstm_state_after_the_last_step():
+    model = _randomize(_model("rnn", "seed", InputSpec("signal", (12, 2))))
+    sd, x = model.state_dict(), _batch(InputSpec("signal", (12, 2)), 3).double()
+    h = _lstm_last_hidden(
+        x, *(sd[f"encoder.lstm.{k}_l0"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    )
+    dense = F.relu(F.linear(h, sd["head.0.weight"], sd["head.0.bias"]))
+    expected = F.linear(dense, sd["head.3.weight"], sd["head.3.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+def _gru_outputs(x, w_ih, w_hh, b_ih, b_hh):
+    h, outputs = x.new_zeros(x.shape[0], w_hh.shape[1]), []
+    for t in range(x.shape[1]):
+        xr, xz, xn = (x[:, t] @ w_ih.T + b_ih).chunk(3, dim=-1)
+        hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+def test_bigru_pools_both_directions_of_every_step():
+    spec = InputSpec("signal", (10, 3))
+    model = _randomize(_model("rnn", "bigru", spec, overrides={"input_proj_size": 4}))
+    sd, x = model.state_dict(), _batch(spec, 3).double()
+    h = F.relu(F.linear(x, sd["encoder.project.0.weight"], sd["encoder.project.0.bias"]))
+    for layer in range(2):
+        def weights(suffix):
+            keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            return [sd[f"encoder.gru.{k}_l{layer}{suffix}"] for k in keys]
+
+        forward = _gru_outputs(h, *weights(""))
+        backward = _gru_outputs(h.flip(1), *weights("_reverse")).flip(1)
+        h = torch.cat([forward, backward], dim=-1)
+    pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=-1)
+    dense = F.relu(F.linear(pooled, sd["head.0.weight"], sd["head.0.bias"]))
+    expected = F.linear(dense, sd["head.3.weight"], sd["head.3.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+def _self_attention(h, sd, prefix, n_heads):
+    """Multi-head self-attention over tokens (dim 1); returns output and head-mean weights."""
+    B, T, D = h.shape
+    q, k, v = F.linear(h, sd[f"{prefix}.in_proj_weight"], sd[f"{prefix}.in_proj_bias"]).chunk(3, -1)
+
+    def heads(t):
+        return t.reshape(B, T, n_heads, D // n_heads).transpose(1, 2)
+
+    weights = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / (D // n_heads) ** 0.5, dim=-1)
+    mixed = (weights @ heads(v)).transpose(1, 2).reshape(B, T, D)
+    out = F.linear(mixed, sd[f"{prefix}.out_proj.weight"], sd[f"{prefix}.out_proj.bias"])
+    return out, weights.mean(dim=1)
+
+
+def _layer_norm(h, sd, prefix):
+    return F.layer_norm(h, h.shape[-1:], sd[f"{prefix}.weight"], sd[f"{prefix}.bias"])
+
+
+def test_attention_seed_matches_a_reference_with_features_as_tokens():
+    model = _randomize(_model("attention", "seed", TABLE_13))
+    sd, x = model.state_dict(), _batch(TABLE_13, 4).double()
+    s0, s1 = "encoder.stages.0", "encoder.stages.1"
+    tokens = x[:, :, None] * sd[f"{s0}.embed.weight"] + sd[f"{s0}.embed.bias"]  # (B, 13, 128)
+    attended, _ = _self_attention(tokens, sd, f"{s0}.attention", 4)
+    h = _layer_norm(tokens + attended, sd, f"{s0}.norm")
+    h = F.relu(F.linear(h, sd[f"{s1}.embed.0.weight"], sd[f"{s1}.embed.0.bias"]))  # (B, 13, 64)
+    attended, weights = _self_attention(h, sd, f"{s1}.attention", 4)
+    h = _layer_norm(h + attended, sd, f"{s1}.norm")
+    expected = F.linear(h.mean(dim=1), sd["head.weight"], sd["head.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(model.attention_weights(x), weights.mean(dim=1))
+
+
+def test_ft_transformer_matches_a_reference_reading_the_cls_token():
+    model = _randomize(_model("attention", "ft_transformer", TABLE_13))
+    sd, x = model.state_dict(), _batch(TABLE_13, 4).double()
+    tokens = x[:, :, None] * sd["encoder.tokenizer.weight"] + sd["encoder.tokenizer.bias"]
+    h = torch.cat([tokens, sd["encoder.cls"].expand(4, 1, 64)], dim=1)  # CLS last
+    for i in range(3):
+        p = f"encoder.blocks.{i}"
+        normed = h if i == 0 else _layer_norm(h, sd, f"{p}.attention_norm")
+        attended, weights = _self_attention(normed, sd, f"{p}.attention", 8)
+        h = h + attended
+        value, gate = F.linear(_layer_norm(h, sd, f"{p}.ffn_norm"), sd[f"{p}.ffn.0.weight"],
+                               sd[f"{p}.ffn.0.bias"]).chunk(2, dim=-1)
+        h = h + F.linear(value * F.relu(gate), sd[f"{p}.ffn.3.weight"], sd[f"{p}.ffn.3.bias"])
+    cls = F.relu(_layer_norm(h[:, -1], sd, "encoder.readout.0"))
+    expected = F.linear(cls, sd["head.weight"], sd["head.bias"])
+    from_cls = weights[:, -1, :-1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(
+            model.attention_weights(x), from_cls / from_cls.sum(dim=-1, keepdim=True)
+        )
+
+
+# --- Behaviour --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,preset", ALL_PRESETS)
+def test_same_seed_builds_the_same_model(family, preset):
+    spec = SPECS[family][0]
+    a, b = _model(family, preset, spec, seed=7), _model(family, preset, spec, seed=7)
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(ta, tb), name
+    assert not torch.equal(
+        next(a.parameters()), next(_model(family, preset, spec, seed=8).parameters())
+    )
+
+
+# bigru trains on shorter series: its cost is per time step, and the length does not
+# change the architecture.
+OVERFIT_SPECS = {
+    ("cnn", "seed"): IMAGE_SMALL,
+    ("cnn", "resnet"): IMAGE_SMALL,
+    ("rnn", "seed"): SIGNAL_1,
+    ("rnn", "bigru"): InputSpec("signal", (32, 1)),
+    ("attention", "seed"): TABLE_13,
+    ("attention", "ft_transformer"): TABLE_13,
+}
+
+
+@pytest.mark.parametrize("family,preset", list(OVERFIT_SPECS))
+def test_overfits_a_tiny_batch(family, preset):
+    """16 random examples with arbitrary labels: a model that can learn memorises them."""
+    spec = OVERFIT_SPECS[family, preset]
+    model = _model(family, preset, spec)
+    x, y = _batch(spec, 16, seed=1), torch.arange(16) % 2
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    accuracy = 0.0
+    for step in range(1, 301):
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 0:
+            model.eval()  # dropout off, BatchNorm on running statistics
+            with torch.no_grad():
+                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
+            if accuracy == 1.0:
+                break
+    assert accuracy == 1.0, f"{family}/{preset}: {accuracy:.0%} after {step} steps"
+
+
+@pytest.mark.parametrize("family,preset", ALL_PRESETS)
+def test_rebuilds_from_its_stored_config_and_weights(family, preset):
+    spec = SPECS[family][-1]
+    model = _model(family, preset, spec)
+    model.train()
+    with torch.no_grad():
+        model(_batch(spec, 8))  # moves BatchNorm statistics away from their initial values
+    stored = json.loads(json.dumps(dataclasses.asdict(model.config)))  # as a checkpoint holds it
+    torch.manual_seed(123)  # the rebuilt model must not depend on the seed it is built under
+    rebuilt = build_model_from_config(family, stored)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config == model.config
+    x = _batch(spec, 4, seed=2)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), rebuilt.eval()(x))
+
+
+@pytest.mark.parametrize("preset", ["seed", "ft_transformer"])
+def test_attention_weights_are_a_distribution_over_features_per_example(preset):
+    model = _model("attention", preset, TABLE_30).eval()
+    x = _batch(TABLE_30, 6)
+    with torch.no_grad():
+        weights = model.attention_weights(x)
+    assert weights.shape == (6, 30)
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(6))
+    assert not torch.allclose(weights[0], weights[1])  # each example gets its own
+
+
+@pytest.mark.parametrize("preset", ["seed", "resnet"])
+def test_grad_cam_layer_yields_the_last_feature_map_and_its_gradient(preset):
+    model = _model("cnn", preset, IMAGE_SMALL).eval()
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["map"] = output
+
+    model.grad_cam_layer().register_forward_hook(keep)
+    model(_batch(IMAGE_SMALL, 2))[:, 1].sum().backward()
+    assert captured["map"].shape == (2, 128, 7, 7)
+    assert captured["map"].grad is not None and captured["map"].grad.abs().sum() > 0
+
+
+def test_overrides_are_stored_as_plain_json_values():
+    # As a search space or a YAML file may hand them over: numpy scalars, lists.
+    overrides = {
+        "channels": [np.int64(16), 32], "dropout": np.float32(0.25), "blocks_per_stage": np.int64(1)
+    }
+    config = model_config_for("cnn", "resnet", IMAGE_SMALL, 2, overrides)
+    assert (config.channels, config.blocks_per_stage, config.dropout) == ((16, 32), 1, 0.25)
+    assert json.loads(json.dumps(dataclasses.asdict(config)))["channels"] == [16, 32]
+    model = build_model("cnn", "resnet", IMAGE_SMALL, 2, overrides)
+    assert model(_batch(IMAGE_SMALL, 2)).shape == (2, 2)
+
+
+# --- Errors a user can act on -----------------------------------------------------
+
+
+RNN_SEED_96 = {"preset": "seed", "seq_len": 96, "in_channels": 1, "num_classes": 2}
+CNN_SEED_28 = {"preset": "seed", "in_channels": 1, "height": 28, "width": 28, "num_classes": 2}
+
+
+def _bad(id, call, *needles):
+    return pytest.param(call, needles, id=id)
+
+
+@pytest.mark.parametrize(
+    "call,needles",
+    [
+        _bad("unknown family", lambda: build_model("transformer", "seed", TABLE_13, 2),
+             "'transformer'", "cnn, rnn, attention"),
+        _bad("unknown preset", lambda: build_model("cnn", "vgg", IMAGE_SMALL, 2),
+             "'vgg'", "seed, resnet"),
+        _bad("cnn on tabular", lambda: build_model("cnn", "seed", TABLE_13, 2),
+             "'cnn'", "tabular", "attention"),
+        _bad("rnn on images", lambda: build_model("rnn", "bigru", IMAGE_SMALL, 2),
+             "'rnn'", "image", "cnn"),
+        _bad("unknown override",
+             lambda: build_model("cnn", "seed", IMAGE_SMALL, 2, {"dropuot": 0.1}),
+             "'dropuot'", "channels, dense_units, max_spatial, dropout"),
+        _bad("override of another preset",
+             lambda: build_model("cnn", "seed", IMAGE_SMALL, 2, {"blocks_per_stage": 3}),
+             "'blocks_per_stage'", "allowed"),
+        _bad("dropout out of range",
+             lambda: build_model("cnn", "seed", IMAGE_SMALL, 2, {"dropout": 1.5}),
+             "dropout", "1.5"),
+        _bad("zero width", lambda: build_model("rnn", "seed", SIGNAL_1, 2, {"hidden_size": 0}),
+             "hidden_size", "0"),
+        _bad("heads do not divide width",
+             lambda: build_model("attention", "ft_transformer", TABLE_13, 2, {"n_heads": 5}),
+             "n_heads=5", "64"),
+        _bad("one class", lambda: build_model("cnn", "seed", IMAGE_SMALL, 1), "num_classes", "1"),
+        _bad("image too small for seed",
+             lambda: build_model("cnn", "seed", InputSpec("image", (1, 4, 4)), 2), "4x4", "8"),
+        _bad("image shape without channels", lambda: InputSpec("image", (28, 28)),
+             "channels, height, width", "(28, 28)"),
+        _bad("unknown modality", lambda: InputSpec("video", (1,)),
+             "'video'", "image, signal, tabular"),
+        _bad("stored config with unknown field",
+             lambda: build_model_from_config("rnn", {**RNN_SEED_96, "hiden_size": 3}),
+             "'hiden_size'", "hidden_size"),
+        _bad("stored config missing sizes",
+             lambda: build_model_from_config("rnn", {"preset": "seed", "num_classes": 2}),
+             "'seq_len'", "'in_channels'"),
+        _bad("stored config with a field its preset does not use",
+             lambda: build_model_from_config("cnn", {**CNN_SEED_28, "stem": "plain"}),
+             "stem", "'seed'"),
+    ],
+)
+def test_bad_choices_raise_model_config_error_naming_them(call, needles):
+    with pytest.raises(ModelConfigError) as raised:
+        call()
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, ConfigError)
+    for needle in needles:
+        assert needle in str(raised.value), (needle, str(raised.value))
