@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/medray demo
 
 bench: setup
-	$(BIN)/python benchmarks/import_throughput.py
+	$(BIN)/python benchmarks/dataset_read.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
