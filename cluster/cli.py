@@ -123,6 +123,58 @@ def _data_describe(args: argparse.Namespace) -> None:
     _emit(args, manifest, lambda: describe_text(manifest))
 
 
+# train / evaluate ----------------------------------------------------------------
+def _load(args: argparse.Namespace):
+    from cluster.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from train.job import run_training
+
+    config = _load(args)
+    storage = _storage(args) if args.storage else _storage_from(config)
+    summary = run_training(config, storage, Path(args.config).stem)
+    _emit(args, summary, lambda: result_text(summary))
+
+
+def _storage_from(config):
+    from cluster.storage import Storage
+
+    return Storage.from_cli(None, config.storage)
+
+
+def result_text(summary: dict[str, Any]) -> str:
+    lines = [f"run:        {summary['run']}", f"checkpoint: {summary['checkpoint']}",
+             f"dataset:    {summary['dataset']}   epochs run: {summary['epochs_run']}   "
+             f"best epoch: {summary['best_epoch'] + 1 if summary['best_epoch'] is not None else 'n/a'}", ""]
+    lines.append(f"{'split':<6}{'AUROC (95% CI)':<24}{'acc':>7}{'bal acc':>9}{'sens':>7}{'spec':>7}{'ECE':>7}{'ECE cal':>9}")
+    for split in ("val", "test"):
+        m = summary["metrics"][split]
+        ci = m.get("auroc_ci") or [None, None]
+        auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None \
+            else f"{m['auroc']:.3f}"
+        lines.append(f"{split:<6}{auroc:<24}" + "".join(
+            f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
+            for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
+                         ("ece", 7), ("ece_calibrated", 9))))
+    if summary.get("report"):
+        lines += ["", "report: " + ", ".join(summary["report"].values())]
+    return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from train.job import evaluate_checkpoint
+
+    config = _load(args)
+    storage = _storage(args) if args.storage else _storage_from(config)
+    result = evaluate_checkpoint(storage, args.checkpoint, config, args.split)
+    _emit(args, result, lambda: json.dumps(result["metrics"], indent=2))
+
+
 # demo ----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     from cluster.demo import run_demo
@@ -182,6 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("ref", metavar="NAME[@vN]")
     _common(desc)
     desc.set_defaults(handler=_data_describe)
+
+    train = commands.add_parser(
+        "train", help="train a model with Ray Train and evaluate it",
+        description="Train from a YAML config (see train/configs/), with key=value overrides, e.g. "
+                    "`medray train train/configs/wdbc_attention.yaml optim.lr=3e-4 scaling.num_workers=2`.",
+    )
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    _common(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a stored checkpoint")
+    evaluate.add_argument("checkpoint", help="a run name (its best checkpoint) or a checkpoint URI")
+    evaluate.add_argument("--split", default="test", choices=["val", "test"])
+    evaluate.add_argument("--config", help="YAML config for evaluation settings (eval.*)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value")
+    _common(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
     _common(demo)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.errors import ConfigError
 
@@ -48,7 +48,15 @@ class StorageConfig(Section):
 
 
 class DataConfig(Section):
-    """How a dataset is imported and split."""
+    """Which dataset a job reads, and how datasets are imported and split."""
+
+    dataset: str | None = None
+    """`NAME` or `NAME@vN` on storage; the latest version when no version is given."""
+    class_groups: dict[str, list[str]] | None = None
+    """Merge the dataset's classes into new ones, in label order, e.g.
+    `{no_disease: ["0"], disease: ["1", "2", "3", "4"]}`. Every class must be named once."""
+    positive_class: str | None = None
+    """For two classes: the one sensitivity is measured for (made label 1)."""
 
     val_fraction: float = Field(0.15, ge=0.0, lt=0.9)
     """Share of rows carved for validation when the source has no validation split."""
@@ -60,11 +68,103 @@ class DataConfig(Section):
     """Side length images are resized to by the `images` importer."""
 
 
+class ModelConfig(Section):
+    """Which architecture; its sizes come from the dataset's manifest."""
+
+    family: Literal["cnn", "rnn", "attention"] = "cnn"
+    preset: str = "seed"
+    options: dict[str, Any] = {}
+    """Hyperparameters of the preset (see `train/models/`), e.g. `{dropout: 0.3}`; checked
+    against the model registry when a job is planned, before any training starts."""
+
+
+class OptimConfig(Section):
+    """AdamW with a linear warm-up then a cosine decay, stepped every batch."""
+
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0, le=1.0)
+    batch_size: int = Field(64, ge=1, le=65536)
+    """Global batch size; each worker takes batch_size / num_workers."""
+    epochs: int = Field(30, ge=1, le=10000)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: bool = False
+    """Weight the loss by inverse class frequency (for imbalanced data)."""
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class TrainConfig(Section):
+    """Seeding, checkpoints, early stopping and augmentation."""
+
+    seed: int = 0
+    patience: int = Field(10, ge=0)
+    """Stop after this many epochs without improvement of `metric`; 0 never stops early."""
+    metric: Literal["val_auroc", "val_accuracy", "val_loss"] = "val_auroc"
+    """Chooses the best checkpoints and drives early stopping."""
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    augment: bool = False
+    """Images: random shifts and flips while training."""
+    cache_data: bool = True
+    """Keep each worker's shard in memory after the first epoch (small datasets);
+    false streams it from storage every epoch."""
+    name: str | None = None
+    """Run name under `{root}/runs/`; default: config file name + time."""
+
+    @property
+    def metric_mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric == "val_loss" else "max"
+
+
+class ScalingSection(Section):
+    """Data-parallel workers and what each needs; mapped onto Ray Train's ScalingConfig."""
+
+    num_workers: int = Field(1, ge=1, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(1, ge=-1)
+    """Worker failures to recover from (from the latest checkpoint); -1 without limit."""
+    mixed_precision: Literal["auto", "bf16", "off"] = "auto"
+    """bf16 autocast: "auto" uses it on GPUs that support it."""
+    check_resources: bool = True
+    """Refuse up front a request the cluster cannot place (turn off on an autoscaling
+    cluster that will add nodes)."""
+
+
+class EvalConfig(Section):
+    """Evaluation of the finished model."""
+
+    threshold_method: Literal["youden", "target_sensitivity"] = "youden"
+    target_sensitivity: float | None = Field(None, gt=0, le=1)
+    bootstrap: int = Field(1000, ge=0, le=100000)
+    """Resamples for the AUROC confidence interval."""
+
+    @model_validator(mode="after")
+    def _target_given(self) -> "EvalConfig":
+        if self.threshold_method == "target_sensitivity" and self.target_sensitivity is None:
+            raise ValueError("threshold_method target_sensitivity needs eval.target_sensitivity")
+        return self
+
+
+class RayConfig(Section):
+    """Where jobs run: a local Ray (default) or a cluster."""
+
+    address: str | None = None
+    """`auto`, `ray://host:10001` or None for a local Ray started on demand."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of a local Ray (default: all)."""
+
+
 class MedrayConfig(Section):
     """The whole configuration; each section validates itself."""
 
     storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingSection = ScalingSection()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -150,6 +150,25 @@ class Storage:
         """A `pyarrow.fs.FileSystem` and the root's path inside it."""
         return self._backend.arrow_filesystem()
 
+    def download_dir(self, key: str, local_dir: str | os.PathLike) -> Path:
+        """Copy everything under `key` into `local_dir` (e.g. a checkpoint)."""
+        import pyarrow.fs as pafs
+
+        filesystem, _ = self.arrow_filesystem()
+        source = self.arrow_path(key)
+        if filesystem.get_file_info(source).type != pafs.FileType.Directory:
+            raise NotFoundError(f"{self.uri(key)} does not exist")
+        pafs.copy_files(source, str(local_dir), source_filesystem=filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return Path(local_dir)
+
+    def key_of(self, uri_or_path: str) -> str:
+        """The key of a URI or arrow path under this root (what Ray reports for checkpoints)."""
+        for prefix in (self.root, self.arrow_path()):
+            if uri_or_path == prefix or uri_or_path.startswith(prefix.rstrip("/") + "/"):
+                return uri_or_path[len(prefix):].strip("/")
+        raise NotFoundError(f"'{uri_or_path}' is not under the storage root {self.root}")
+
     def arrow_path(self, key: str = "") -> str:
         _, base = self.arrow_filesystem()
         key = key.strip("/")

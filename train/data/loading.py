@@ -31,8 +31,10 @@ def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], d
     return batch
 
 
-def read_split(storage: Storage, ref: str | dict[str, Any], split: str):
-    """`NAME[@vN]` (or its manifest) -> a `ray.data.Dataset` of one split."""
+def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per_task: float | None = None):
+    """`NAME[@vN]` (or its manifest) -> a `ray.data.Dataset` of one split.
+
+    `cpus_per_task` sets the CPUs each read task asks Ray for (Ray's default: 1)."""
     import ray.data
 
     manifest = ref if isinstance(ref, dict) else read_manifest(storage, ref)
@@ -46,13 +48,14 @@ def read_split(storage: Storage, ref: str | dict[str, Any], split: str):
     default_reader = context.use_datasource_v2
     context.use_datasource_v2 = False
     try:
-        dataset = ray.data.read_parquet(split_paths(storage, manifest, split), filesystem=filesystem)
+        dataset = ray.data.read_parquet(split_paths(storage, manifest, split), filesystem=filesystem,
+                                        num_cpus=cpus_per_task)
     finally:
         context.use_datasource_v2 = default_reader
     if manifest["modality"] in ("image", "signal"):
         schema = manifest["schema"]
         dataset = dataset.map_batches(
-            reshape_batch, batch_format="numpy",
+            reshape_batch, batch_format="numpy", num_cpus=cpus_per_task,
             fn_kwargs={"column": schema["column"], "shape": schema["shape"], "dtype": schema["dtype"]},
         )
     return dataset

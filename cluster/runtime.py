@@ -1,0 +1,56 @@
+"""Connecting to Ray: a cluster when an address is given, else a local Ray started here."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from cluster.config import RayConfig, ScalingSection
+from cluster.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Settings (never secrets) a remote cluster's workers need to reach the same storage.
+FORWARDED_ENV = ("MEDRAY_STORAGE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def ensure_ray(config: RayConfig | None = None) -> None:
+    """Use the Ray this process already has, else connect or start one."""
+    import ray
+    import ray.data
+
+    if ray.is_initialized():
+        return
+    config = config or RayConfig()
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    else:
+        # Local workers inherit this process's environment, credentials included.
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def check_placement(scaling: ScalingSection) -> None:
+    """Refuse, before any work starts, a worker group the cluster cannot place."""
+    import ray
+
+    if not scaling.check_resources:
+        return
+    total = ray.cluster_resources()
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    have_cpu = total.get("CPU", 0.0)
+    if need_cpu > have_cpu:
+        raise ConfigError(
+            f"scaling asks for {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU = {need_cpu:g} CPUs, "
+            f"but the cluster has {have_cpu:g}; lower scaling.num_workers or scaling.cpus_per_worker "
+            "(or set scaling.check_resources=false on an autoscaling cluster)"
+        )
+    if scaling.use_gpu and scaling.num_workers > total.get("GPU", 0.0):
+        raise ConfigError(
+            f"scaling asks for {scaling.num_workers} GPU workers but the cluster has {total.get('GPU', 0.0):g} GPUs; "
+            "set scaling.use_gpu=false or add GPU nodes"
+        )

@@ -1,0 +1,105 @@
+"""A checkpoint is a folder a model rebuilds itself from, with no other input.
+
+    weights.pt        the state_dict (loaded with weights_only=True: no arbitrary unpickling)
+    model.json        family + the model config dataclass
+    data.json         dataset reference, preprocessing statistics, label map (class names)
+    train_state.pt    optimiser/scheduler state, epoch, history: to resume training
+    progress.json     epoch, metrics and history so far, readable without torch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.data.preprocess import LabelMap, Preprocessor
+from train.models import build_model_from_config
+
+WEIGHTS = "weights.pt"
+MODEL = "model.json"
+DATA = "data.json"
+TRAIN_STATE = "train_state.pt"
+PROGRESS = "progress.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """Everything needed to turn stored rows into predictions."""
+
+    model: nn.Module
+    family: str
+    model_config: dict[str, Any]
+    preprocessor: Preprocessor
+    labels: LabelMap
+    dataset: str
+    """`NAME@vN` the model was trained on."""
+    progress: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labels.classes
+
+    @torch.no_grad()
+    def predict_logits(self, batch: Any, batch_size: int = 512) -> torch.Tensor:
+        self.model.eval()
+        inputs = torch.from_numpy(self.preprocessor.transform(batch))
+        return torch.cat([self.model(chunk) for chunk in inputs.split(batch_size)]) if len(inputs) else \
+            torch.empty(0, len(self.classes))
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    family: str,
+    preprocessor: Preprocessor,
+    labels: LabelMap,
+    dataset: str,
+    progress: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bare = unwrap(model)
+    torch.save({k: v.detach().cpu() for k, v in bare.state_dict().items()}, directory / WEIGHTS)
+    (directory / MODEL).write_text(json.dumps(
+        {"family": family, "config": dataclasses.asdict(bare.config)}, indent=2))
+    (directory / DATA).write_text(json.dumps(
+        {"dataset": dataset, "preprocessing": preprocessor.to_dict(), "labels": labels.to_dict()}, indent=2))
+    (directory / PROGRESS).write_text(json.dumps(progress, indent=2, default=float))
+    if train_state is not None:
+        torch.save(train_state, directory / TRAIN_STATE)
+    return directory
+
+
+def load_bundle(directory: str | Path) -> ModelBundle:
+    directory = Path(directory)
+    model_info = json.loads((directory / MODEL).read_text())
+    data_info = json.loads((directory / DATA).read_text())
+    model = build_model_from_config(model_info["family"], model_info["config"])
+    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    model.eval()
+    progress_file = directory / PROGRESS
+    return ModelBundle(
+        model=model,
+        family=model_info["family"],
+        model_config=model_info["config"],
+        preprocessor=Preprocessor.from_dict(data_info["preprocessing"]),
+        labels=LabelMap.from_dict(data_info["labels"]),
+        dataset=data_info["dataset"],
+        progress=json.loads(progress_file.read_text()) if progress_file.exists() else {},
+    )
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / TRAIN_STATE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None

@@ -1,0 +1,195 @@
+"""A training job from config to evaluated checkpoint.
+
+    plan_training   resolve the dataset, label map, preprocessing and model; every check
+                    that can fail does so here, before any worker starts
+    run_training    fit with Ray Train, then evaluate the best checkpoint on val + test
+    evaluate_checkpoint   re-evaluate a stored checkpoint on a split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cluster.config import MedrayConfig
+from cluster.errors import ConfigError, MedrayError, NotFoundError
+from cluster.storage import Storage
+from train.data.dataset import read_manifest
+from train.data.loading import read_split, read_split_arrays
+from train.data.preprocess import LabelMap, Preprocessor
+from train.models import InputSpec, model_config_for
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "medray_result.json"
+
+
+@dataclasses.dataclass
+class TrainingPlan:
+    config: MedrayConfig
+    manifest: dict[str, Any]
+    labels: LabelMap
+    preprocessor: Preprocessor
+    model_config: dict[str, Any]
+    run_name: str
+
+    @property
+    def dataset_ref(self) -> str:
+        return f"{self.manifest['name']}@v{self.manifest['version']}"
+
+    def train_class_counts(self) -> list[int]:
+        counts = [0] * len(self.labels.classes)
+        for source_index, count in enumerate(self.manifest["splits"]["train"]["class_counts"].values()):
+            counts[self.labels.index[source_index]] += count
+        return counts
+
+    def worker_config(self) -> dict[str, Any]:
+        """What every worker needs, as plain data (it travels to other processes)."""
+        config = self.config
+        return {
+            "family": config.model.family,
+            "model_config": self.model_config,
+            "preprocessing": self.preprocessor.to_dict(),
+            "labels": self.labels.to_dict(),
+            "dataset": self.dataset_ref,
+            "optim": config.optim.model_dump(),
+            "train": config.train.model_dump(),
+            "metric_mode": config.train.metric_mode,
+            "mixed_precision": config.scaling.mixed_precision,
+            "threads_per_worker": config.scaling.cpus_per_worker,
+            "train_rows": self.manifest["splits"]["train"]["rows"],
+            "train_class_counts": self.train_class_counts(),
+        }
+
+
+def _run_name(config: MedrayConfig, config_name: str | None) -> str:
+    if config.train.name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", config.train.name):
+            raise ConfigError(f"train.name '{config.train.name}' may hold only letters, digits, '.', '_' and '-'")
+        return config.train.name
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{config_name or config.model.family}-{stamp}"
+
+
+def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> TrainingPlan:
+    """Resolve everything the run needs; a bad dataset, model or class setting fails here."""
+    if not config.data.dataset:
+        raise ConfigError("no dataset chosen: set data.dataset=NAME (see `medray data list`)")
+    manifest = read_manifest(storage, config.data.dataset)
+    labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
+    train_features, _ = read_split_arrays(storage, manifest, "train")
+    preprocessor = Preprocessor.fit(manifest, train_features)
+    spec = InputSpec(manifest["modality"], tuple(preprocessor.input_shape))
+    model_config = model_config_for(config.model.family, config.model.preset, spec, len(labels.classes),
+                                    config.model.options)
+    return TrainingPlan(config, manifest, labels, preprocessor, dataclasses.asdict(model_config),
+                        _run_name(config, config_name))
+
+
+def run_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
+    """Train with Ray Train, then evaluate the best checkpoint; returns the result summary."""
+    from cluster.runtime import check_placement, ensure_ray
+    from train.loop import build_trainer
+
+    plan = plan_training(config, storage, config_name)
+    ensure_ray(config.ray)
+    check_placement(config.scaling)
+    filesystem, _ = storage.arrow_filesystem()
+    # Ray Train holds its workers' CPUs; read tasks that asked for a CPU would wait for
+    # one beside them (on a 2-core node, forever). Reading is light, so ask for none.
+    datasets = {split: read_split(storage, plan.manifest, split, cpus_per_task=0) for split in ("train", "val")}
+    log.info("training %s/%s on %s with %d worker(s); run %s", config.model.family, config.model.preset,
+             plan.dataset_ref, config.scaling.num_workers, storage.uri(f"runs/{plan.run_name}"))
+    trainer = build_trainer(
+        plan.worker_config(), datasets, plan.run_name, storage.arrow_path("runs"), filesystem,
+        config.scaling.model_dump(), config.train.keep_checkpoints,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise MedrayError(f"training failed: {result.error}")
+    best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
+    return finish_run(storage, plan.run_name, storage.key_of(best.path), storage.key_of(result.checkpoint.path),
+                      config)
+
+
+def _best_checkpoint(result, metric: str, mode: str):
+    scored = [(c, m.get(metric)) for c, m in (result.best_checkpoints or []) if m.get(metric) == m.get(metric)]
+    if not scored:
+        return result.checkpoint
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda item: item[1])[0]
+
+
+def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, config: MedrayConfig) -> dict:
+    """Evaluate the best checkpoint, write metrics + plots under the run, record the result."""
+    from train.checkpoint import PROGRESS
+
+    with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
+        history = json.loads(storage.read_bytes(f"{latest_key}/{PROGRESS}")).get("history", [])
+        report = evaluate_stored_checkpoint(storage, best_key, Path(scratch) / "report", config, history)
+        for name in sorted(p.name for p in (Path(scratch) / "report").iterdir()):
+            storage.put_file(f"runs/{run_name}/report/{name}", Path(scratch) / "report" / name)
+    summary = {
+        "run": storage.uri(f"runs/{run_name}"),
+        "checkpoint": storage.uri(best_key),
+        "epochs_run": len(history),
+        "best_epoch": report["best_epoch"],
+        "dataset": report["dataset"],
+        "metrics": {"val": report["metrics"]["val"], "test": report["metrics"]["test"],
+                    "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"]},
+        "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
+    }
+    storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
+    return summary
+
+
+def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: Path, config: MedrayConfig,
+                               history: list[dict] | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on val (threshold, temperature) and test; write the report to out_dir."""
+    from train.checkpoint import load_bundle
+    from train.evaluate import evaluate_model_outputs, write_report
+
+    with tempfile.TemporaryDirectory(prefix="medray-ckpt-") as local:
+        bundle = load_bundle(storage.download_dir(checkpoint_key, local))
+    manifest = read_manifest(storage, bundle.dataset)
+    outputs = {}
+    for split in ("val", "test"):
+        features, labels = read_split_arrays(storage, manifest, split)
+        outputs[split] = (bundle.labels.apply(labels), bundle.predict_logits(features).numpy())
+    metrics = evaluate_model_outputs(
+        outputs["val"], outputs["test"], bundle.classes, threshold_method=config.eval.threshold_method,
+        target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
+    )
+    history = history if history is not None else bundle.progress.get("history", [])
+    files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes)
+    return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
+            "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch")}
+
+
+def resolve_checkpoint(storage: Storage, reference: str) -> str:
+    """A checkpoint key from a run name (its best checkpoint) or a checkpoint URI/path."""
+    if "/" not in reference:
+        key = f"runs/{reference}/{RESULT_FILE}"
+        if not storage.exists(key):
+            raise NotFoundError(f"run '{reference}' has no result in {storage.uri('runs')}")
+        return storage.key_of(storage.read_json(key)["checkpoint"])
+    return storage.key_of(reference)
+
+
+def evaluate_checkpoint(storage: Storage, reference: str, config: MedrayConfig, split: str = "test") -> dict:
+    """`medray evaluate`: metrics of a stored checkpoint on one split (val fits the calibration)."""
+    if split not in ("val", "test"):
+        raise ConfigError(f"split '{split}' is not allowed; use val or test")
+    key = resolve_checkpoint(storage, reference)
+    with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
+        report = evaluate_stored_checkpoint(storage, key, Path(scratch), config)
+    return {"checkpoint": storage.uri(key), "split": split, "dataset": report["dataset"],
+            "metrics": report["metrics"][split], "temperature": report["metrics"]["temperature"],
+            "threshold": report["metrics"]["threshold"]}
+

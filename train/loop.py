@@ -1,0 +1,216 @@
+"""The Ray-aware part of training: `train_loop_per_worker` and the TorchTrainer around it.
+
+Each worker streams its shard of the dataset from storage through Ray Data, runs the
+pure steps of `train/steps.py` under DDP, and reports every epoch with a checkpoint
+from rank 0. After a worker dies, Ray Train restarts the group and the loop resumes
+from the latest checkpoint's epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.checkpoint import load_train_state, save_checkpoint, unwrap
+from train.data.preprocess import LabelMap, Preprocessor
+from train.models import build_model_from_config
+from train.steps import augment_images, class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+
+
+class ShardFeed:
+    """Batches of (inputs, labels) tensors from one worker's Ray Data shard.
+
+    With `cache`, the shard is read from storage once and then reshuffled in memory
+    each epoch: for small datasets the per-epoch streaming setup costs more than the
+    epoch itself. Without it the shard streams from storage every epoch.
+    """
+
+    def __init__(self, shard, preprocessor: Preprocessor, labels: LabelMap, batch_size: int,
+                 cache: bool, shuffle: bool, seed: int):
+        self.shard, self.preprocessor, self.labels = shard, preprocessor, labels
+        self.batch_size, self.cache, self.shuffle, self.seed = batch_size, cache, shuffle, seed
+        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _stream(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.shard.iter_batches(
+            batch_size=self.batch_size, batch_format="numpy",
+            local_shuffle_buffer_size=4 * self.batch_size if self.shuffle else None,
+            local_shuffle_seed=self.seed + epoch if self.shuffle else None,
+        ):
+            yield (torch.from_numpy(self.preprocessor.transform(batch)),
+                   torch.from_numpy(self.labels.apply(batch["label"])))
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.cache:
+            yield from self._stream(epoch)
+            return
+        if self._cached is None:
+            parts = list(self._stream(epoch))
+            self._cached = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])) if parts else \
+                (torch.empty(0), torch.empty(0, dtype=torch.long))
+        inputs, targets = self._cached
+        order = torch.arange(len(targets))
+        if self.shuffle:
+            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(self.seed + epoch))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield inputs[index], targets[index]
+
+
+def _gather(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every worker's validation outputs, so each computes the same global metrics."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return logits, labels
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (logits, labels))
+    parts = [(l, y) for l, y in gathered if len(y)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _improved(value: float | None, best: float | None, mode: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def train_loop_per_worker(plan: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. `plan` is `TrainingPlan.worker_config()`."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    optim, train_cfg = plan["optim"], plan["train"]
+    torch.set_num_threads(max(1, int(plan["threads_per_worker"])))
+    torch.manual_seed(train_cfg["seed"])  # same initial weights on every worker
+    device = ray.train.torch.get_device()
+    mixed_precision = plan["mixed_precision"] == "bf16" or (
+        plan["mixed_precision"] == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+    preprocessor = Preprocessor.from_dict(plan["preprocessing"])
+    labels = LabelMap.from_dict(plan["labels"])
+    model = build_model_from_config(plan["family"], plan["model_config"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+    per_worker_batch = max(1, optim["batch_size"] // world)
+    steps_per_epoch = max(1, math.ceil(plan["train_rows"] / world / per_worker_batch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        steps_per_epoch * optim["epochs"], int(round(steps_per_epoch * optim["warmup_epochs"]))))
+    weights = class_weights(plan["train_class_counts"]).to(device) if optim["class_weights"] else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim["label_smoothing"])
+
+    start_epoch, history, best, stale = 0, [], None, 0
+    resumed_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_train_state(directory)
+            model.load_state_dict(torch.load(f"{directory}/weights.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
+        resumed_from = state["epoch"]
+    model = ray.train.torch.prepare_model(model)
+
+    seed = train_cfg["seed"] * 1000 + rank
+    train_feed = ShardFeed(ray.train.get_dataset_shard("train"), preprocessor, labels, per_worker_batch,
+                           train_cfg["cache_data"], shuffle=True, seed=seed)
+    val_feed = ShardFeed(ray.train.get_dataset_shard("val"), preprocessor, labels, 512,
+                         train_cfg["cache_data"], shuffle=False, seed=seed)
+    augment = train_cfg["augment"] and preprocessor.modality == "image"
+    generator = torch.Generator().manual_seed(seed)
+    metric, mode, patience = train_cfg["metric"], plan["metric_mode"], train_cfg["patience"]
+
+    for epoch in range(start_epoch, optim["epochs"]):
+        started = time.perf_counter()
+        batches = train_feed.epoch(epoch)
+        if augment:
+            batches = ((augment_images(x, generator), y) for x, y in batches)
+        loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
+                                     optim["grad_clip"], mixed_precision)
+        train_loss = _mean_across_workers(loss_sum, seen, device)
+        logits, targets = _gather(*predict(model, val_feed.epoch(epoch), device, mixed_precision))
+        metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
+                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
+                   "resumed_from_epoch": resumed_from}
+        if _improved(metrics[metric], best, mode):
+            best, stale = metrics[metric], 0
+        else:
+            stale += 1
+        stop = bool(patience) and stale >= patience
+        metrics["stopped_early"] = stop and epoch + 1 < optim["epochs"]
+        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy")})
+        if rank == 0:
+            _print_progress(metrics, optim["epochs"])
+        with tempfile.TemporaryDirectory() as directory:
+            report_checkpoint = None
+            if rank == 0:
+                save_checkpoint(
+                    directory, model, plan["family"], preprocessor, labels, plan["dataset"],
+                    progress={"epoch": epoch, "metrics": metrics, "history": history},
+                    train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "epoch": epoch, "history": history, "best": best, "stale": stale},
+                )
+                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(_reportable(metrics), checkpoint=report_checkpoint)
+        if stop:
+            break
+
+
+def _mean_across_workers(loss_sum: float, seen: int, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    return float(totals[0] / max(totals[1], 1.0))
+
+
+def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
+    # Ray sorts checkpoints by the metric: an undefined value must still be a number.
+    return {k: (float("nan") if v is None and k.startswith("val_") else v) for k, v in metrics.items()}
+
+
+def _print_progress(metrics: dict[str, Any], epochs: int) -> None:
+    def show(value):
+        return "  n/a" if value is None else f"{value:.4f}"
+
+    print(f"epoch {metrics['epoch'] + 1:>3}/{epochs}  train_loss {show(metrics['train_loss'])}  "
+          f"val_loss {show(metrics['val_loss'])}  val_auroc {show(metrics['val_auroc'])}  "
+          f"val_acc {show(metrics['val_accuracy'])}  {metrics['epoch_seconds']:.1f}s"
+          + ("  (resumed)" if metrics["resumed_from_epoch"] is not None else ""),
+          file=sys.stderr, flush=True)
+
+
+def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str, storage_path: str,
+                  storage_filesystem, scaling: dict[str, Any], keep_checkpoints: int):
+    """The TorchTrainer for one training run (also what each Tune trial builds)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=plan,
+        scaling_config=ScalingConfig(
+            num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
+            resources_per_worker={"CPU": scaling["cpus_per_worker"], **({"GPU": 1} if scaling["use_gpu"] else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=keep_checkpoints, checkpoint_score_attribute=plan["train"]["metric"],
+                checkpoint_score_order=plan["metric_mode"],
+            ),
+            failure_config=FailureConfig(max_failures=scaling["max_failures"]),
+        ),
+        datasets=datasets,
+    )
