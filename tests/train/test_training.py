@@ -1,0 +1,160 @@
+"""Training through Ray Train for real: 2 CPU workers, checkpoints on storage, a worker
+killed mid-run, and every bad config stopped before training starts."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.config import load_config
+from cluster.errors import ConfigError, NotFoundError
+from train.checkpoint import load_bundle, save_checkpoint
+from train.data.importers import ImportRequest, import_dataset
+from train.data.loading import read_split_arrays
+from train.job import evaluate_checkpoint, plan_training, run_training
+
+CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
+
+
+@pytest.fixture
+def wdbc(local_storage):
+    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"))
+    return local_storage
+
+
+def small(*overrides):
+    return load_config(CONFIGS / "wdbc_attention.yaml",
+                       ["optim.epochs=3", "eval.bootstrap=50", "train.patience=0", *overrides])
+
+
+@pytest.mark.integration
+def test_two_worker_training_reports_metrics_checkpoint_and_plots(wdbc, ray_session):
+    summary = run_training(small("scaling.num_workers=2", "train.name=two-workers"), wdbc)
+    assert summary["epochs_run"] == 3
+    test = summary["metrics"]["test"]
+    for key in ("auroc", "accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "auroc_ci"):
+        assert key in test
+    assert 0.9 <= test["auroc"] <= 1.0  # WDBC is easy; 3 epochs already separate it
+    report = Path(wdbc.root.removeprefix("file://")) / "runs" / "two-workers" / "report"
+    for plot in ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png"):
+        assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["test"]["auroc"] == test["auroc"]
+
+    # The checkpoint alone rebuilds the model; re-evaluation gives the same numbers.
+    again = evaluate_checkpoint(wdbc, "two-workers", small(), "test")
+    assert again["metrics"]["auroc"] == pytest.approx(test["auroc"])
+    assert again["metrics"]["accuracy"] == pytest.approx(test["accuracy"])
+
+
+def _train_workers() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+@pytest.mark.integration
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
+    config = small("optim.epochs=25", "scaling.num_workers=2", "scaling.max_failures=2",
+                   "train.name=killed", "train.keep_checkpoints=1", "train.cache_data=false")
+    run_dir = Path(wdbc.root.removeprefix("file://")) / "runs" / "killed"
+    killed: list[int] = []
+
+    def kill_after_two_checkpoints():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            done = [p for p in run_dir.glob("checkpoint_*/progress.json")]
+            epochs = [json.loads(p.read_text())["epoch"] for p in done if p.stat().st_size]
+            workers = _train_workers()
+            if epochs and max(epochs) >= 2 and workers:
+                # Ray Train's controller collects reports every 2 s; a checkpoint is the
+                # one to resume from once it has been collected.
+                time.sleep(3)
+                os.kill(_train_workers()[-1], signal.SIGKILL)
+                killed.append(max(epochs))
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
+    killer.start()
+    summary = run_training(config, wdbc)
+    killer.join(timeout=5)
+    assert killed, "the run finished before a worker could be killed"
+    final = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert final["test"]["auroc"] is not None
+    latest = max(run_dir.glob("checkpoint_*/progress.json"), key=lambda p: json.loads(p.read_text())["epoch"])
+    progress = json.loads(latest.read_text())
+    assert progress["epoch"] == 24
+    resumed_from = progress["metrics"]["resumed_from_epoch"]
+    assert resumed_from is not None and resumed_from >= 2  # not from epoch 1
+    assert [row["epoch"] for row in progress["history"]] == list(range(25))
+    assert summary["epochs_run"] == 25
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(wdbc, tmp_path):
+    plan = plan_training(small(), wdbc)
+    from train.models import build_model_from_config
+
+    torch.manual_seed(0)
+    model = build_model_from_config("attention", plan.model_config)
+    save_checkpoint(tmp_path / "ckpt", model, "attention", plan.preprocessor, plan.labels, plan.dataset_ref,
+                    progress={"epoch": 0})
+    bundle = load_bundle(tmp_path / "ckpt")
+    features, _ = read_split_arrays(wdbc, "wdbc", "test")
+    model.eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(plan.preprocessor.transform(features)))
+    torch.testing.assert_close(bundle.predict_logits(features), expected, rtol=0, atol=0)
+    assert bundle.classes == ["benign", "malignant"] and bundle.dataset == "wdbc@v1"
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["model.family=transformer"], ConfigError, "model.family"),
+    (["model.preset=huge"], ConfigError, "unknown attention preset 'huge'"),
+    (["model.options={depth: 3}"], ConfigError, "unknown override 'depth'"),
+    (["model.family=cnn"], ConfigError, "takes image inputs, not 'tabular'"),
+    (["data.dataset=nothing"], NotFoundError, "dataset 'nothing' does not exist"),
+    (["optim.lrate=0.1"], ConfigError, "unknown config key 'optim.lrate'"),
+    (["data.positive_class=sick"], ConfigError, "positive_class 'sick'"),
+])
+def test_bad_configs_fail_before_training(wdbc, overrides, error, message):
+    with pytest.raises(error, match=message):
+        plan_training(small(*overrides), wdbc)
+
+
+@pytest.mark.integration
+def test_more_workers_than_the_cluster_has_is_refused(wdbc, ray_session):
+    with pytest.raises(ConfigError, match="asks for 8 workers x 1 CPU = 8 CPUs, but the cluster has 2"):
+        run_training(small("scaling.num_workers=8"), wdbc)
+
+
+def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
+    """Each YAML in train/configs validates and plans against its real dataset."""
+    from cluster.demo import CLEVELAND_COLUMNS
+
+    sources = {
+        "breastmnist": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"), name="breastmnist"),
+        "ecg200": ImportRequest(kind="ucr", source=str(shared_data), dataset="ECG200", name="ecg200"),
+        "cleveland": ImportRequest(kind="csv", source=str(shared_data / "processed.cleveland.data"),
+                                   name="cleveland", target="num", columns=CLEVELAND_COLUMNS, missing=["?"]),
+        "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
+    }
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention"}
+    imported = set()
+    for path in configs:
+        config = load_config(path)
+        name = config.data.dataset
+        if name not in imported:
+            import_dataset(local_storage, sources[name])
+            imported.add(name)
+        plan = plan_training(config, local_storage)
+        assert plan.model_config["num_classes"] == len(plan.labels.classes)
+    cleveland = plan_training(load_config(CONFIGS / "cleveland_attention.yaml"), local_storage)
+    assert cleveland.labels.classes == ["no_disease", "disease"]
