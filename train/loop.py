@@ -85,9 +85,13 @@ def _improved(value: float | None, best: float | None, mode: str) -> bool:
 
 def train_loop_per_worker(plan: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. `plan` is `TrainingPlan.worker_config()`."""
+    import logging
+
     import ray.train
     import ray.train.torch
 
+    # Ray logs every report at INFO; the one progress line per epoch below says it better.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     optim, train_cfg = plan["optim"], plan["train"]
@@ -148,7 +152,8 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
             stale += 1
         stop = bool(patience) and stale >= patience
         metrics["stopped_early"] = stop and epoch + 1 < optim["epochs"]
-        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy")})
+        history.append({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
+                                                    "epoch_seconds")}, "finished_at": time.time()})
         if rank == 0:
             _print_progress(metrics, optim["epochs"])
         with tempfile.TemporaryDirectory() as directory:
