@@ -97,14 +97,22 @@ def run_ray(storage, config_overrides: list[str], workers: int) -> dict:
 
     config = load([*config_overrides, f"scaling.num_workers={workers}", f"train.name=bench-ray-{workers}w"])
     called = time.time()
-    summary = run_training(config, storage)
+    error = None
+    try:
+        run_uri = run_training(config, storage)["run"]
+    except Exception as failure:  # noqa: BLE001
+        # The epochs are what is timed here: a failure after them (in the final
+        # evaluation) is reported with the numbers, not in their place. A failure
+        # during training leaves fewer epochs in the history and stops below.
+        error, run_uri = f"{type(failure).__name__}: {failure}", storage.uri(f"runs/{config.train.name}")
     total = time.time() - called
-    history = latest_progress(storage, summary["run"])["history"]
+    history = latest_progress(storage, run_uri)["history"]
     if len(history) != config.optim.epochs:
         raise RuntimeError(f"the latest checkpoint holds {len(history)} epochs, expected {config.optim.epochs}")
     first_epoch_started = history[0]["finished_at"] - history[0]["epoch_seconds"]
     train_rows = read_manifest(storage, DATASET)["splits"]["train"]["rows"]
-    return {**summarise(history, first_epoch_started - called, train_rows), "run_training_seconds": total}
+    result = {**summarise(history, first_epoch_started - called, train_rows), "run_training_seconds": total}
+    return {**result, "error_after_training": error} if error else result
 
 
 def main() -> None:

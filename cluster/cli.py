@@ -175,6 +175,106 @@ def _evaluate(args: argparse.Namespace) -> None:
     _emit(args, result, lambda: json.dumps(result["metrics"], indent=2))
 
 
+# tune / models ----------------------------------------------------------------------
+def _tune(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tune.run import run_search, trial_table
+
+    if not args.config and not args.resume:
+        raise MedrayError("give a CONFIG to start a search, or --resume NAME to continue one")
+    overrides = list(args.overrides) + ([f"tune.num_samples={args.samples}"] if args.samples else [])
+    config = _load_config(args.config, overrides)
+    storage = _storage(args) if args.storage else _storage_from(config)
+    summary = run_search(config, storage, Path(args.config).stem if args.config else None, resume=args.resume)
+    if args.promote:
+        from tune.promote import promote_checkpoint
+
+        best = summary["best"]
+        if not best["checkpoint"]:
+            raise MedrayError(f"the best trial {best['trial']} left no checkpoint to promote")
+        from tune.spaces import apply_params
+
+        saved = storage.read_json(f"runs/{summary['search']}/search.json")
+        best_config = apply_params(saved["base"], best["config"])
+        summary["promotion"] = promote_checkpoint(
+            storage, storage.key_of(best["checkpoint"]), best_config,
+            source={"search": summary["search"], "trial": best["trial"]})
+
+    def human() -> str:
+        text = trial_table(summary)
+        promotion = summary.get("promotion")
+        if promotion:
+            text += "\n" + promotion_text(promotion)
+        return text
+
+    _emit(args, summary, human)
+
+
+def _load_config(path, overrides):
+    from cluster.config import load_config
+
+    return load_config(path, overrides)
+
+
+def promotion_text(promotion: dict[str, Any]) -> str:
+    gate = "; ".join(f"{g['metric']} {g['value'] if g['value'] is None else round(g['value'], 4)} "
+                     f"{'ok' if g['passed'] else 'FAILED'}" for g in promotion["gate"])
+    if promotion["promoted"]:
+        return f"promoted {promotion['model']} version {promotion['version']}" + \
+            (" (champion)" if promotion["champion"] else "") + f"; gate: {gate}"
+    return f"not promoted: {', '.join(promotion['failed'])} failed the gate; {gate}"
+
+
+def _registry(args: argparse.Namespace):
+    from cluster.registry import Registry
+
+    storage = _storage(args)
+    storage.check()
+    return Registry(storage)
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    registry = _registry(args)
+    rows = []
+    for name in registry.models():
+        champion = registry.champion(name)
+        versions = registry.versions(name)
+        info = registry.version_info(name, champion["version"] if champion else versions[-1])
+        rows.append({"name": name, "versions": versions, "champion": champion["version"] if champion else None,
+                     "dataset": info.get("dataset"), "test_auroc": info.get("metrics", {}).get("test", {}).get("auroc")})
+
+    def human() -> str:
+        if not rows:
+            return f"no models in {registry.storage.uri('models')}"
+        lines = [f"{'name':<20}{'champion':>9}{'versions':>10}  {'dataset':<18}test AUROC"]
+        lines += [f"{r['name']:<20}{str(r['champion'] or '-'):>9}{len(r['versions']):>10}  {str(r['dataset']):<18}"
+                  f"{'n/a' if r['test_auroc'] is None else format(r['test_auroc'], '.3f')}" for r in rows]
+        return "\n".join(lines)
+
+    _emit(args, {"models": rows}, human)
+
+
+def _models_show(args: argparse.Namespace) -> None:
+    registry = _registry(args)
+    name, version = registry.resolve(args.ref)
+    info = registry.version_info(name, version)
+    champion = registry.champion(name)
+    info["champion"] = bool(champion and champion["version"] == version)
+    card = registry.read_file(name, version, "model_card.md", info).decode() if "model_card.md" in info["files"] else ""
+    _emit(args, info, lambda: card or json.dumps(info, indent=2))
+
+
+def _models_promote(args: argparse.Namespace) -> None:
+    pointer = _registry(args).promote(args.name, args.version, "promoted by hand")
+    _emit(args, pointer, lambda: f"{args.name}: champion is now version {pointer['version']}")
+
+
+def _models_rollback(args: argparse.Namespace) -> None:
+    pointer = _registry(args).rollback(args.name)
+    _emit(args, pointer, lambda: f"{args.name}: champion rolled back to version {pointer['version']}")
+
+
 # demo ----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     from cluster.demo import run_demo
@@ -252,6 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="key=value")
     _common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    tune = commands.add_parser("tune", help="search hyperparameters with Ray Tune (ASHA + Optuna)")
+    tune.add_argument("config", nargs="?", help="YAML config (its tune: section sets the search)")
+    tune.add_argument("overrides", nargs="*", metavar="key=value")
+    tune.add_argument("--samples", type=int, help="number of trials (tune.num_samples)")
+    tune.add_argument("--promote", action="store_true", help="evaluate the best trial and register it if it passes "
+                                                             "the gate")
+    tune.add_argument("--resume", metavar="NAME", help="continue an interrupted search")
+    _common(tune)
+    tune.set_defaults(handler=_tune)
+
+    models = commands.add_parser("models", help="the model registry")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    m_list = model_commands.add_parser("list", help="models, versions and champions")
+    _common(m_list)
+    m_list.set_defaults(handler=_models_list)
+    m_show = model_commands.add_parser("show", help="a version's model card (NAME = its champion)")
+    m_show.add_argument("ref", metavar="NAME[@K]")
+    _common(m_show)
+    m_show.set_defaults(handler=_models_show)
+    m_promote = model_commands.add_parser("promote", help="make version K the champion")
+    m_promote.add_argument("name")
+    m_promote.add_argument("version", type=int)
+    _common(m_promote)
+    m_promote.set_defaults(handler=_models_promote)
+    m_rollback = model_commands.add_parser("rollback", help="point the champion back at the version it replaced")
+    m_rollback.add_argument("name")
+    _common(m_rollback)
+    m_rollback.set_defaults(handler=_models_rollback)
 
     demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
     _common(demo)

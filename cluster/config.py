@@ -145,6 +145,53 @@ class EvalConfig(Section):
         return self
 
 
+class TuneSection(Section):
+    """Hyperparameter search with Ray Tune; the trial budget is `optim.epochs`."""
+
+    num_samples: int = Field(8, ge=1, le=10000)
+    searcher: Literal["optuna", "random"] = "optuna"
+    """Optuna's TPE (model-based) or random sampling."""
+    grace_period: int = Field(2, ge=1)
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: int = Field(3, ge=2)
+    """ASHA: only the top 1/reduction_factor of trials go on at each rung."""
+    time_budget_s: float | None = Field(None, gt=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """Default: as many trials as the cluster's CPUs (or GPUs) can hold at once."""
+    space: dict[str, dict[str, Any]] | None = None
+    """Overrides the family's space in tune/spaces.py: `{"optim.lr": {"loguniform": [1e-4, 1e-2]},
+    "model.preset": {"choice": ["seed", "resnet"]}}` (also uniform, randint, quniform)."""
+
+
+class GateRule(Section):
+    """One promotion threshold on an evaluated metric, e.g. `{metric: val.auroc, min: 0.85}`."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "GateRule":
+        if (self.min is None) == (self.max is None):
+            raise ValueError(f"gate rule for '{self.metric}' needs exactly one of min or max")
+        return self
+
+
+class PromoteSection(Section):
+    """What a model must reach to enter the registry, and what serving gets with it."""
+
+    model_name: str | None = None
+    """Registry name; default: the dataset's name."""
+    gate: list[GateRule] = [
+        GateRule(metric="val.auroc", min=0.80),
+        GateRule(metric="test.ece_calibrated", max=0.15),
+    ]
+    coverage: float = Field(0.9, gt=0, lt=1)
+    """Split-conformal coverage of the prediction sets serving returns."""
+    make_champion: bool = True
+    """Point champion.json at a version that passed the gate."""
+
+
 class RayConfig(Section):
     """Where jobs run: a local Ray (default) or a cluster."""
 
@@ -164,6 +211,8 @@ class MedrayConfig(Section):
     train: TrainConfig = TrainConfig()
     scaling: ScalingSection = ScalingSection()
     eval: EvalConfig = EvalConfig()
+    tune: TuneSection = TuneSection()
+    promote: PromoteSection = PromoteSection()
     ray: RayConfig = RayConfig()
 
 

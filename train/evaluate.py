@@ -22,6 +22,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -446,6 +447,37 @@ def evaluate_model_outputs(
         "temperature": temperature,
         "threshold": threshold,
     }
+
+
+def conformal_quantile(y_true: ArrayLike, probs: ArrayLike, coverage: float) -> float:
+    """Split-conformal threshold on calibration (validation) data.
+
+    Score = 1 - probability of the true class. A new case's prediction set is every class
+    whose probability is at least `1 - q`; with exchangeable data it holds the true class
+    with probability >= `coverage` (Angelopoulos & Bates 2021, section 1).
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    n = len(y)
+    if n == 0:
+        raise ValueError("conformal calibration needs at least one example")
+    scores = 1.0 - p[np.arange(n), y]
+    level = min(1.0, math.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(scores, level, method="higher"))
+
+
+def prediction_sets(probs: ArrayLike, quantile: float) -> np.ndarray:
+    """Boolean (N, K): class k is in example i's set when p_ik >= 1 - quantile."""
+    return np.asarray(probs, dtype=np.float64) >= 1.0 - quantile
+
+
+def set_coverage(y_true: ArrayLike, probs: ArrayLike, quantile: float) -> dict[str, float]:
+    """Empirical coverage and mean set size of conformal sets on held-out data."""
+    sets = prediction_sets(probs, quantile)
+    y = np.asarray(y_true, dtype=np.int64)
+    return {"coverage": float(sets[np.arange(len(y)), y].mean()), "mean_set_size": float(sets.sum(axis=1).mean())}
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,9 +101,7 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     ensure_ray(config.ray)
     check_placement(config.scaling)
     filesystem, _ = storage.arrow_filesystem()
-    # Ray Train holds its workers' CPUs; read tasks that asked for a CPU would wait for
-    # one beside them (on a 2-core node, forever). Reading is light, so ask for none.
-    datasets = {split: read_split(storage, plan.manifest, split, cpus_per_task=0) for split in ("train", "val")}
+    datasets = training_datasets(storage, plan)
     log.info("training %s/%s on %s with %d worker(s); run %s", config.model.family, config.model.preset,
              plan.dataset_ref, config.scaling.num_workers, storage.uri(f"runs/{plan.run_name}"))
     trainer = build_trainer(
@@ -116,6 +114,12 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
     return finish_run(storage, plan.run_name, storage.key_of(best.path), storage.key_of(result.checkpoint.path),
                       config)
+
+
+def training_datasets(storage: Storage, plan: TrainingPlan) -> dict[str, Any]:
+    # Ray Train holds its workers' CPUs; read tasks that asked for a CPU would wait for
+    # one beside them (on a 2-core node, forever). Reading is light, so ask for none.
+    return {split: read_split(storage, plan.manifest, split, cpus_per_task=0) for split in ("train", "val")}
 
 
 def _best_checkpoint(result, metric: str, mode: str):
@@ -169,7 +173,8 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
     history = history if history is not None else bundle.progress.get("history", [])
     files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes)
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
-            "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch")}
+            "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"), "outputs": outputs,
+            "classes": bundle.classes}
 
 
 def resolve_checkpoint(storage: Storage, reference: str) -> str:

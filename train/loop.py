@@ -197,7 +197,7 @@ def _print_progress(metrics: dict[str, Any], epochs: int) -> None:
 
 
 def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str, storage_path: str,
-                  storage_filesystem, scaling: dict[str, Any], keep_checkpoints: int):
+                  storage_filesystem, scaling: dict[str, Any], keep_checkpoints: int, callbacks=None):
     """The TorchTrainer for one training run (also what each Tune trial builds)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -216,6 +216,7 @@ def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str,
                 checkpoint_score_order=plan["metric_mode"],
             ),
             failure_config=FailureConfig(max_failures=scaling["max_failures"]),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )

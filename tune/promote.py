@@ -1,0 +1,195 @@
+"""From a checkpoint to a registry version, only through the gate.
+
+The checkpoint is evaluated on val and test (train/job.py's evaluation: temperature and
+threshold fitted on val), a split-conformal quantile is fitted on val for serving's
+prediction sets, and every rule in `promote.gate` is checked. Passing writes a new,
+immutable registry version with a model card and (by default) makes it champion;
+failing writes nothing and says which rules failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+from cluster.config import GateRule, MedrayConfig
+from cluster.errors import ConfigError
+from cluster.registry import Registry
+from cluster.storage import Storage
+from train.data.dataset import read_manifest
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("weights.pt", "model.json", "data.json")
+
+
+def check_gate(metrics: dict[str, Any], rules: list[GateRule]) -> list[dict[str, Any]]:
+    """Every rule with its value and verdict; an unknown metric is a config error."""
+    verdicts = []
+    for rule in rules:
+        split, _, name = rule.metric.partition(".")
+        if split not in ("val", "test") or name not in metrics.get(split, {}):
+            known = ", ".join(f"{s}.{k}" for s in ("val", "test") for k, v in metrics[s].items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise ConfigError(f"gate metric '{rule.metric}' is not computed; choose one of: {known}")
+        value = metrics[split][name]
+        passed = value is not None and (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
+        verdicts.append({"metric": rule.metric, "value": value, "min": rule.min, "max": rule.max, "passed": passed})
+    return verdicts
+
+
+def _code_version() -> str:
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"medray {version('medray')}" + (f" (git {commit})" if commit else "")
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metrics: dict,
+               gate: list[dict], conformal: dict, source: dict[str, Any]) -> str:
+    test, val = metrics["test"], metrics["val"]
+    ci = test.get("auroc_ci") or [None, None]
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "## Intended use",
+        f"Decision support for classifying {manifest['modality']} data as one of: "
+        f"{', '.join(metrics.get('classes', []))}. The output is a probability per class, a label at a "
+        "threshold chosen on validation data, and a conformal prediction set; a set with more than one "
+        "class is referred to a clinician. Not for use as the sole basis of a diagnosis.",
+        "",
+        "## Data",
+        f"- dataset: `{manifest['name']}` v{manifest['version']} ({manifest['description']})",
+        f"- source: {manifest['source'].get('uri')}, sha256 `{manifest['source'].get('sha256')}`",
+        f"- license: {manifest['license']}",
+        "- rows: " + ", ".join(f"{s} {manifest['splits'][s]['rows']}" for s in ("train", "val", "test")),
+        "",
+        "## Training",
+        f"- model: {config.model.family} / {config.model.preset}, options {json.dumps(config.model.options)}",
+        f"- optimiser: AdamW lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}, "
+        f"batch {config.optim.batch_size}, up to {config.optim.epochs} epochs; seed {config.train.seed}",
+        f"- from: {source.get('checkpoint')}" + (f" (search {source['search']}, trial {source['trial']})"
+                                                  if source.get("search") else ""),
+        "",
+        "## Metrics (test split; threshold and temperature fitted on validation)",
+        "| metric | test | val |",
+        "|---|---|---|",
+        f"| AUROC (95% CI) | {_fmt(test['auroc'])} ({_fmt(ci[0])}-{_fmt(ci[1])}) | {_fmt(val['auroc'])} |",
+        *(f"| {k} | {_fmt(test.get(k))} | {_fmt(val.get(k))} |" for k in
+          ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "ece",
+           "ece_calibrated")),
+        f"| threshold | {_fmt(metrics['threshold'])} | |",
+        f"| temperature | {_fmt(metrics['temperature'])} | |",
+        "",
+        "## Per-class results (test)",
+        "| class | precision | recall | f1 | support |",
+        "|---|---|---|---|---|",
+        *(f"| {cls} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | {_fmt(r.get('f1'))} | {r.get('support')} |"
+          for cls, r in test.get("per_class", {}).items()),
+        "",
+        "## Conformal prediction sets",
+        f"- target coverage {conformal['target']:.2f}, quantile {conformal['quantile']:.4f} (fitted on val)",
+        f"- test coverage {conformal['test_coverage']:.3f}, mean set size {conformal['test_mean_set_size']:.2f}",
+        "",
+        "## Promotion gate",
+        *(f"- {g['metric']} = {_fmt(g['value'])} ({'>=' if g['min'] is not None else '<='} "
+          f"{g['min'] if g['min'] is not None else g['max']}): {'passed' if g['passed'] else 'FAILED'}" for g in gate),
+        "",
+        "## Limitations",
+        f"- Trained and tested on one dataset ({manifest['name']}); performance on other sites, devices or "
+        "populations is unknown until measured there.",
+        f"- Small test set ({manifest['splits']['test']['rows']} rows): see the interval around AUROC.",
+        "- Quality flags at import: " + json.dumps(manifest["quality"]["duplicates_across_splits"]) +
+        " exact duplicates across splits.",
+        "",
+        "## Provenance",
+        f"- trained: {source.get('trained_at', 'unknown')} on {platform.node() or socket.gethostname()}",
+        f"- registered: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"- code: {_code_version()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConfig,
+                       source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate, gate and (if it passes) register the checkpoint; returns what happened."""
+    from train.evaluate import apply_temperature, conformal_quantile, set_coverage
+    from train.job import evaluate_stored_checkpoint
+
+    source = {"checkpoint": storage.uri(checkpoint_key), **(source or {})}
+    with tempfile.TemporaryDirectory(prefix="medray-promote-") as scratch:
+        folder = Path(scratch)
+        report = evaluate_stored_checkpoint(storage, checkpoint_key, folder / "report", config)
+        metrics = {**report["metrics"], "classes": report["classes"]}
+        gate = check_gate(metrics, config.promote.gate)
+        manifest = read_manifest(storage, report["dataset"])
+        name = config.promote.model_name or manifest["name"]
+        failed = [g for g in gate if not g["passed"]]
+        outcome = {"model": name, "checkpoint": source["checkpoint"], "gate": gate,
+                   "metrics": {"val": metrics["val"], "test": metrics["test"]}}
+        if failed:
+            log.info("not promoted: %s", "; ".join(f"{g['metric']}={_fmt(g['value'])}" for g in failed))
+            return {**outcome, "promoted": False, "failed": [g["metric"] for g in failed]}
+
+        (y_val, z_val), (y_test, z_test) = report["outputs"]["val"], report["outputs"]["test"]
+        temperature = metrics["temperature"]
+        quantile = conformal_quantile(y_val, apply_temperature(z_val, temperature), config.promote.coverage)
+        on_test = set_coverage(y_test, apply_temperature(z_test, temperature), quantile)
+        conformal = {"target": config.promote.coverage, "quantile": quantile,
+                     "test_coverage": on_test["coverage"], "test_mean_set_size": on_test["mean_set_size"]}
+        files = _version_files(storage, checkpoint_key, folder, report, metrics, conformal)
+        history = json.loads((folder / "checkpoint" / "progress.json").read_text()).get("history") or [{}]
+        finished = history[-1].get("finished_at")
+        if finished:
+            source.setdefault("trained_at", datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"))
+        registry = Registry(storage)
+        card_path = folder / "model_card.md"
+        card_path.write_text(model_card(name, config, manifest, metrics, gate, conformal, source))
+        files["model_card.md"] = card_path
+        version = registry.register(name, files, {
+            "dataset": report["dataset"], "dataset_sha256": manifest["source"].get("sha256"),
+            "modality": manifest["modality"], "classes": report["classes"], "source": source,
+            "metrics": {"val": _headline(metrics["val"]), "test": _headline(metrics["test"])},
+            "gate": gate, "calibration": {"temperature": temperature, "threshold": metrics["threshold"],
+                                          "conformal": conformal},
+            "config": config.model_dump(mode="json"),
+        })
+        pointer = registry.promote(name, version, "passed the gate") if config.promote.make_champion else None
+    return {**outcome, "promoted": True, "version": version, "champion": pointer is not None}
+
+
+def _headline(split: dict[str, Any]) -> dict[str, Any]:
+    return {k: split.get(k) for k in ("auroc", "auroc_ci", "accuracy", "sensitivity", "specificity", "ece",
+                                      "ece_calibrated", "n")}
+
+
+def _version_files(storage: Storage, checkpoint_key: str, folder: Path, report: dict, metrics: dict,
+                   conformal: dict) -> dict[str, Path]:
+    checkpoint = storage.download_dir(checkpoint_key, folder / "checkpoint")
+    files = {name: checkpoint / name for name in CHECKPOINT_FILES}
+    calibration = folder / "calibration.json"
+    calibration.write_text(json.dumps({"temperature": metrics["temperature"], "threshold": metrics["threshold"],
+                                       "conformal": conformal}, indent=2))
+    files["calibration.json"] = calibration
+    for name in report["files"]:
+        files[name] = folder / "report" / name
+    return files
+
+
+

@@ -1,0 +1,218 @@
+"""Hyperparameter search: a Tune function trainable that builds one TorchTrainer per trial.
+
+Ray Train V2 style: each trial is a driver function that needs no resources itself and
+launches a TorchTrainer whose workers report through `TuneReportCallback`, so ASHA sees
+every epoch and can stop a trial early. Everything lands under `{root}/runs/{search}/`:
+Tune's state (what `--resume` restores), each trial's Train run under `trials/`, and
+`search.json` (the base config and the space) written before the first trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from cluster.config import MedrayConfig
+from cluster.errors import ConfigError, MedrayError, NotFoundError
+from cluster.storage import Storage
+from tune.spaces import apply_params, check_space, space_for, to_tune
+
+log = logging.getLogger(__name__)
+
+SEARCH_FILE = "search.json"
+
+
+def search_name(config: MedrayConfig, config_name: str | None) -> str:
+    if config.train.name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", config.train.name):
+            raise ConfigError(f"train.name '{config.train.name}' may hold only letters, digits, '.', '_' and '-'")
+        return config.train.name
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"tune-{config_name or config.model.family}-{stamp}"
+
+
+def _check_models(config: MedrayConfig, storage: Storage, space: dict[str, dict[str, Any]]) -> None:
+    """Every preset x option value the space can draw builds a model for this dataset."""
+    from train.job import plan_training
+    from train.models import InputSpec, model_config_for
+
+    plan = plan_training(config, storage)
+    spec = InputSpec(plan.manifest["modality"], tuple(plan.preprocessor.input_shape))
+    presets = space.get("model.preset", {}).get("choice", [config.model.preset])
+    option_values = {
+        key.removeprefix("model.options."): (next(iter(s.values())) if "choice" in s else next(iter(s.values()))[:2])
+        for key, s in space.items() if key.startswith("model.options.")
+    }
+    for preset in presets:
+        for name, values in option_values.items():
+            for value in values:
+                options = {**config.model.options, name: value}
+                model_config_for(config.model.family, preset, spec, len(plan.labels.classes), options)
+
+
+def _concurrency(config: MedrayConfig) -> int:
+    import ray
+
+    if config.tune.max_concurrent_trials:
+        return config.tune.max_concurrent_trials
+    total = ray.cluster_resources()
+    per_trial_cpu = config.scaling.num_workers * config.scaling.cpus_per_worker
+    fit = int(total.get("CPU", 0) // per_trial_cpu)
+    if config.scaling.use_gpu:
+        fit = min(fit, int(total.get("GPU", 0) // config.scaling.num_workers))
+    return max(1, fit)
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: str) -> None:
+    """One trial: the base config with this trial's values, trained by its own TorchTrainer."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from train.job import plan_training, training_datasets
+    from train.loop import build_trainer
+
+    storage = Storage(root)
+    config = apply_params(base, params)
+    plan = plan_training(config, storage)
+    filesystem, _ = storage.arrow_filesystem()
+    trainer = build_trainer(
+        plan.worker_config(), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
+        storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling.model_dump(),
+        config.train.keep_checkpoints, callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
+           space: dict[str, dict[str, Any]], restore: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    metric, mode = config.train.metric, config.train.metric_mode
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base, root=storage.root, search=search), {"cpu": 0})
+    filesystem, _ = storage.arrow_filesystem()
+    if restore:
+        return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=filesystem)
+    if config.tune.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(metric=metric, mode=mode, seed=config.train.seed)
+    else:
+        searcher = None  # Tune's default: random sampling of the space
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(space),
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, num_samples=config.tune.num_samples, search_alg=searcher,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=config.optim.epochs,
+                                    grace_period=min(config.tune.grace_period, config.optim.epochs),
+                                    reduction_factor=config.tune.reduction_factor),
+            max_concurrent_trials=_concurrency(config), time_budget_s=config.tune.time_budget_s,
+        ),
+        run_config=tune.RunConfig(name=search, storage_path=storage.arrow_path("runs"),
+                                  storage_filesystem=filesystem, verbose=1),
+    )
+
+
+def run_search(config: MedrayConfig, storage: Storage, config_name: str | None = None,
+               resume: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a search; returns the trial table and the best trial."""
+    from cluster.runtime import check_placement, ensure_ray
+
+    if resume:
+        key = f"runs/{resume}/{SEARCH_FILE}"
+        if not storage.exists(key):
+            raise NotFoundError(f"no search named '{resume}' in {storage.uri('runs')}")
+        saved = storage.read_json(key)
+        search, base, space = resume, saved["base"], saved["space"]
+        config = apply_params(base, {})
+    else:
+        search = search_name(config, config_name)
+        base = config.model_dump(mode="json")
+        base["train"]["name"] = None
+        space = space_for(config)
+        check_space(space, base)
+        _check_models(config, storage, space)
+    ensure_ray(config.ray)
+    check_placement(config.scaling)
+    if not resume:
+        storage.write_json(f"runs/{search}/{SEARCH_FILE}", {"base": base, "space": space,
+                                                            "created_at": datetime.now(timezone.utc).isoformat()})
+    log.info("search %s: %d trials of %s, budget %d epochs each, results in %s", search,
+             config.tune.num_samples, config.model.family, config.optim.epochs, storage.uri(f"runs/{search}"))
+    results = _tuner(config, storage, search, base, space, restore=bool(resume)).fit()
+    return summarize(results, config, storage, search, space)
+
+
+def summarize(results, config: MedrayConfig, storage: Storage, search: str,
+              space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    metric, mode = config.train.metric, config.train.metric_mode
+    trials = []
+    for result in results:
+        frame = result.metrics_dataframe
+        rows = [] if frame is None else frame.to_dict("records")
+        values = [r[metric] for r in rows if r.get(metric) == r.get(metric) and r.get(metric) is not None]
+        best_value = (max if mode == "max" else min)(values) if values else None
+        epochs_run = len(rows)
+        patience_stop = bool(rows and rows[-1].get("stopped_early"))
+        trials.append({
+            "trial": result.path.rstrip("/").rsplit("/", 1)[-1].split("_")[1] if "_" in result.path else result.path,
+            "config": {key: result.config.get(key) for key in space},
+            "epochs_run": epochs_run,
+            metric: best_value,
+            "stopped_by_asha": bool(rows) and epochs_run < config.optim.epochs and not patience_stop and
+                               result.error is None,
+            "stopped_by_patience": patience_stop,
+            "error": str(result.error).splitlines()[0] if result.error else None,
+            "checkpoint": _best_checkpoint_path(rows, metric, mode),
+        })
+    finished = [t for t in trials if t[metric] is not None]
+    if not finished:
+        raise MedrayError(f"no trial of search '{search}' reported {metric}")
+    best = (max if mode == "max" else min)(finished, key=lambda t: t[metric])
+    summary = {
+        "search": search,
+        "runs": storage.uri(f"runs/{search}"),
+        "metric": metric,
+        "trials": trials,
+        "best": best,
+        "trial_epochs": sum(t["epochs_run"] for t in trials),
+        "stopped_by_asha": sum(t["stopped_by_asha"] for t in trials),
+    }
+    storage.write_json(f"runs/{search}/summary.json", summary)
+    return summary
+
+
+def _best_checkpoint_path(rows: list[dict], metric: str, mode: str) -> str | None:
+    scored = [r for r in rows if r.get("checkpoint_path") and r.get(metric) == r.get(metric)]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r[metric])["checkpoint_path"]
+
+
+def trial_table(summary: dict[str, Any]) -> str:
+    metric = summary["metric"]
+    keys = list(summary["trials"][0]["config"]) if summary["trials"] else []
+    header = f"{'trial':<12}{'epochs':>7}  {metric:>10}  {'stopped':<10}" + "".join(f"{k.split('.')[-1]:>14}" for k in keys)
+    lines = [header]
+    for t in summary["trials"]:
+        stopped = "ASHA" if t["stopped_by_asha"] else "patience" if t["stopped_by_patience"] else \
+            "error" if t["error"] else "-"
+        value = "n/a" if t[metric] is None else f"{t[metric]:.4f}"
+        cells = "".join(f"{_cell(t['config'].get(k)):>14}" for k in keys)
+        lines.append(f"{t['trial']:<12}{t['epochs_run']:>7}  {value:>10}  {stopped:<10}{cells}")
+    lines.append(f"best: {summary['best']['trial']} ({metric} {summary['best'][metric]:.4f}); "
+                 f"{summary['stopped_by_asha']} of {len(summary['trials'])} trials stopped early by ASHA; "
+                 f"{summary['trial_epochs']} trial-epochs in all")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+

@@ -1,0 +1,113 @@
+"""Search spaces over the training config, one per model family.
+
+Keys are dotted config keys (the same as `key=value` overrides). Following the tuning
+playbook, each parameter is labelled:
+  scientific: what the search is about (architecture, learning rate);
+  nuisance:   must be tuned for a fair comparison of the scientific ones;
+  fixed:      held constant on purpose (stated, not searched).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.config import MedrayConfig, validate_config
+from cluster.errors import ConfigError
+
+# Each entry: dotted key -> (kind, arguments). Kept as data so a YAML `tune.space` uses
+# the same form and both are validated by one function.
+SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "cnn": {
+        "model.preset": {"choice": ["seed", "resnet"]},          # scientific
+        "optim.lr": {"loguniform": [3e-4, 3e-3]},                # scientific
+        "optim.weight_decay": {"loguniform": [1e-5, 1e-2]},      # nuisance
+        "optim.batch_size": {"choice": [32, 64]},                # nuisance
+        "model.options.dropout": {"uniform": [0.0, 0.5]},        # nuisance
+        "train.augment": {"choice": [True, False]},              # nuisance
+        # fixed: optim.epochs (the ASHA budget), warm-up, seed
+    },
+    "rnn": {
+        "model.preset": {"choice": ["seed", "bigru"]},           # scientific
+        "optim.lr": {"loguniform": [3e-4, 1e-2]},                # scientific
+        "model.options.hidden_size": {"choice": [32, 64, 128]},  # scientific (width)
+        "optim.weight_decay": {"loguniform": [1e-5, 1e-2]},      # nuisance
+        "optim.batch_size": {"choice": [16, 32]},                # nuisance
+        "model.options.dropout": {"uniform": [0.0, 0.4]},        # nuisance
+        # fixed: optim.epochs, num_layers (preset default), seed
+    },
+    "attention": {
+        "model.preset": {"choice": ["seed", "ft_transformer"]},  # scientific
+        "optim.lr": {"loguniform": [1e-4, 3e-3]},                # scientific
+        "optim.weight_decay": {"loguniform": [1e-5, 1e-1]},      # nuisance
+        "optim.batch_size": {"choice": [16, 32, 64]},            # nuisance
+        "optim.label_smoothing": {"uniform": [0.0, 0.1]},        # nuisance
+        # fixed: optim.epochs, token width and depth (preset defaults), seed
+    },
+}
+
+KINDS = ("choice", "uniform", "loguniform", "randint", "quniform")
+
+
+def space_for(config: MedrayConfig) -> dict[str, dict[str, Any]]:
+    return dict(config.tune.space) if config.tune.space else dict(SPACES[config.model.family])
+
+
+def to_tune(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Our space -> Ray Tune domains, keyed by the dotted config key."""
+    from ray import tune
+
+    domains = {}
+    for key, spec in space.items():
+        (kind, args), = spec.items()
+        if kind == "choice":
+            domains[key] = tune.choice(list(args))
+        else:
+            domains[key] = getattr(tune, kind)(*args)
+    return domains
+
+
+def nest(params: dict[str, Any]) -> dict[str, Any]:
+    """`{"optim.lr": 1e-3}` -> `{"optim": {"lr": 1e-3}}`."""
+    nested: dict[str, Any] = {}
+    for key, value in params.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> MedrayConfig:
+    """The base config (as a dict) with one trial's sampled values, validated."""
+    merged = _merge(base, nest(params))
+    return validate_config(merged)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> None:
+    """Fail before any trial starts if a key does not exist or a range is malformed."""
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+            raise ConfigError(f"tune.space['{key}'] must be one of {', '.join(KINDS)} with its arguments, "
+                              f"e.g. {{loguniform: [1e-4, 1e-2]}}")
+        (kind, args), = spec.items()
+        if kind == "choice":
+            if not isinstance(args, list) or not args:
+                raise ConfigError(f"tune.space['{key}']: choice needs a non-empty list")
+            samples = args
+        else:
+            if not isinstance(args, list) or len(args) not in (2, 3) or not args[0] < args[1]:
+                raise ConfigError(f"tune.space['{key}']: {kind} needs [low, high] with low < high")
+            samples = args[:2]
+        for value in samples:
+            try:
+                apply_params(base, {key: value})
+            except ConfigError as error:
+                raise ConfigError(f"tune.space names '{key}', which the config does not accept: {error}") from None
