@@ -87,7 +87,8 @@ def latest_progress(storage, run_uri: str) -> dict:
     """`progress.json` of the run's highest-epoch checkpoint."""
     run_key = storage.key_of(run_uri)
     progresses = [storage.read_json(f"{run_key}/{name}/progress.json")
-                  for name in storage.list_dir(run_key) if name.startswith("checkpoint_")]
+                  for name in storage.list_dir(run_key)
+                  if name.startswith("checkpoint_") and storage.exists(f"{run_key}/{name}/progress.json")]
     return max(progresses, key=lambda progress: progress["epoch"])
 
 

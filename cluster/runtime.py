@@ -14,13 +14,20 @@ log = logging.getLogger(__name__)
 FORWARDED_ENV = ("MEDRAY_STORAGE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
-def ensure_ray(config: RayConfig | None = None) -> None:
-    """Use the Ray this process already has, else connect or start one."""
+def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
+    """Use the Ray this process already has, else connect or start one.
+
+    `dashboard`: a local Ray also starts its dashboard (on 127.0.0.1). Tune needs it: when
+    ASHA stops a trial, Ray Train frees the trial's worker placement group through the
+    dashboard's API; without it the CPUs stay reserved and later trials wait forever.
+    """
     import ray
     import ray.data
 
     if ray.is_initialized():
         return
+    # Ray Train patches print() in workers so each line reaches the driver twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     config = config or RayConfig()
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -29,9 +36,22 @@ def ensure_ray(config: RayConfig | None = None) -> None:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     else:
         # Local workers inherit this process's environment, credentials included.
-        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level=logging.WARNING)
+        options: dict = {}
+        if dashboard:
+            port = _free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            options = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+        ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True,
+                 configure_logging=True, logging_level=logging.WARNING, **options)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def check_placement(scaling: ScalingSection) -> None:

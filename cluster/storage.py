@@ -158,6 +158,7 @@ class Storage:
         source = self.arrow_path(key)
         if filesystem.get_file_info(source).type != pafs.FileType.Directory:
             raise NotFoundError(f"{self.uri(key)} does not exist")
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(source, str(local_dir), source_filesystem=filesystem,
                         destination_filesystem=pafs.LocalFileSystem())
         return Path(local_dir)

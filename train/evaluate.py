@@ -469,8 +469,11 @@ def conformal_quantile(y_true: ArrayLike, probs: ArrayLike, coverage: float) -> 
 
 
 def prediction_sets(probs: ArrayLike, quantile: float) -> np.ndarray:
-    """Boolean (N, K): class k is in example i's set when p_ik >= 1 - quantile."""
-    return np.asarray(probs, dtype=np.float64) >= 1.0 - quantile
+    """Boolean (N, K): class k is in example i's set when p_ik >= 1 - quantile. The most
+    probable class is always in the set: an empty set tells a clinician nothing, and
+    adding it only raises coverage."""
+    p = np.asarray(probs, dtype=np.float64)
+    return (p >= 1.0 - quantile) | (p == p.max(axis=1, keepdims=True))
 
 
 def set_coverage(y_true: ArrayLike, probs: ArrayLike, quantile: float) -> dict[str, float]:

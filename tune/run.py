@@ -85,14 +85,20 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: s
     trainer.fit()
 
 
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
            space: dict[str, dict[str, Any]], restore: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     metric, mode = config.train.metric, config.train.metric_mode
+    # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
+    # refuses an empty request, so it asks for one byte of memory instead of a CPU.
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, root=storage.root, search=search), {"cpu": 0})
+        tune.with_parameters(_trial, base=base, root=storage.root, search=search), {"memory": 1})
     filesystem, _ = storage.arrow_filesystem()
     if restore:
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
@@ -112,9 +118,10 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
                                     grace_period=min(config.tune.grace_period, config.optim.epochs),
                                     reduction_factor=config.tune.reduction_factor),
             max_concurrent_trials=_concurrency(config), time_budget_s=config.tune.time_budget_s,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(name=search, storage_path=storage.arrow_path("runs"),
-                                  storage_filesystem=filesystem, verbose=1),
+                                  storage_filesystem=filesystem),
     )
 
 
@@ -137,7 +144,7 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         space = space_for(config)
         check_space(space, base)
         _check_models(config, storage, space)
-    ensure_ray(config.ray)
+    ensure_ray(config.ray, dashboard=True)
     check_placement(config.scaling)
     if not resume:
         storage.write_json(f"runs/{search}/{SEARCH_FILE}", {"base": base, "space": space,
@@ -160,7 +167,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
         epochs_run = len(rows)
         patience_stop = bool(rows and rows[-1].get("stopped_early"))
         trials.append({
-            "trial": result.path.rstrip("/").rsplit("/", 1)[-1].split("_")[1] if "_" in result.path else result.path,
+            "trial": (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1],
             "config": {key: result.config.get(key) for key in space},
             "epochs_run": epochs_run,
             metric: best_value,
