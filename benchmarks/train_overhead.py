@@ -128,6 +128,7 @@ def main() -> None:
     if epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is dropped")
     benchmark_started = time.perf_counter()
+    load_before = os.getloadavg()
 
     import ray
     import torch
@@ -171,6 +172,8 @@ def main() -> None:
         "torch": torch.__version__,
         "ray": ray.__version__,
         "cpu_count": os.cpu_count(),
+        # Other work on the machine skews every variant; 1-minute load before and after.
+        "load_average_1min": [load_before[0], os.getloadavg()[0]],
         "benchmark_seconds": time.perf_counter() - benchmark_started,
     }, indent=2))
 

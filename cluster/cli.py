@@ -9,6 +9,7 @@ alone, progress and logs to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -23,10 +24,16 @@ def _csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+# With --json, stdout carries the JSON object alone; anything else printed meanwhile (Ray
+# Tune's status tables, forwarded worker output) is sent to stderr.
+_RESULT_STREAM = sys.stdout
+
+
 def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> None:
     if args.json:
-        json.dump(payload, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        json.dump(payload, _RESULT_STREAM, indent=2, default=str)
+        _RESULT_STREAM.write("\n")
+        _RESULT_STREAM.flush()
     else:
         print(human())
 
@@ -401,8 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    global _RESULT_STREAM
+    _RESULT_STREAM = sys.stdout
     try:
-        args.handler(args)
+        if args.json:
+            with contextlib.redirect_stdout(sys.stderr):
+                args.handler(args)
+        else:
+            args.handler(args)
     except MedrayError as error:
         print(f"medray: error: {error}", file=sys.stderr)
         return 2
