@@ -174,6 +174,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
             "stopped_by_asha": bool(rows) and epochs_run < config.optim.epochs and not patience_stop and
                                result.error is None,
             "stopped_by_patience": patience_stop,
+            "seconds": float(rows[-1].get("time_total_s") or 0.0) if rows else 0.0,
             "error": str(result.error).splitlines()[0] if result.error else None,
             "checkpoint": _best_checkpoint_path(rows, metric, mode),
         })
