@@ -1,29 +1,37 @@
 """What Ray Train costs per epoch over plain PyTorch, with the same model, data and threads.
 
-    (a) plain     one process, medray's pure steps (`train.steps`), a checkpoint per epoch
-    (b) ray_1w    `train.job.run_training`, 1 worker x 1 CPU
-    (c) ray_2w    `train.job.run_training`, 2 workers x 1 CPU
-    (d) torchrun  2 gloo processes doing DDP on the same loop as (a), rank 0 checkpointing
+    (a) plain            one process, medray's pure steps (`train.steps`), a checkpoint per epoch
+    (b) ray_1worker      `train.job.run_training`, 1 worker x 1 CPU
+    (c) ray_2workers     `train.job.run_training`, 2 workers x 1 CPU
+    (d) torchrun_2procs  2 gloo processes doing DDP on the loop of (a), rank 0 checkpointing
 
 (a) and (d) are `benchmarks/ddp_baseline.py`. Every variant runs in this one invocation,
 with Ray started first (its start-up is reported on its own), so machine drift hits all.
 An epoch's wall time is the interval between consecutive epochs' `finished_at` (taken
 after train+validation, so it also holds the previous epoch's report and checkpoint);
 the first epoch is dropped. Setup is launch (process start, or the `run_training` call)
-to the first epoch's start. Prints JSON with medians and the ratios b/a and c/d.
+to the first epoch's start. `other_work_cores` says how busy other work kept the machine
+during a variant: on a shared box compare ratios only between runs where it was low.
+Prints JSON with medians and the ratios b/a and c/d.
 
-    python benchmarks/train_overhead.py [--source NPZ] [--epochs 6] [--quick] [--storage URI]
+    python benchmarks/train_overhead.py [--source NPZ] [--epochs 6] [--quick] [--storage URI] [key=value ...]
+
+The config is `train/configs/breastmnist_cnn.yaml` when it exists (else the seed CNN)
+with a fixed number of epochs, no early stopping, no bootstrap and 1 CPU per worker,
+then the overrides given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,17 +41,74 @@ CONFIG_FILE = PROJECT / "train" / "configs" / "breastmnist_cnn.yaml"
 DATASET = "breastmnist"
 
 
-def overrides(epochs: int) -> list[str]:
+def overrides(epochs: int, extra: list[str]) -> list[str]:
     """Fixed epochs, no early stop, no bootstrap; 1 CPU (so 1 torch thread) per worker."""
     base = [] if CONFIG_FILE.is_file() else ["model.family=cnn", "model.preset=seed"]
     return [*base, f"data.dataset={DATASET}", f"optim.epochs={epochs}", "train.patience=0", "eval.bootstrap=0",
-            "scaling.cpus_per_worker=1"]
+            "scaling.cpus_per_worker=1", *extra]
 
 
 def load(extra: list[str]):
     from cluster.config import load_config
 
     return load_config(CONFIG_FILE if CONFIG_FILE.is_file() else None, extra)
+
+
+class CpuSampler:
+    """Every half second: the machine's busy CPU time, and each live process of this
+    process tree's own CPU time (sampled because Ray's workers exit unreaped, taking
+    their counts with them)."""
+
+    def __init__(self, period: float = 0.5):
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self._sample())
+            self._stop.wait(self.period)
+
+    @staticmethod
+    def _sample() -> tuple[float, float, dict[str, float]]:
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
+        parents, cpu = {}, {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    values = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[pid], cpu[pid] = values[1], (int(values[11]) + int(values[12])) / tick
+        me, mine = str(os.getpid()), {}
+        for pid in cpu:
+            ancestor, seen = pid, set()
+            while ancestor in parents and ancestor not in seen and ancestor != me:
+                seen.add(ancestor)
+                ancestor = parents[ancestor]
+            if ancestor == me:
+                mine[pid] = cpu[pid]
+        return time.time(), busy, mine
+
+    def other_cores(self, start: float, end: float) -> float | None:
+        """Cores kept busy by anything outside this process tree between two unix times."""
+        first = min(self.samples, key=lambda sample: abs(sample[0] - start))
+        last = min(self.samples, key=lambda sample: abs(sample[0] - end))
+        if last[0] <= first[0]:
+            return None
+        mine = sum(seconds - first[2].get(pid, 0.0) for pid, seconds in last[2].items())
+        return (last[1] - first[1] - mine) / (last[0] - first[0])
 
 
 def summarise(history: list[dict], setup_seconds: float, train_rows: int) -> dict:
@@ -54,6 +119,8 @@ def summarise(history: list[dict], setup_seconds: float, train_rows: int) -> dic
     median = statistics.median(walls)
     return {
         "setup_seconds": setup_seconds,
+        # The first epoch also holds one-time costs (the Ray path's first read of its shard).
+        "first_epoch_seconds": history[0]["epoch_seconds"],
         "epoch_seconds_median": median,
         "epoch_seconds_all": walls,
         "examples_per_second": train_rows / median,
@@ -62,6 +129,7 @@ def summarise(history: list[dict], setup_seconds: float, train_rows: int) -> dic
         "compute_seconds_median": statistics.median(compute),
         "between_epochs_seconds_median": statistics.median(w - c for w, c in zip(walls, compute)),
         "epochs": len(history),
+        "epochs_window": (finished[0], finished[-1]),
     }
 
 
@@ -123,6 +191,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is dropped)")
     parser.add_argument("--quick", action="store_true", help="3 epochs: a smoke run")
     parser.add_argument("--storage", help="storage root (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. model.preset=seed)")
     args = parser.parse_args()
     epochs = 3 if args.quick else args.epochs
     if epochs < 2:
@@ -137,8 +206,9 @@ def main() -> None:
     from train.data.importers import ImportRequest, import_dataset
 
     torch.set_num_threads(1)
-    config_overrides = overrides(epochs)
-    with tempfile.TemporaryDirectory(prefix="medray-bench-") as scratch:
+    config_overrides = overrides(epochs, args.overrides)
+    # Ray's driver prints cluster warnings to stdout; stdout is kept for the JSON.
+    with tempfile.TemporaryDirectory(prefix="medray-bench-") as scratch, contextlib.redirect_stdout(sys.stderr):
         storage = Storage(args.storage or f"file://{scratch}")
         import_dataset(storage, ImportRequest(kind="medmnist", source=args.source, name=DATASET))
         started = time.perf_counter()
@@ -153,10 +223,14 @@ def main() -> None:
             "torchrun_2procs": lambda: run_baseline(storage.root, config_overrides, 2),
         }
         results = {}
-        for name, run in variants.items():
-            print(f"--- {name}", file=sys.stderr, flush=True)
-            results[name] = run()
+        with CpuSampler() as sampler:
+            for name, run in variants.items():
+                print(f"--- {name}", file=sys.stderr, flush=True)
+                results[name] = run()
         ray.shutdown()
+    for result in results.values():
+        # Other sessions' work competes for the same cores and skews whichever variant it overlaps.
+        result["other_work_cores"] = sampler.other_cores(*result.pop("epochs_window"))
 
     print(json.dumps({
         "benchmark": "train_overhead",
@@ -172,7 +246,6 @@ def main() -> None:
         "torch": torch.__version__,
         "ray": ray.__version__,
         "cpu_count": os.cpu_count(),
-        # Other work on the machine skews every variant; 1-minute load before and after.
         "load_average_1min": [load_before[0], os.getloadavg()[0]],
         "benchmark_seconds": time.perf_counter() - benchmark_started,
     }, indent=2))
