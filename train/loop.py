@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.checkpoint import load_train_state, save_checkpoint, unwrap
+from train.checkpoint import load_train_state, save_checkpoint
 from train.data.preprocess import LabelMap, Preprocessor
 from train.models import build_model_from_config
 from train.steps import augment_images, class_weights, epoch_metrics, predict, train_epoch, warmup_cosine

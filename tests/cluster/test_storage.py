@@ -1,8 +1,6 @@
 import os
-import subprocess
 
 import boto3
-import pyarrow.fs as pafs
 import pytest
 
 from cluster.config import StorageConfig

@@ -1,6 +1,5 @@
 """Each importer on small hand-made sources, and every kind of bad input."""
 
-import io
 
 import numpy as np
 import pandas as pd
@@ -177,8 +176,7 @@ def test_csv_with_header_categorical_missing_and_groups(local_storage, tmp_path)
     assert manifest["quality"]["missing_values"]["chol"] == 2
     assert [f["name"] for f in manifest["schema"]["features"]] == ["age", "chol", "smoker"]
     assert manifest["schema"]["features"][2] == {"name": "smoker", "type": "categorical", "categories": ["no", "yes"]}
-    # No patient spans two splits, and the identifier itself is not stored.
-    seen = {}
+    # The identifier itself is not stored; whole patients (two rows each) per split.
     for split in ("train", "val", "test"):
         features, _ = read_split_arrays(local_storage, "t", split)
         assert "patient" not in features.columns
