@@ -6,15 +6,18 @@
     (d) torchrun_2procs  2 gloo processes doing DDP on the loop of (a), rank 0 checkpointing
 
 (a) and (d) are `benchmarks/ddp_baseline.py`. Every variant runs in this one invocation,
-with Ray started first (its start-up is reported on its own), so machine drift hits all.
+`--rounds` times interleaved, with Ray started first (its start-up is reported on its
+own), so machine drift hits all.
 An epoch's wall time is the interval between consecutive epochs' `finished_at` (taken
 after train+validation, so it also holds the previous epoch's report and checkpoint);
 the first epoch is dropped. Setup is launch (process start, or the `run_training` call)
-to the first epoch's start. `other_work_cores` says how busy other work kept the machine
-during a variant: on a shared box compare ratios only between runs where it was low.
+to the first epoch's start. `other_work_cores` (per round) says how many cores other work
+on the machine kept busy during a variant's epochs: on a shared box, trust a ratio only
+when it was about the same for both variants.
 Prints JSON with medians and the ratios b/a and c/d.
 
-    python benchmarks/train_overhead.py [--source NPZ] [--epochs 6] [--quick] [--storage URI] [key=value ...]
+    python benchmarks/train_overhead.py [--source NPZ] [--epochs 6] [--quick] [--rounds 1]
+        [--storage URI] [key=value ...]
 
 The config is `train/configs/breastmnist_cnn.yaml` when it exists (else the seed CNN)
 with a fixed number of epochs, no early stopping, no bootstrap and 1 CPU per worker,
@@ -111,26 +114,37 @@ class CpuSampler:
         return (last[1] - first[1] - mine) / (last[0] - first[0])
 
 
-def summarise(history: list[dict], setup_seconds: float, train_rows: int) -> dict:
-    """Per-epoch wall times from consecutive `finished_at`, first epoch dropped."""
-    finished = [row["finished_at"] for row in history]
-    walls = [b - a for a, b in zip(finished, finished[1:])]
-    compute = [row["epoch_seconds"] for row in history[1:]]
+def summarise(runs: list[dict], sampler: CpuSampler) -> dict:
+    """One variant over its rounds. An epoch's wall time is the interval between
+    consecutive `finished_at` within a run; each run's first epoch is dropped."""
+    walls, compute = [], []
+    for run in runs:
+        finished = [row["finished_at"] for row in run["history"]]
+        walls += [b - a for a, b in zip(finished, finished[1:])]
+        compute += [row["epoch_seconds"] for row in run["history"][1:]]
     median = statistics.median(walls)
-    return {
-        "setup_seconds": setup_seconds,
+    other = [sampler.other_cores(run["history"][0]["finished_at"], run["history"][-1]["finished_at"])
+             for run in runs]
+    summary = {
+        "setup_seconds": statistics.median(run["setup_seconds"] for run in runs),
         # The first epoch also holds one-time costs (the Ray path's first read of its shard).
-        "first_epoch_seconds": history[0]["epoch_seconds"],
+        "first_epoch_seconds": statistics.median(run["history"][0]["epoch_seconds"] for run in runs),
         "epoch_seconds_median": median,
         "epoch_seconds_all": walls,
-        "examples_per_second": train_rows / median,
+        "examples_per_second": runs[0]["train_rows"] / median,
         # Train+validation alone, timed inside the loop; the rest of an epoch's wall time
         # is reporting and checkpointing.
         "compute_seconds_median": statistics.median(compute),
         "between_epochs_seconds_median": statistics.median(w - c for w, c in zip(walls, compute)),
-        "epochs": len(history),
-        "epochs_window": (finished[0], finished[-1]),
+        # Other sessions' work competes for the same cores and skews whichever variant it overlaps.
+        "other_work_cores": [round(cores, 2) if cores is not None else None for cores in other],
     }
+    for key in ("threads_per_process", "checkpoint_seconds_median", "run_training_seconds", "error_after_training"):
+        values = [run[key] for run in runs if key in run]
+        if values:
+            summary[key] = values[0] if key in ("threads_per_process", "error_after_training") else \
+                statistics.median(values)
+    return summary
 
 
 def run_baseline(storage_root: str, config_overrides: list[str], processes: int) -> dict:
@@ -145,10 +159,9 @@ def run_baseline(storage_root: str, config_overrides: list[str], processes: int)
         subprocess.run([*launcher, str(BASELINE), "--storage", storage_root, "--out", str(out), *config_file,
                         *config_overrides], check=True, cwd=PROJECT, env=env, stdout=sys.stderr)
         result = json.loads(out.read_text())
-    summary = summarise(result["history"], result["first_epoch_started_at"] - launched, result["train_rows"])
-    summary["checkpoint_seconds_median"] = statistics.median(row["checkpoint_seconds"] for row in result["history"])
-    summary["threads_per_process"] = result["threads"]
-    return summary
+    return {"history": result["history"], "setup_seconds": result["first_epoch_started_at"] - launched,
+            "train_rows": result["train_rows"], "threads_per_process": result["threads"],
+            "checkpoint_seconds_median": statistics.median(row["checkpoint_seconds"] for row in result["history"])}
 
 
 def latest_progress(storage, run_uri: str) -> dict:
@@ -160,11 +173,12 @@ def latest_progress(storage, run_uri: str) -> dict:
     return max(progresses, key=lambda progress: progress["epoch"])
 
 
-def run_ray(storage, config_overrides: list[str], workers: int) -> dict:
+def run_ray(storage, config_overrides: list[str], workers: int, round_index: int) -> dict:
     from train.data.dataset import read_manifest
     from train.job import run_training
 
-    config = load([*config_overrides, f"scaling.num_workers={workers}", f"train.name=bench-ray-{workers}w"])
+    config = load([*config_overrides, f"scaling.num_workers={workers}",
+                   f"train.name=bench-ray-{workers}w-{round_index}"])
     called = time.time()
     error = None
     try:
@@ -179,8 +193,8 @@ def run_ray(storage, config_overrides: list[str], workers: int) -> dict:
     if len(history) != config.optim.epochs:
         raise RuntimeError(f"the latest checkpoint holds {len(history)} epochs, expected {config.optim.epochs}")
     first_epoch_started = history[0]["finished_at"] - history[0]["epoch_seconds"]
-    train_rows = read_manifest(storage, DATASET)["splits"]["train"]["rows"]
-    result = {**summarise(history, first_epoch_started - called, train_rows), "run_training_seconds": total}
+    result = {"history": history, "setup_seconds": first_epoch_started - called, "run_training_seconds": total,
+              "train_rows": read_manifest(storage, DATASET)["splits"]["train"]["rows"]}
     return {**result, "error_after_training": error} if error else result
 
 
@@ -190,12 +204,15 @@ def main() -> None:
                         help="MedMNIST .npz to import (default: ../shared/data/breastmnist.npz)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is dropped)")
     parser.add_argument("--quick", action="store_true", help="3 epochs: a smoke run")
+    parser.add_argument("--rounds", type=int, default=1, help="times to run every variant, interleaved")
     parser.add_argument("--storage", help="storage root (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. model.preset=seed)")
     args = parser.parse_args()
     epochs = 3 if args.quick else args.epochs
     if epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is dropped")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     benchmark_started = time.perf_counter()
     load_before = os.getloadavg()
 
@@ -217,20 +234,19 @@ def main() -> None:
         ray_init_seconds = time.perf_counter() - started
 
         variants = {
-            "plain": lambda: run_baseline(storage.root, config_overrides, 1),
-            "ray_1worker": lambda: run_ray(storage, config_overrides, 1),
-            "ray_2workers": lambda: run_ray(storage, config_overrides, 2),
-            "torchrun_2procs": lambda: run_baseline(storage.root, config_overrides, 2),
+            "plain": lambda i: run_baseline(storage.root, config_overrides, 1),
+            "ray_1worker": lambda i: run_ray(storage, config_overrides, 1, i),
+            "ray_2workers": lambda i: run_ray(storage, config_overrides, 2, i),
+            "torchrun_2procs": lambda i: run_baseline(storage.root, config_overrides, 2),
         }
-        results = {}
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
         with CpuSampler() as sampler:
-            for name, run in variants.items():
-                print(f"--- {name}", file=sys.stderr, flush=True)
-                results[name] = run()
+            for round_index in range(args.rounds):  # interleaved, so drift hits every variant
+                for name, run in variants.items():
+                    print(f"--- {name} (round {round_index + 1}/{args.rounds})", file=sys.stderr, flush=True)
+                    runs[name].append(run(round_index))
         ray.shutdown()
-    for result in results.values():
-        # Other sessions' work competes for the same cores and skews whichever variant it overlaps.
-        result["other_work_cores"] = sampler.other_cores(*result.pop("epochs_window"))
+    results = {name: summarise(variant_runs, sampler) for name, variant_runs in runs.items()}
 
     print(json.dumps({
         "benchmark": "train_overhead",
@@ -245,6 +261,7 @@ def main() -> None:
         "source": args.source,
         "torch": torch.__version__,
         "ray": ray.__version__,
+        "rounds": args.rounds,
         "cpu_count": os.cpu_count(),
         "load_average_1min": [load_before[0], os.getloadavg()[0]],
         "benchmark_seconds": time.perf_counter() - benchmark_started,

@@ -39,6 +39,7 @@ def test_image_preprocessing_standardises_with_train_statistics():
     out = pre.transform({"image": train})
     assert out.shape == (2, 1, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, 0, 0, 0], [-1.0, 1.0], atol=1e-6)
+    np.testing.assert_array_equal(pre.transform(train), out)  # the bare array, as evaluation passes it
 
 
 def test_signal_preprocessing_is_time_major_and_fills_gaps():

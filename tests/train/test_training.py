@@ -157,3 +157,26 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
         assert plan.model_config["num_classes"] == len(plan.labels.classes)
     cleveland = plan_training(load_config(CONFIGS / "cleveland_attention.yaml"), local_storage)
     assert cleveland.labels.classes == ["no_disease", "disease"]
+
+
+@pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])
+def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, tmp_path, name):
+    """The driver-side evaluation feeds bare arrays (not Ray batches) to the preprocessor."""
+    from train.job import evaluate_stored_checkpoint
+    from train.models import build_model_from_config
+
+    request = {
+        "breastmnist_cnn": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"),
+                                         name="breastmnist"),
+        "ecg200_rnn": ImportRequest(kind="ucr", source=str(shared_data), dataset="ECG200", name="ecg200"),
+    }[name]
+    import_dataset(local_storage, request)
+    config = load_config(CONFIGS / f"{name}.yaml", ["eval.bootstrap=20"])
+    plan = plan_training(config, local_storage)
+    model = build_model_from_config(config.model.family, plan.model_config)
+    root = Path(local_storage.root.removeprefix("file://"))
+    save_checkpoint(root / "runs" / "r" / "ckpt", model, config.model.family, plan.preprocessor, plan.labels,
+                    plan.dataset_ref, progress={"epoch": 0, "history": []})
+    report = evaluate_stored_checkpoint(local_storage, "runs/r/ckpt", tmp_path / "report", config)
+    assert report["metrics"]["test"]["n"] == plan.manifest["splits"]["test"]["rows"]
+    assert (tmp_path / "report" / "roc.png").exists()

@@ -109,15 +109,18 @@ class Preprocessor:
         return cls("tabular", None, [width], {"columns": columns})
 
     # Applying --------------------------------------------------------------------
-    def transform(self, batch: Batch) -> np.ndarray:
-        """Rows of `batch` -> float32 array of shape (N, *input_shape)."""
+    def transform(self, batch: Batch | np.ndarray) -> np.ndarray:
+        """Rows of `batch` -> float32 array of shape (N, *input_shape). Images and signals
+        may also come as the bare array (N, *stored shape)."""
+        if self.column is not None and isinstance(batch, Mapping):
+            batch = batch[self.column]
         if self.modality == "image":
-            images = _channels_first(np.asarray(batch[self.column]), self.input_shape)
+            images = _channels_first(np.asarray(batch), self.input_shape)
             mean = np.asarray(self.stats["mean"], dtype=np.float32)[None, :, None, None]
             std = np.asarray(self.stats["std"], dtype=np.float32)[None, :, None, None]
             return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
         if self.modality == "signal":
-            signals = _time_major(np.asarray(batch[self.column], dtype=np.float32))
+            signals = _time_major(np.asarray(batch, dtype=np.float32))
             normalised = (signals - np.asarray(self.stats["mean"], np.float32)) / np.asarray(self.stats["std"], np.float32)
             return np.nan_to_num(normalised, nan=0.0).astype(np.float32)
         parts = []
