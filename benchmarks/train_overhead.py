@@ -183,7 +183,7 @@ def run_ray(storage, config_overrides: list[str], workers: int, round_index: int
     error = None
     try:
         run_uri = run_training(config, storage)["run"]
-    except Exception as failure:  # noqa: BLE001
+    except Exception as failure:
         # The epochs are what is timed here: a failure after them (in the final
         # evaluation) is reported with the numbers, not in their place. A failure
         # during training leaves fewer epochs in the history and stops below.
@@ -229,6 +229,10 @@ def main() -> None:
         storage = Storage(args.storage or f"file://{scratch}")
         import_dataset(storage, ImportRequest(kind="medmnist", source=args.source, name=DATASET))
         started = time.perf_counter()
+        from cluster.runtime import RAY_TUNING
+
+        for key, value in RAY_TUNING.items():  # the settings `medray` starts Ray with
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_init_seconds = time.perf_counter() - started
@@ -261,6 +265,8 @@ def main() -> None:
         "source": args.source,
         "torch": torch.__version__,
         "ray": ray.__version__,
+        # Ray Train's controller takes at most one report per worker per poll (default 2 s).
+        "ray_train_health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "default (2.0)"),
         "rounds": args.rounds,
         "cpu_count": os.cpu_count(),
         "load_average_1min": [load_before[0], os.getloadavg()[0]],
