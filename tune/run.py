@@ -40,11 +40,13 @@ def _check_models(config: MedrayConfig, storage: Storage, space: dict[str, dict[
 
     plan = plan_training(config, storage)
     spec = InputSpec(plan.manifest["modality"], tuple(plan.preprocessor.input_shape))
-    presets = space.get("model.preset", {}).get("choice", [config.model.preset])
-    option_values = {
-        key.removeprefix("model.options."): (next(iter(s.values())) if "choice" in s else next(iter(s.values()))[:2])
-        for key, s in space.items() if key.startswith("model.options.")
-    }
+    def values(spec: dict[str, Any]) -> list:
+        (kind, args), = spec.items()
+        return list(args) if kind in ("choice", "grid") else list(args[:2])
+
+    presets = values(space["model.preset"]) if "model.preset" in space else [config.model.preset]
+    option_values = {key.removeprefix("model.options."): values(spec) for key, spec in space.items()
+                     if key.startswith("model.options.")}
     for preset in presets:
         for name, values in option_values.items():
             for value in values:
@@ -106,9 +108,13 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
     if config.tune.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
+        if any("grid" in spec for spec in space.values()):
+            raise ConfigError("a grid in tune.space needs tune.searcher=random (Optuna proposes its own values)")
         searcher = OptunaSearch(metric=metric, mode=mode, seed=config.train.seed)
     else:
-        searcher = None  # Tune's default: random sampling of the space
+        from ray.tune.search import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=config.train.seed)  # seeded random sampling
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),

@@ -45,7 +45,7 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-KINDS = ("choice", "uniform", "loguniform", "randint", "quniform")
+KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 
 
 def space_for(config: MedrayConfig) -> dict[str, dict[str, Any]]:
@@ -61,6 +61,8 @@ def to_tune(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         (kind, args), = spec.items()
         if kind == "choice":
             domains[key] = tune.choice(list(args))
+        elif kind == "grid":  # every value, in order (each repeated tune.num_samples times)
+            domains[key] = tune.grid_search(list(args))
         else:
             domains[key] = getattr(tune, kind)(*args)
     return domains
@@ -98,9 +100,9 @@ def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> None:
             raise ConfigError(f"tune.space['{key}'] must be one of {', '.join(KINDS)} with its arguments, "
                               f"e.g. {{loguniform: [1e-4, 1e-2]}}")
         (kind, args), = spec.items()
-        if kind == "choice":
+        if kind in ("choice", "grid"):
             if not isinstance(args, list) or not args:
-                raise ConfigError(f"tune.space['{key}']: choice needs a non-empty list")
+                raise ConfigError(f"tune.space['{key}']: {kind} needs a non-empty list")
             samples = args
         else:
             if not isinstance(args, list) or len(args) not in (2, 3) or not args[0] < args[1]:
