@@ -68,13 +68,14 @@ class TrainingPlan:
         }
 
 
-def _run_name(config: MedrayConfig, config_name: str | None) -> str:
+def run_name(config: MedrayConfig, stem: str) -> str:
+    """`train.name` if set (checked), else `{stem}-{UTC time}`: a folder under `runs/`."""
     if config.train.name:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", config.train.name):
             raise ConfigError(f"train.name '{config.train.name}' may hold only letters, digits, '.', '_' and '-'")
         return config.train.name
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{config_name or config.model.family}-{stamp}"
+    return f"{stem}-{stamp}"
 
 
 def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> TrainingPlan:
@@ -89,7 +90,7 @@ def plan_training(config: MedrayConfig, storage: Storage, config_name: str | Non
     model_config = model_config_for(config.model.family, config.model.preset, spec, len(labels.classes),
                                     config.model.options)
     return TrainingPlan(config, manifest, labels, preprocessor, dataclasses.asdict(model_config),
-                        _run_name(config, config_name))
+                        run_name(config, config_name or config.model.family))
 
 
 def run_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ Tune's state (what `--resume` restores), each trial's Train run under `trials/`,
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,12 +24,9 @@ SEARCH_FILE = "search.json"
 
 
 def search_name(config: MedrayConfig, config_name: str | None) -> str:
-    if config.train.name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", config.train.name):
-            raise ConfigError(f"train.name '{config.train.name}' may hold only letters, digits, '.', '_' and '-'")
-        return config.train.name
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"tune-{config_name or config.model.family}-{stamp}"
+    from train.job import run_name
+
+    return run_name(config, f"tune-{config_name or config.model.family}")
 
 
 def _check_models(config: MedrayConfig, storage: Storage, space: dict[str, dict[str, Any]]) -> None:
