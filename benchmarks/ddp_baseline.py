@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -47,15 +46,6 @@ def batches(inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
     for start in range(0, len(index), batch_size):
         chosen = index[start:start + batch_size]
         yield inputs[chosen], targets[chosen]
-
-
-def gather(logits: np.ndarray, labels: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every rank's validation outputs, as `train.loop` gathers them."""
-    if world == 1:
-        return logits, labels
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, (logits, labels))
-    return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
 
     train_x, train_y = rows_of("train")
     val_x, val_y = rows_of("val")
-    val_index = torch.arange(len(val_y))[rank::world]  # each rank validates its share, then all gather
+    val_index = torch.arange(len(val_y))  # every rank scores all of val, as train.loop does
 
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
     model = build_model_from_config(config.model.family, plan.model_config)
@@ -125,8 +115,7 @@ def main() -> None:
         totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
-        logits, targets = gather(*predict(model, batches(val_x, val_y, val_index, 512), device, mixed_precision),
-                                 world)
+        logits, targets = predict(model, batches(val_x, val_y, val_index, 512), device, mixed_precision)
         metrics = {"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1.0)),
                    **epoch_metrics(logits, targets), "epoch_seconds": time.perf_counter() - started}
         history.append({**metrics, "finished_at": time.time()})

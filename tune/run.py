@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from cluster.config import MedrayConfig
+from cluster.config import MedrayConfig, validate_config
 from cluster.errors import ConfigError, MedrayError, NotFoundError
 from cluster.storage import Storage
 from tune.spaces import apply_params, check_space, space_for, to_tune
@@ -29,25 +29,28 @@ def search_name(config: MedrayConfig, config_name: str | None) -> str:
     return run_name(config, f"tune-{config_name or config.model.family}")
 
 
-def _check_models(config: MedrayConfig, storage: Storage, space: dict[str, dict[str, Any]]) -> None:
-    """Every preset x option value the space can draw builds a model for this dataset."""
+def _check_models(base: dict[str, Any], storage: Storage, space: dict[str, dict[str, Any]]) -> None:
+    """Every preset x option value the space can draw builds a model for this dataset,
+    so a bad combination fails here, once, rather than in every trial that draws it."""
     from train.job import plan_training
     from train.models import InputSpec, model_config_for
 
+    config = validate_config(base)
     plan = plan_training(config, storage)
     spec = InputSpec(plan.manifest["modality"], tuple(plan.preprocessor.input_shape))
+
     def values(spec: dict[str, Any]) -> list:
         (kind, args), = spec.items()
         return list(args) if kind in ("choice", "grid") else list(args[:2])
 
     presets = values(space["model.preset"]) if "model.preset" in space else [config.model.preset]
-    option_values = {key.removeprefix("model.options."): values(spec) for key, spec in space.items()
-                     if key.startswith("model.options.")}
+    option_draws = [{key: value} for key, spec in space.items() if key.startswith("model.options.")
+                    for value in values(spec)] or [{}]
     for preset in presets:
-        for name, values in option_values.items():
-            for value in values:
-                options = {**config.model.options, name: value}
-                model_config_for(config.model.family, preset, spec, len(plan.labels.classes), options)
+        for draw in option_draws:
+            trial = apply_params(base, {"model.preset": preset, **draw})
+            model_config_for(trial.model.family, trial.model.preset, spec, len(plan.labels.classes),
+                             trial.model.options)
 
 
 def _concurrency(config: MedrayConfig) -> int:
@@ -145,7 +148,7 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         base["train"]["name"] = None
         space = space_for(config)
         check_space(space, base)
-        _check_models(config, storage, space)
+        _check_models(base, storage, space)
     ensure_ray(config.ray, dashboard=True)
     check_placement(config.scaling)
     if not resume:

@@ -82,6 +82,12 @@ def nest(params: dict[str, Any]) -> dict[str, Any]:
 
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> MedrayConfig:
     """The base config (as a dict) with one trial's sampled values, validated."""
+    preset = params.get("model.preset")
+    if preset is not None and preset != base.get("model", {}).get("preset"):
+        # The base config's model.options tune its own preset (e.g. the seed attention's
+        # `dims`); a trial on another preset starts from that preset's defaults plus
+        # whatever options the trial itself drew.
+        base = {**base, "model": {**base["model"], "options": {}}}
     merged = _merge(base, nest(params))
     return validate_config(merged)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import load_config
+from cluster.config import DataConfig, load_config
 from cluster.errors import ConfigError, NotFoundError
 from train.checkpoint import load_bundle, save_checkpoint
 from train.data.importers import ImportRequest, import_dataset
@@ -23,7 +23,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 
 @pytest.fixture
 def wdbc(local_storage):
-    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"))
+    # A validation fraction that leaves an odd number of val rows (91), which two workers
+    # cannot split equally.
+    data = DataConfig(dataset="wdbc", val_fraction=0.16)
+    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc", data=data))
     return local_storage
 
 
@@ -45,6 +48,14 @@ def test_two_worker_training_reports_metrics_checkpoint_and_plots(wdbc, ray_sess
         assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["test"]["auroc"] == test["auroc"]
+
+    # Workers validated on every val row (not an equal split that drops the remainder):
+    # the AUROC reported for the best checkpoint is the full-val evaluation's.
+    best_key = wdbc.key_of(summary["checkpoint"])
+    reported = json.loads(wdbc.read_bytes(f"{best_key}/progress.json"))["metrics"]
+    val_rows = sum(json.loads(wdbc.read_bytes("datasets/wdbc/v1/manifest.json"))["splits"]["val"]["class_counts"].values())
+    assert val_rows % 2 == 1
+    assert reported["val_auroc"] == pytest.approx(summary["metrics"]["val"]["auroc"])
 
     # The checkpoint alone rebuilds the model; re-evaluation gives the same numbers.
     again = evaluate_checkpoint(wdbc, "two-workers", small(), "test")

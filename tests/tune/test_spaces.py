@@ -1,0 +1,50 @@
+"""Search spaces against the shipped configs: every draw is a valid config and model."""
+
+from pathlib import Path
+
+import pytest
+
+from cluster.config import load_config
+from cluster.errors import ConfigError
+from train.models import InputSpec, model_config_for
+from tune.spaces import SPACES, apply_params, check_space
+
+CONFIGS = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
+SHAPES = {"cnn": ("image", (1, 28, 28)), "rnn": ("signal", (96, 1)), "attention": ("tabular", (13,))}
+
+
+def _draws(spec):
+    (kind, args), = spec.items()
+    return list(args) if kind in ("choice", "grid") else list(args[:2])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_draw_of_the_family_space_builds_a_model(path):
+    config = load_config(path)
+    base = config.model_dump(mode="json")
+    space = SPACES[config.model.family]
+    check_space(space, base)
+    spec = InputSpec(*SHAPES[config.model.family])
+    for key, domain in space.items():
+        for value in _draws(domain):
+            for preset in _draws(space["model.preset"]):
+                trial = apply_params(base, {"model.preset": preset, key: value})
+                model_config_for(trial.model.family, trial.model.preset, spec, 2, trial.model.options)
+
+
+def test_switching_preset_drops_the_base_presets_options_but_keeps_drawn_ones():
+    base = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml").model_dump(mode="json")
+    assert base["model"]["options"] == {"dims": [32]}
+    same = apply_params(base, {"model.preset": "seed", "optim.lr": 0.01})
+    assert same.model.options == {"dims": [32]} and same.optim.lr == 0.01
+    other = apply_params(base, {"model.preset": "ft_transformer", "model.options.depth": 2})
+    assert other.model.preset == "ft_transformer" and other.model.options == {"depth": 2}
+    assert base["model"]["options"] == {"dims": [32]}  # the base itself is untouched
+
+
+def test_malformed_space_is_refused_with_the_key_named():
+    base = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml").model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"tune.space\['optim.lr'\]: loguniform needs \[low, high\]"):
+        check_space({"optim.lr": {"loguniform": [0.1, 0.01]}}, base)
+    with pytest.raises(ConfigError, match="tune.space names 'optim.lrate'"):
+        check_space({"optim.lrate": {"choice": [1]}}, base)
