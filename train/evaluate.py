@@ -201,9 +201,13 @@ def choose_threshold(
     - "target_sensitivity": the highest threshold whose validation sensitivity is at
       least `target_sensitivity` (the best specificity that keeps the target), the
       usual choice for screening.
+    - "argmax": 0.5, i.e. the most probable class (temperature scaling keeps the
+      order of the two logits): the protocol of published benchmarks such as MedMNIST.
 
     Raises ValueError when `y_true` lacks either class.
     """
+    if method == "argmax":
+        return 0.5
     y = _labels(y_true, 2)
     s = np.asarray(pos_probs, dtype=np.float64)
     if s.shape != y.shape:
@@ -224,7 +228,7 @@ def choose_threshold(
             )
         # tpr rises as the threshold falls and reaches 1.0 at the lowest score.
         return float(thresholds[np.argmax(tpr >= target_sensitivity - 1e-12)])
-    raise ValueError(f"unknown threshold method {method!r}; use 'youden' or 'target_sensitivity'")
+    raise ValueError(f"unknown threshold method {method!r}; use 'youden', 'target_sensitivity' or 'argmax'")
 
 
 # ---------------------------------------------------------------------------------------

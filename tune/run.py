@@ -162,31 +162,28 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
 
 def summarize(results, config: MedrayConfig, storage: Storage, search: str,
               space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    metric, mode = config.train.metric, config.train.metric_mode
+    metric = config.train.metric
     trials = []
     for result in results:
-        frame = result.metrics_dataframe
-        rows = [] if frame is None else frame.to_dict("records")
-        values = [r[metric] for r in rows if r.get(metric) == r.get(metric) and r.get(metric) is not None]
-        best_value = (max if mode == "max" else min)(values) if values else None
-        epochs_run = len(rows)
-        patience_stop = bool(rows and rows[-1].get("stopped_early"))
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+        record = trial_record(storage, f"runs/{search}/trials/{trial_id}", metric, config.train.metric_mode)
+        patience_stop = record["stopped_by_patience"]
         trials.append({
-            "trial": (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1],
+            "trial": trial_id,
             "config": {key: result.config.get(key) for key in space},
-            "epochs_run": epochs_run,
-            metric: best_value,
-            "stopped_by_asha": bool(rows) and epochs_run < config.optim.epochs and not patience_stop and
+            "epochs_run": record["epochs_run"],
+            metric: record["best_value"],
+            "stopped_by_asha": 0 < record["epochs_run"] < config.optim.epochs and not patience_stop and
                                result.error is None,
             "stopped_by_patience": patience_stop,
-            "seconds": float(rows[-1].get("time_total_s") or 0.0) if rows else 0.0,
+            "seconds": record["seconds"],
             "error": str(result.error).splitlines()[0] if result.error else None,
-            "checkpoint": _best_checkpoint_path(rows, metric, mode),
+            "checkpoint": record["checkpoint"],
         })
     finished = [t for t in trials if t[metric] is not None]
     if not finished:
         raise MedrayError(f"no trial of search '{search}' reported {metric}")
-    best = (max if mode == "max" else min)(finished, key=lambda t: t[metric])
+    best = (max if config.train.metric_mode == "max" else min)(finished, key=lambda t: t[metric])
     summary = {
         "search": search,
         "runs": storage.uri(f"runs/{search}"),
@@ -200,11 +197,36 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
     return summary
 
 
-def _best_checkpoint_path(rows: list[dict], metric: str, mode: str) -> str | None:
-    scored = [r for r in rows if r.get("checkpoint_path") and r.get(metric) == r.get(metric)]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r[metric])["checkpoint_path"]
+def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> dict[str, Any]:
+    """What one trial's kept checkpoints say: epochs trained, its best value and checkpoint.
+
+    Read from the checkpoints rather than from Tune's results: across an interrupt and
+    resume, Tune may never have received the last epochs a trial checkpointed (and a
+    resumed trial that had already finished reports nothing new)."""
+    from train.checkpoint import PROGRESS
+
+    checkpoints = []
+    for name in storage.list_dir(trial_key):
+        if name.startswith("checkpoint_") and storage.exists(f"{trial_key}/{name}/{PROGRESS}"):
+            checkpoints.append((f"{trial_key}/{name}", storage.read_json(f"{trial_key}/{name}/{PROGRESS}")))
+    if not checkpoints:
+        return {"epochs_run": 0, "best_value": None, "checkpoint": None, "seconds": 0.0,
+                "stopped_by_patience": False}
+    latest = max(checkpoints, key=lambda c: c[1]["epoch"])[1]
+    scored = [(key, progress["metrics"][metric]) for key, progress in checkpoints
+              if _is_number(progress["metrics"].get(metric))]
+    best_key, best_value = (max if mode == "max" else min)(scored, key=lambda c: c[1]) if scored else (None, None)
+    return {
+        "epochs_run": len(latest["history"]),
+        "best_value": best_value,
+        "checkpoint": storage.uri(best_key) if best_key else None,
+        "seconds": float(sum(h.get("epoch_seconds") or 0.0 for h in latest["history"])),
+        "stopped_by_patience": bool(latest["metrics"].get("stopped_early")),
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value
 
 
 def trial_table(summary: dict[str, Any]) -> str:

@@ -43,7 +43,8 @@ def test_search_interrupt_resume_promote_rollback(s3_bucket):
 
     resumed = json.loads(medray("tune", "--resume", "search1", "--promote", "--json", env=env).stdout)
     assert len(resumed["trials"]) == 4
-    assert all(t["error"] is None and t["epochs_run"] >= 1 for t in resumed["trials"]), resumed["trials"]
+    assert all(t["error"] is None and t["epochs_run"] >= 1 for t in resumed["trials"]), \
+        [(t["config"]["model.preset"], t["epochs_run"], t["error"]) for t in resumed["trials"]]
     assert resumed["trial_epochs"] == sum(t["epochs_run"] for t in resumed["trials"]) <= 4 * 3
     promotion = resumed["promotion"]
     assert promotion["promoted"] and promotion["version"] == 1 and promotion["champion"]

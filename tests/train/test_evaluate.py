@@ -203,6 +203,14 @@ def test_target_sensitivity_threshold_reaches_target_on_val():
     assert np.mean(p[y == 1] >= higher) < 0.9
 
 
+def test_argmax_threshold_gives_the_most_probable_class():
+    y = np.array([0, 0, 1, 1])
+    logits = np.array([[2.0, -1.0], [0.1, 0.0], [0.0, 0.3], [-1.0, 1.0]])
+    out = evaluate_model_outputs((y, logits), (y, logits), ["no", "yes"], threshold_method="argmax", n_boot=0)
+    assert out["threshold"] == 0.5
+    assert out["test"]["accuracy"] == 1.0  # argmax of every row is its label
+
+
 def test_threshold_errors_are_clear():
     with pytest.raises(ValueError, match="both classes"):
         choose_threshold(np.ones(4, int), np.linspace(0, 1, 4))
