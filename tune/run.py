@@ -16,7 +16,7 @@ from typing import Any
 from cluster.config import MedrayConfig, validate_config
 from cluster.errors import ConfigError, MedrayError, NotFoundError
 from cluster.storage import Storage
-from tune.spaces import apply_params, check_space, space_for, to_tune
+from tune.spaces import apply_params, base_point, check_space, space_for, to_tune
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,16 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
 
         if any("grid" in spec for spec in space.values()):
             raise ConfigError("a grid in tune.space needs tune.searcher=random (Optuna proposes its own values)")
-        searcher = OptunaSearch(metric=metric, mode=mode, seed=config.train.seed)
+        start = base_point(space, base)
+        searcher = OptunaSearch(metric=metric, mode=mode, seed=config.train.seed,
+                                points_to_evaluate=[start] if start else None)
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        searcher = BasicVariantGenerator(random_state=config.train.seed)  # seeded random sampling
+        grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
+        start = None if grid else base_point(space, base)
+        searcher = BasicVariantGenerator(random_state=config.train.seed,  # seeded random sampling
+                                         points_to_evaluate=[start] if start else None)
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),

@@ -68,6 +68,31 @@ def to_tune(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return domains
 
 
+def base_point(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str, Any] | None:
+    """The base config's own value of every searched key (a model option it leaves unset
+    takes its preset's default), to be searched first: a search then never ends below
+    the config it started from on the validation metric. None when some value lies
+    outside the space, which then cannot draw the base config."""
+    from train.models import FAMILIES
+
+    model = base["model"]
+    preset_defaults = FAMILIES[model["family"]].presets.get(model["preset"], {})
+    point = {}
+    for key, spec in space.items():
+        node: Any = base
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and key.startswith("model.options."):
+            node = preset_defaults.get(key.removeprefix("model.options."))
+        (kind, args), = spec.items()
+        if node is None or isinstance(node, bool) != isinstance(args[0], bool):
+            return None
+        if not (node in args if kind in ("choice", "grid") else args[0] <= node <= args[1]):
+            return None
+        point[key] = node
+    return point
+
+
 def nest(params: dict[str, Any]) -> dict[str, Any]:
     """`{"optim.lr": 1e-3}` -> `{"optim": {"lr": 1e-3}}`."""
     nested: dict[str, Any] = {}

@@ -7,7 +7,7 @@ import pytest
 from cluster.config import load_config
 from cluster.errors import ConfigError
 from train.models import InputSpec, model_config_for
-from tune.spaces import SPACES, apply_params, check_space
+from tune.spaces import SPACES, apply_params, base_point, check_space
 
 CONFIGS = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
 SHAPES = {"cnn": ("image", (1, 28, 28)), "rnn": ("signal", (96, 1)), "attention": ("tabular", (13,))}
@@ -48,3 +48,16 @@ def test_malformed_space_is_refused_with_the_key_named():
         check_space({"optim.lr": {"loguniform": [0.1, 0.01]}}, base)
     with pytest.raises(ConfigError, match="tune.space names 'optim.lrate'"):
         check_space({"optim.lrate": {"choice": [1]}}, base)
+
+
+def test_base_point_takes_the_configs_own_values_that_the_space_can_draw():
+    base = load_config(Path(__file__).parents[2] / "train/configs/breastmnist_cnn.yaml").model_dump(mode="json")
+    point = base_point(SPACES["cnn"], base)
+    # The config leaves dropout to the resnet preset, whose default is then the base value.
+    from train.models import FAMILIES
+
+    assert point == {"model.preset": "resnet", "optim.lr": 0.001, "optim.weight_decay": 0.0001,
+                     "optim.batch_size": 32, "train.augment": True,
+                     "model.options.dropout": FAMILIES["cnn"].presets["resnet"]["dropout"]}
+    assert base_point({"optim.lr": {"uniform": [0.01, 0.1]}}, base) is None  # 0.001 cannot be drawn
+    assert base_point({"optim.batch_size": {"choice": [8, 16]}}, base) is None
