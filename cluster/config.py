@@ -192,6 +192,41 @@ class PromoteSection(Section):
     """Point champion.json at a version that passed the gate."""
 
 
+class AutoscalingSection(Section):
+    """Ray Serve autoscaling of each model deployment."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    upscale_delay_s: float = Field(2.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSection":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeSection(Section):
+    """Serving the registry's champions with Ray Serve."""
+
+    models: list[str] = []
+    """Registry names to serve; empty: every model that has a champion."""
+    host: str | None = None
+    """Bind address; default 0.0.0.0 when MEDRAY_API_TOKEN is set, else 127.0.0.1 only."""
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_instances: int = Field(64, ge=1)
+    """Most instances one predict request may hold."""
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    replica_cpus: float = Field(0.5, gt=0)
+    """CPUs each model replica reserves (its torch threads follow)."""
+    autoscaling: AutoscalingSection = AutoscalingSection()
+
+
 class RayConfig(Section):
     """Where jobs run: a local Ray (default) or a cluster."""
 
@@ -213,6 +248,7 @@ class MedrayConfig(Section):
     eval: EvalConfig = EvalConfig()
     tune: TuneSection = TuneSection()
     promote: PromoteSection = PromoteSection()
+    serve: ServeSection = ServeSection()
     ray: RayConfig = RayConfig()
 
 

@@ -7,8 +7,10 @@ file names (which often carry patient names) are copied into the dataset.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -34,16 +36,16 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def _dicom_pixels(path: Path) -> np.ndarray:
+def _dicom_pixels(source: Path | BinaryIO, name: str) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
         pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError) as error:
-        raise DataImportError(f"'{path}' is not a readable DICOM image ({type(error).__name__})") from None
+    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError, KeyError) as error:
+        raise DataImportError(f"{name} is not a readable DICOM image ({type(error).__name__})") from None
     if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
         pixels = pixels[pixels.shape[0] // 2]  # a multi-frame series: keep the middle slice
     values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
@@ -54,18 +56,29 @@ def _dicom_pixels(path: Path) -> np.ndarray:
     return scaled.round().astype(np.uint8)
 
 
-def read_image(path: Path, size: int, mode: str) -> np.ndarray:
-    """One file as a (size, size) grey or (size, size, 3) RGB uint8 array."""
-    if _is_dicom(path):
-        image = Image.fromarray(_dicom_pixels(path))
+def _decode(source: Path | BinaryIO, dicom: bool, size: int, mode: str, name: str) -> np.ndarray:
+    if dicom:
+        image = Image.fromarray(_dicom_pixels(source, name))
     else:
         try:
-            image = Image.open(path)
+            image = Image.open(source)
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataImportError(f"'{path}' is corrupt or not an image ({type(error).__name__})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise DataImportError(f"{name} is corrupt or not an image ({type(error).__name__})") from None
     image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def read_image(path: Path, size: int, mode: str) -> np.ndarray:
+    """One file as a (size, size) grey or (size, size, 3) RGB uint8 array."""
+    return _decode(path, _is_dicom(path), size, mode, f"'{path}'")
+
+
+def decode_image(data: bytes, size: int, mode: str, name: str = "the image") -> np.ndarray:
+    """Encoded PNG, JPEG or DICOM bytes (e.g. an upload) as `read_image` returns a file.
+    Errors name `name`, never the content."""
+    dicom = data[128:132] == b"DICM"
+    return _decode(io.BytesIO(data), dicom, size, mode, name)
 
 
 def _files(folder: Path) -> dict[str, list[Path]]:

@@ -1,0 +1,133 @@
+"""Build the Serve application from the registry's champions, and run it.
+
+`medray serve up|update|status|down` call the functions here. Updating redeploys the same
+application with each model's new champion in its `user_config`: Serve then calls
+`reconfigure()` on the live replicas instead of replacing them, so no request is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from cluster.config import MedrayConfig
+from cluster.errors import ConfigError, NotFoundError
+from cluster.registry import Registry
+from cluster.storage import Storage
+from serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "medray"
+
+
+def champions(config: MedrayConfig, registry: Registry, names: list[str] | None = None) -> dict[str, int]:
+    """name -> champion version of every model to serve (the config's list, else all)."""
+    wanted = names or config.serve.models or registry.models()
+    served = {}
+    for name in wanted:
+        pointer = registry.champion(name)
+        if pointer is None:
+            if not registry.versions(name):
+                raise NotFoundError(f"model '{name}' is not in the registry at {registry.storage.uri('models')}")
+            raise ConfigError(f"model '{name}' has no champion; promote one with `medray models promote {name} K`")
+        served[name] = int(pointer["version"])
+    if not served:
+        raise NotFoundError(f"no model in the registry at {registry.storage.uri('models')} has a champion; "
+                            "run `medray tune CONFIG --promote` first")
+    return served
+
+
+def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], token: str | None = None):
+    """Ingress + one autoscaling ModelServer deployment per model, joined with `.bind()`."""
+    serve_cfg = config.serve
+    autoscaling = serve_cfg.autoscaling.model_dump()
+    models = {}
+    for name, version in sorted(versions.items()):
+        models[name] = ModelServer.options(
+            name=f"model-{name}",
+            autoscaling_config=autoscaling,
+            max_ongoing_requests=serve_cfg.max_ongoing_requests,
+            ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
+            user_config={"storage": storage.root, "name": name, "version": version,
+                         "max_batch_size": serve_cfg.max_batch_size,
+                         "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
+                         "threads": max(1, int(serve_cfg.replica_cpus))},
+        ).bind()
+    ingress_env = {"env_vars": {TOKEN_VARIABLE: token}} if token else {}
+    return Ingress.options(
+        ray_actor_options={"num_cpus": 0.1, "runtime_env": ingress_env},
+        max_ongoing_requests=max(256, serve_cfg.max_ongoing_requests * max(1, len(models))),
+    ).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes})
+
+
+def bind_host(config: MedrayConfig, token: str | None) -> str:
+    if config.serve.host:
+        if not token and config.serve.host not in ("127.0.0.1", "localhost"):
+            raise ConfigError(f"serve.host={config.serve.host} without {TOKEN_VARIABLE}: set a token before "
+                              "listening beyond this machine")
+        return config.serve.host
+    return "0.0.0.0" if token else "127.0.0.1"
+
+
+def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = None) -> dict[str, Any]:
+    """Start Serve (if needed) and deploy the champions; returns the URL and what is served."""
+    from ray import serve
+
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    host = bind_host(config, token)
+    versions = champions(config, Registry(storage), names)
+    serve.start(http_options={"host": host, "port": config.serve.port})
+    serve.run(build_app(config, storage, versions, token), name=APP_NAME, route_prefix="/")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '127.0.0.1') else host}:{config.serve.port}"
+    if not token:
+        log.warning("no %s set: the API is open, so it listens on 127.0.0.1 only", TOKEN_VARIABLE)
+    return {"url": url, "host": host, "auth": bool(token), "models": versions}
+
+
+def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:
+    """Roll every served model to its current champion, in place."""
+    current = status()
+    if current["status"] == "NOT_RUNNING":
+        raise NotFoundError("medray is not being served; start it with `medray serve up`")
+    names = sorted(name.removeprefix("model-") for name in current["deployments"] if name.startswith("model-"))
+    before = {name: current["deployments"][f"model-{name}"].get("version") for name in names}
+    deployed = deploy(config, storage, names)
+    deployed["changed"] = {n: {"from": before[n], "to": v} for n, v in deployed["models"].items() if before[n] != v}
+    return deployed
+
+
+def status() -> dict[str, Any]:
+    from ray import serve
+
+    applications = serve.status().applications
+    app = applications.get(APP_NAME)
+    if app is None:
+        return {"status": "NOT_RUNNING", "deployments": {}}
+    deployments = {}
+    for name, state in app.deployments.items():
+        deployments[name] = {"status": str(state.status.value if hasattr(state.status, "value") else state.status),
+                             "replicas": {str(k.value if hasattr(k, "value") else k): v
+                                          for k, v in state.replica_states.items()}}
+    for name in deployments:
+        if name.startswith("model-"):
+            deployments[name]["version"] = _served_version(name)
+    return {"status": str(app.status.value if hasattr(app.status, "value") else app.status),
+            "deployments": deployments}
+
+
+def _served_version(deployment: str) -> int | None:
+    from ray import serve
+
+    try:
+        handle = serve.get_deployment_handle(deployment, app_name=APP_NAME)
+        return int(handle.info.remote().result(timeout_s=30)["version"])
+    except Exception:  # not running yet: status reports it without a version
+        return None
+
+
+def down() -> None:
+    from ray import serve
+
+    serve.delete(APP_NAME)
