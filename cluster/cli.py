@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -282,6 +283,71 @@ def _models_rollback(args: argparse.Namespace) -> None:
     _emit(args, pointer, lambda: f"{args.name}: champion rolled back to version {pointer['version']}")
 
 
+# serve ---------------------------------------------------------------------------
+def _serve_config(args: argparse.Namespace):
+    config = _load_config(args.config, list(args.overrides or []))
+    return config, (_storage(args) if args.storage else _storage_from(config))
+
+
+def _serve_up(args: argparse.Namespace) -> None:
+    from serve.app import connect, deploy
+
+    config, storage = _serve_config(args)
+    storage.check()
+    connect(config, start=True)
+    deployed = deploy(config, storage, args.models)
+    _emit(args, deployed, lambda: "serving " + ", ".join(f"{n} v{v}" for n, v in deployed["models"].items())
+          + f" at {deployed['url']}" + ("" if deployed["auth"] else " (no MEDRAY_API_TOKEN: 127.0.0.1 only)")
+          + f"\nAPI docs: {deployed['url']}/docs")
+
+
+def _serve_update(args: argparse.Namespace) -> None:
+    from serve.app import connect, update
+
+    config, storage = _serve_config(args)
+    connect(config, start=False)
+    updated = update(config, storage)
+    _emit(args, updated, lambda: "\n".join(f"{n}: version {c['from']} -> {c['to']}" for n, c in
+                                           updated["changed"].items()) or "every model already serves its champion")
+
+
+def _serve_status(args: argparse.Namespace) -> None:
+    from serve.app import connect, status
+
+    config, _ = _serve_config(args)
+    connect(config, start=False)
+    current = status()
+
+    def human() -> str:
+        lines = [f"medray: {current['status']}"]
+        for name, d in current["deployments"].items():
+            replicas = ", ".join(f"{k.lower()} {v}" for k, v in d["replicas"].items())
+            version = f" version {d['version']}" if d.get("version") is not None else ""
+            lines.append(f"  {name:<24}{d['status']:<12}{replicas}{version}")
+        return "\n".join(lines)
+
+    _emit(args, current, human)
+
+
+def _serve_down(args: argparse.Namespace) -> None:
+    from serve.app import connect, down
+
+    config, _ = _serve_config(args)
+    connect(config, start=False)
+    stopped_ray = down()
+    _emit(args, {"stopped": True, "stopped_ray": stopped_ray},
+          lambda: "medray serving stopped" + (" (and the local Ray it started)" if stopped_ray else ""))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from serve.client import predict_file
+
+    url = args.url or os.environ.get("MEDRAY_SERVE_URL") or "http://127.0.0.1:8000"
+    answer = predict_file(url, args.name, args.file, explain=args.explain,
+                          token=os.environ.get("MEDRAY_API_TOKEN") or None)
+    _emit(args, answer, lambda: json.dumps(answer, indent=2))
+
+
 # demo ----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     from cluster.demo import run_demo
@@ -388,6 +454,30 @@ def build_parser() -> argparse.ArgumentParser:
     m_rollback.add_argument("name")
     _common(m_rollback)
     m_rollback.set_defaults(handler=_models_rollback)
+
+    serve = commands.add_parser("serve", help="serve the registry's champions with Ray Serve")
+    serve_commands = serve.add_subparsers(dest="serve_command", required=True, metavar="ACTION")
+    for action, handler, text in (
+        ("up", _serve_up, "deploy the champions (starts a local Ray if none) and print the URL"),
+        ("update", _serve_update, "roll every served model to its current champion, without a restart"),
+        ("status", _serve_status, "deployments, replicas and the version each serves"),
+        ("down", _serve_down, "stop serving (and the local Ray `serve up` started)"),
+    ):
+        sub = serve_commands.add_parser(action, help=text)
+        sub.add_argument("--config", help="YAML config (its serve: section), else the defaults")
+        if action == "up":
+            sub.add_argument("--models", type=_csv_list, help="registry names to serve (default: every champion)")
+        sub.add_argument("overrides", nargs="*", metavar="key=value")
+        _common(sub)
+        sub.set_defaults(handler=handler)
+
+    predict = commands.add_parser("predict", help="ask a served model about a file (image, .json or .npy)")
+    predict.add_argument("name", help="served model name")
+    predict.add_argument("file", help="PNG/JPEG/DICOM image, a .json body or instance list, or a .npy array")
+    predict.add_argument("--url", help="server URL (default: $MEDRAY_SERVE_URL, else http://127.0.0.1:8000)")
+    predict.add_argument("--explain", action="store_true", help="add the explanation (Grad-CAM, attention, saliency)")
+    _common(predict)
+    predict.set_defaults(handler=_predict)
 
     demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
     _common(demo)

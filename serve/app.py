@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 from cluster.config import MedrayConfig
-from cluster.errors import ConfigError, NotFoundError
+from cluster.errors import ConfigError, MedrayError, NotFoundError
 from cluster.registry import Registry
 from cluster.storage import Storage
 from serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer
@@ -127,7 +129,57 @@ def _served_version(deployment: str) -> int | None:
         return None
 
 
-def down() -> None:
+def down() -> bool:
+    """Delete the application; stop the local Ray too when `serve up` started it."""
+    import ray
     from ray import serve
+    from ray.experimental import internal_kv
 
-    serve.delete(APP_NAME)
+    serve.shutdown()
+    started_here = internal_kv._internal_kv_get(STARTED_KEY) is not None
+    if started_here:
+        ray.shutdown()
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], check=False, capture_output=True)
+    return started_here
+
+
+STARTED_KEY = "medray-serve-started-ray"
+
+
+def connect(config: MedrayConfig, start: bool) -> None:
+    """Join the Ray cluster Serve runs on. `serve up` on a machine without one starts a
+    local Ray head that outlives this command (`serve down` stops it again)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    from cluster.runtime import RAY_TUNING, ensure_ray
+
+    if ray.is_initialized():
+        return
+    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+        ensure_ray(config.ray)
+        return
+    try:
+        ray.init(address="auto", logging_level=logging.WARNING)
+        return
+    except ConnectionError:
+        if not start:
+            raise NotFoundError("no Ray cluster is running here, so nothing is being served") from None
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--include-dashboard=false",
+               "--disable-usage-stats"] + ([f"--num-cpus={config.ray.num_cpus}"] if config.ray.num_cpus else [])
+    log.info("starting a local Ray for serving")
+    started = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **RAY_TUNING})
+    if started.returncode != 0:
+        raise MedrayError(f"could not start a local Ray: {started.stderr.strip().splitlines()[-1:]}")
+    ray.init(address="auto", logging_level=logging.WARNING)
+    internal_kv._internal_kv_put(STARTED_KEY, b"1")
+
+
+def app_builder(args: dict[str, Any]):
+    """For `serve deploy serve/serve_config.yaml` on a cluster: args `config` (a YAML
+    path, optional), `overrides` (list of key=value) and `storage` (else MEDRAY_STORAGE)."""
+    from cluster.config import load_config
+
+    config = load_config(args.get("config"), list(args.get("overrides") or []))
+    storage = Storage.from_cli(args.get("storage"), config.storage)
+    return build_app(config, storage, champions(config, Registry(storage)), os.environ.get(TOKEN_VARIABLE) or None)

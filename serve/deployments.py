@@ -206,7 +206,8 @@ class Ingress:
         infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
         return {"models": infos}
 
-    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=PROBLEMS,
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              responses=PROBLEMS,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(self, name: str, request: Request):
@@ -232,7 +233,8 @@ class Ingress:
             return _problem(422, f"instances: must hold 1 to {most} items, got {count}")
         return await self._answer(name, handle.predict.remote(body["instances"], explain))
 
-    @app.post("/v1/models/{name}/predict-file", response_model=PredictResponse, responses=PROBLEMS)
+    @app.post("/v1/models/{name}/predict-file", response_model=PredictResponse, response_model_exclude_none=True,
+              responses=PROBLEMS)
     async def predict_file(self, name: str, request: Request, file: UploadFile = File(...)):
         if refused := self._refused(request):
             return refused

@@ -141,11 +141,12 @@ class ServedModel:
         field = f"instances[{index}]"
         length, channels = self.bundle.preprocessor.input_shape
         array = _numeric_array(field, item)
+        given = tuple(array.shape)
         if array.ndim == 1 and channels == 1:
             array = array[:, None]
         if array.shape != (length, channels):
             wanted = f"({length},)" if channels == 1 else f"({length}, {channels})"
-            raise InputError(f"{field}: signal must have shape {wanted}, got {tuple(array.shape)}")
+            raise InputError(f"{field}: signal must have shape {wanted}, got {given}")
         return array
 
     def _records(self, instances: list[Any]) -> dict[str, np.ndarray]:
@@ -254,11 +255,12 @@ def _numeric_array(field: str, item: Any) -> np.ndarray:
     if not isinstance(item, list):
         raise InputError(f"{field}: must be an array of numbers")
     try:
-        array = np.asarray(item, dtype=np.float64)
+        array = np.asarray(item)  # JSON numbers only: strings, booleans and nulls are refused
     except (ValueError, TypeError):
         raise InputError(f"{field}: must be a rectangular array of numbers") from None
-    if array.dtype == object or array.size == 0:
+    if array.dtype.kind not in "iuf" or array.size == 0:
         raise InputError(f"{field}: must be a rectangular, non-empty array of numbers")
+    array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise InputError(f"{field}: holds NaN or infinity")
     return array

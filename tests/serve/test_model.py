@@ -1,0 +1,162 @@
+"""ServedModel without Ray: faithful to the offline model, strict about input, and
+never repeating submitted values in its errors."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from serve.model import InputError, ServedModel
+from train.checkpoint import load_bundle
+
+CANARY = 987654.321
+
+
+@pytest.fixture
+def models(local_storage, served_registry):
+    registry = served_registry(local_storage)
+    return {name: ServedModel.from_registry(registry, name, 1) for name in ("ultrasound", "ecg", "records")}
+
+
+def offline_probs(model: ServedModel, batch) -> np.ndarray:
+    """What the checkpoint gives through the training code path (no serving code)."""
+    with torch.no_grad():
+        return torch.softmax(model.bundle.predict_logits(batch), dim=1).double().numpy()
+
+
+def probs_of(answers, key="probabilities"):
+    return np.array([list(a[key].values()) for a in answers])
+
+
+def test_predictions_equal_the_offline_model(models, real_inputs):
+    images, signals, records = real_inputs["images"], real_inputs["signals"], real_inputs["records"]
+    names = real_inputs["feature_names"]
+    image_model = models["ultrasound"]
+    answers = image_model.predict(image_model.decode([im.tolist() for im in images]))
+    np.testing.assert_allclose(probs_of(answers), offline_probs(image_model, images), rtol=1e-5, atol=1e-6)
+
+    signal_model = models["ecg"]
+    answers = signal_model.predict(signal_model.decode([s.tolist() for s in signals]))
+    np.testing.assert_allclose(probs_of(answers), offline_probs(signal_model, signals), rtol=1e-5, atol=1e-6)
+
+    table_model = models["records"]
+    instances = [dict(zip(names, map(float, row))) for row in records]
+    answers = table_model.predict(table_model.decode(instances))
+    columns = {n: records[:, i] for i, n in enumerate(names)}
+    np.testing.assert_allclose(probs_of(answers), offline_probs(table_model, columns), rtol=1e-5, atol=1e-6)
+
+
+def test_an_answer_is_calibrated_thresholded_and_carries_a_conformal_set(models, real_inputs):
+    model = models["ultrasound"]
+    image = real_inputs["images"][0]
+    (answer,) = model.predict(model.decode([image.tolist()]))
+    logits = model.bundle.predict_logits(image[None]).double().numpy()[0]
+    calibrated = np.exp(logits / 1.5) / np.exp(logits / 1.5).sum()
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+    assert list(answer["calibrated_probabilities"].values()) == pytest.approx(calibrated.tolist())
+    assert answer["label"] == ("malignant" if calibrated[1] >= 0.4 else "benign")
+    expected_set = [c for c, p in zip(["benign", "malignant"], calibrated) if p >= 0.4 or p == calibrated.max()]
+    assert answer["prediction_set"] == expected_set
+    assert answer["refer_to_clinician"] == (len(expected_set) > 1)
+    assert (answer["model"], answer["version"], answer["coverage"]) == ("ultrasound", 1, 0.9)
+
+
+def test_encoded_images_and_the_array_give_the_same_answer(models, real_inputs):
+    model = models["ultrasound"]
+    image = real_inputs["images"][1]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    from_array = model.predict(model.decode([image.tolist()]))
+    from_base64 = model.predict(model.decode([base64.b64encode(png).decode()]))
+    from_file = model.predict(model.decode_file(png))
+    assert from_array == from_base64 == from_file
+
+
+def test_explanations_per_family(models, real_inputs):
+    cam = models["ultrasound"].explain(models["ultrasound"].decode([real_inputs["images"][0].tolist()]))[0]
+    grid = np.array(cam["map"])
+    assert cam["type"] == "grad_cam" and grid.shape == (28, 28) and grid.min() >= 0 and grid.max() == pytest.approx(1)
+    saliency = models["ecg"].explain(models["ecg"].decode([real_inputs["signals"][0].tolist()]))[0]
+    assert saliency["type"] == "saliency" and len(saliency["per_time_step"]) == 96
+    names = real_inputs["feature_names"]
+    attention = models["records"].explain(models["records"].decode([dict(zip(names, real_inputs["records"][0]))]))[0]
+    assert attention["type"] == "attention" and list(attention["features"]) == names
+    assert sum(attention["features"].values()) == pytest.approx(1.0)
+
+
+def _record(names, row, **changes):
+    record = dict(zip(names, map(float, row)))
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize("case, message", [
+    ("image_shape", r"instances\[0\]: image must have shape \(28, 28\), got \(27, 28\)"),
+    ("image_nan", r"instances\[0\]: holds NaN or infinity"),
+    ("image_range", r"instances\[0\]: pixel values must lie in \[0, 255\]"),
+    ("image_text", r"instances\[0\]: must be a rectangular, non-empty array of numbers"),
+    ("image_base64", r"instances\[0\]: a string must be a base64-encoded PNG, JPEG or DICOM file"),
+    ("image_corrupt", r"instances\[0\] is corrupt or not an image"),
+    ("empty", r"instances: must be a non-empty list"),
+    ("signal_shape", r"instances\[0\]: signal must have shape \(96,\), got \(95,\)"),
+    ("signal_inf", r"instances\[0\]: holds NaN or infinity"),
+    ("record_missing", r"instances\[0\]: missing feature\(s\) mean radius"),
+    ("record_extra", r"instances\[0\]: 1 feature\(s\) the model does not take"),
+    ("record_text", r"instances\[0\].mean texture: must be a number or null"),
+    ("record_type", r"instances\[1\]: must be an object keyed by feature name"),
+])
+def test_bad_input_names_the_field_and_never_the_value(models, real_inputs, case, message):
+    names, row = real_inputs["feature_names"], real_inputs["records"][0]
+    image = real_inputs["images"][0].astype(float)
+    canary_image = image.copy()
+    canary_image[0, 0] = CANARY
+    inputs = {
+        "image_shape": ("ultrasound", [np.full((27, 28), CANARY).tolist()]),
+        "image_nan": ("ultrasound", [[[float("nan")] * 28] * 28]),
+        "image_range": ("ultrasound", [canary_image.tolist()]),
+        "image_text": ("ultrasound", [[[str(CANARY), 1]]]),
+        "image_base64": ("ultrasound", [f"not base64 {CANARY}!"]),
+        "image_corrupt": ("ultrasound", [base64.b64encode(str(CANARY).encode() * 20).decode()]),
+        "empty": ("ultrasound", []),
+        "signal_shape": ("ecg", [[CANARY] * 95]),
+        "signal_inf": ("ecg", [[float("inf")] + [CANARY] * 95]),
+        "record_missing": ("records", [{k: v for k, v in _record(names, row).items() if k != "mean radius"}]),
+        "record_extra": ("records", [_record(names, row, **{f"x{CANARY}": CANARY})]),
+        "record_text": ("records", [_record(names, row, **{"mean texture": str(CANARY)})]),
+        "record_type": ("records", [_record(names, row), [CANARY]]),
+    }
+    name, instances = inputs[case]
+    with pytest.raises(InputError, match=message) as error:
+        models[name].decode(instances)
+    assert str(CANARY) not in str(error.value) and "987654" not in str(error.value)
+
+
+def test_a_null_feature_is_imputed_with_the_training_median(models, real_inputs):
+    names, row = real_inputs["feature_names"], real_inputs["records"][0]
+    model = models["records"]
+    median = model.bundle.preprocessor.stats["columns"][0]["median"]
+    with_null = model.predict(model.decode([_record(names, row, **{"mean radius": None})]))
+    with_median = model.predict(model.decode([_record(names, row, **{"mean radius": median})]))
+    assert with_null == with_median
+
+
+def test_a_tampered_version_is_not_served(local_storage, served_registry):
+    from cluster.registry import RegistryError
+
+    registry = served_registry(local_storage)
+    local_storage.write_bytes("models/ecg/versions/1/weights.pt", b"tampered")
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        ServedModel.from_registry(registry, "ecg", 1)
+
+
+def test_checkpoint_files_alone_rebuild_the_served_model(local_storage, served_registry, tmp_path, real_inputs):
+    registry = served_registry(local_storage)
+    folder = registry.download("ultrasound", 1, tmp_path / "download")
+    bundle = load_bundle(folder)
+    served = ServedModel.from_registry(registry, "ultrasound", 1)
+    images = real_inputs["images"][:2]
+    assert torch.equal(bundle.predict_logits(images), served.bundle.predict_logits(images))

@@ -1,0 +1,260 @@
+"""Real Ray Serve on a local Ray, models from a registry on a local S3-protocol server:
+faithful answers over HTTP, every bad input a 4xx, a token when set, a model swap and a
+killed replica under steady load without a failed request, no request values in logs."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cluster.config import load_config
+from serve.model import ServedModel
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).resolve().parents[2]
+CANARY = 424242.125
+PORT = 8311
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
+    import boto3
+
+    from cluster.storage import Storage
+    from serve.app import deploy, down
+    from tests_serve_support import make_registry
+
+    bucket = "medray-serving"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    storage = Storage(f"s3://{bucket}/root")
+    registry = make_registry(storage, tmp_path_factory.mktemp("models"), real_inputs)
+    config = load_config(None, [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1",
+                                "serve.replica_cpus=0.25", "serve.max_instances=8", "serve.max_body_bytes=200000"])
+    deployed = deploy(config, storage)
+    client = httpx.Client(base_url=deployed["url"], timeout=60)
+    yield {"storage": storage, "registry": registry, "config": config, "client": client, "deployed": deployed}
+    client.close()
+    down()
+
+
+def _predict(client, name, instances, **kwargs):
+    return client.post(f"/v1/models/{name}/predict", json={"instances": instances}, **kwargs)
+
+
+def test_served_answers_equal_the_offline_model(served, real_inputs):
+    client, registry = served["client"], served["registry"]
+    assert served["deployed"]["host"] == "127.0.0.1" and not served["deployed"]["auth"]
+    assert client.get("/readyz").json() == {"status": "ready", "models": {"ecg": 1, "records": 1, "ultrasound": 1}}
+    listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert listing["ultrasound"]["input"]["height"] == 28 and listing["records"]["modality"] == "tabular"
+    assert set(client.get("/openapi.json").json()["paths"]) >= {"/v1/models", "/v1/models/{name}/predict",
+                                                                  "/v1/models/{name}/predict-file", "/readyz"}
+    offline = ServedModel.from_registry(registry, "ultrasound", 1)
+    images = [im.tolist() for im in real_inputs["images"][:4]]
+    response = _predict(client, "ultrasound", images)
+    assert response.status_code == 200
+    assert response.json()["predictions"] == offline.predict(offline.decode(images))
+    for answer in response.json()["predictions"]:
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+        assert answer["version"] == 1 and answer["prediction_set"]
+
+    png = _png(real_inputs["images"][0])
+    by_file = client.post("/v1/models/ultrasound/predict-file", files={"file": ("case.png", png, "image/png")})
+    assert by_file.json()["predictions"] == offline.predict(offline.decode(images[:1]))
+    explained = client.post("/v1/models/ultrasound/predict", json={"instances": images[:1], "explain": True})
+    assert np.array(explained.json()["predictions"][0]["explanation"]["map"]).shape == (28, 28)
+
+
+def _png(image) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(served, real_inputs):
+    client = served["client"]
+    image = real_inputs["images"][0].tolist()
+    before = _predict(client, "ultrasound", [image]).json()
+    names = real_inputs["feature_names"]
+    record = dict(zip(names, map(float, real_inputs["records"][0])))
+    cases = [
+        (_predict(client, "ultrasound", [[[CANARY] * 5] * 5]), 422, "image must have shape (28, 28), got (5, 5)"),
+        (client.post("/v1/models/ultrasound/predict", content=b"{not json", headers={"content-type": "application/json"}),
+         422, "body: must be JSON"),
+        (client.post("/v1/models/ultrasound/predict", json={"instances": [image], "patient": "x"}), 422,
+         "unknown field"),
+        (_predict(client, "ultrasound", []), 422, "must hold 1 to 8 items"),
+        (_predict(client, "ultrasound", [image] * 9), 422, "must hold 1 to 8 items"),
+        (_predict(client, "ecg", [[CANARY] * 95]), 422, "signal must have shape (96,), got (95,)"),
+        (_predict(client, "records", [{**record, "mean area": str(CANARY)}]), 422, "mean area: must be a number"),
+        (_predict(client, "records", [{k: v for k, v in record.items() if k != "worst area"}]), 422,
+         "missing feature(s) worst area"),
+        (_predict(client, "nope", [image]), 404, "no model named 'nope'"),
+        (client.post("/v1/models/ultrasound/predict-file", files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\1" * 64)}),
+         422, "file is not a readable DICOM image"),
+        (client.post("/v1/models/ultrasound/predict-file", files={"file": ("x.png", str(CANARY).encode())}),
+         422, "file is corrupt or not an image"),
+        (client.post("/v1/models/ultrasound/predict-file"), 422, "file"),
+        (_predict(client, "ultrasound", [np.zeros((28, 28)).tolist()] * 8 + [str(CANARY) * 30000]), 413,
+         "request body exceeds 200000 bytes"),
+    ]
+    for response, status, text in cases:
+        assert response.status_code == status, (text, response.status_code, response.text)
+        assert text in response.json()["detail"], (text, response.json())
+        assert str(CANARY) not in response.text
+    assert _predict(client, "ultrasound", [image]).json() == before  # same answer as before the bad ones
+
+
+def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_path):
+    from serve.app import update, status
+    from tests_serve_support import register_second_ultrasound
+
+    registry = served["registry"]
+    image = real_inputs["images"][0].tolist()
+    register_second_ultrasound(served["storage"], tmp_path)
+    assert registry.champion("ultrasound")["version"] == 2
+
+    results, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=served["deployed"]["url"], timeout=60) as own:
+            while not stop.is_set():
+                response = _predict(own, "ultrasound", [image])
+                results.append((response.status_code, response.json()["predictions"][0]["version"]
+                                if response.status_code == 200 else response.text))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    updated = update(served["config"], served["storage"])
+    time.sleep(1.0)
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert updated["changed"] == {"ultrasound": {"from": 1, "to": 2}}
+    assert results and all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:3]
+    versions = [v for _, v in results]
+    assert versions[0] == 1 and versions[-1] == 2 and 2 in versions
+    assert status()["deployments"]["model-ultrasound"]["version"] == 2
+
+
+def test_a_killed_replica_is_replaced_without_losing_a_request(served, real_inputs):
+    from ray import serve
+
+    client = served["client"]
+    signal_instance = real_inputs["signals"][0].tolist()
+    expected = _predict(client, "ecg", [signal_instance]).json()
+    handle = serve.get_deployment_handle("model-ecg", app_name="medray")
+    pid = handle.pid.remote().result(timeout_s=30)
+
+    answers, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=served["deployed"]["url"], timeout=60) as own:
+            while not stop.is_set():
+                for _attempt in range(60):  # a client retries what the server did not accept
+                    try:
+                        response = _predict(own, "ecg", [signal_instance])
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code == 200:
+                        answers.append(response.json())
+                        break
+                    time.sleep(0.5)
+                else:
+                    answers.append(None)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if handle.pid.remote().result(timeout_s=5) != pid:
+                break
+        except Exception:
+            time.sleep(0.5)
+    time.sleep(1.0)
+    stop.set()
+    worker.join(timeout=120)
+    assert handle.pid.remote().result(timeout_s=30) != pid  # a new replica
+    assert answers and all(a == expected for a in answers)
+
+
+def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env.pop("MEDRAY_API_TOKEN", None)
+
+    def medray(*args):
+        return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=PROJECT, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    current = medray("serve", "status", "--json")
+    assert current.returncode == 0, current.stderr
+    deployments = json.loads(current.stdout)["deployments"]
+    assert deployments["model-ecg"]["status"] == "HEALTHY" and deployments["model-ecg"]["version"] == 1
+
+    case = tmp_path / "case.png"
+    case.write_bytes(_png(real_inputs["images"][0]))
+    answer = medray("predict", "ultrasound", str(case), "--url", served["deployed"]["url"], "--json")
+    assert answer.returncode == 0, answer.stderr
+    (prediction,) = json.loads(answer.stdout)["predictions"]
+    assert prediction["model"] == "ultrasound" and sum(prediction["probabilities"].values()) == pytest.approx(1)
+
+    signal_file = tmp_path / "beat.npy"
+    np.save(signal_file, real_inputs["signals"][0][:50])
+    wrong = medray("predict", "ecg", str(signal_file), "--url", served["deployed"]["url"])
+    assert wrong.returncode == 2 and "422" in wrong.stderr and "signal must have shape (96,), got (50,)" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+def test_token_required_when_set(served, real_inputs, monkeypatch):
+    from serve.app import deploy
+
+    monkeypatch.setenv("MEDRAY_API_TOKEN", "s3cret-token")
+    config = load_config(None, [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
+                                "serve.host=127.0.0.1"])  # the test keeps to loopback even with a token
+    deployed = deploy(config, served["storage"])
+    client = served["client"]
+    image = real_inputs["images"][0].tolist()
+    assert deployed["auth"]
+    assert _predict(client, "ultrasound", [image]).status_code == 401
+    assert _predict(client, "ultrasound", [image], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/models").status_code == 401
+    ok = _predict(client, "ultrasound", [image], headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200
+    assert client.get("/healthz").status_code == 200  # probes need no token
+
+
+def test_no_request_value_reaches_the_logs(served, real_inputs):
+    client = served["client"]
+    names = real_inputs["feature_names"]
+    record = dict(zip(names, map(float, real_inputs["records"][0])))
+    _predict(client, "records", [{**record, "mean radius": CANARY}])
+    _predict(client, "records", [{**record, "mean radius": str(CANARY)}])
+    _predict(client, "ecg", [[CANARY] * 96])
+    time.sleep(2)  # let the log files flush
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p.name for p in logs.rglob("*") if p.is_file() and str(CANARY).encode() in p.read_bytes()]
+    assert not leaked
+

@@ -1,0 +1,59 @@
+"""Registry contents for the serving tests: real architectures with seeded weights on
+real data's preprocessing statistics (no training needed to check that serving is
+faithful). Imported by the serving tests and their conftest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cluster.registry import Registry
+from train.checkpoint import save_checkpoint
+from train.data.preprocess import LabelMap, Preprocessor
+from train.models import InputSpec, build_model
+
+CALIBRATION = {"temperature": 1.5, "threshold": 0.4, "conformal": {"target": 0.9, "quantile": 0.6}}
+
+
+def tabular_preprocessor(names: list[str], features: np.ndarray) -> Preprocessor:
+    columns = [{"name": n, "type": "numeric", "median": float(np.median(features[:, i])),
+                "mean": float(features[:, i].mean()), "std": float(features[:, i].std())} for i, n in enumerate(names)]
+    return Preprocessor("tabular", None, [len(names)], {"columns": columns})
+
+
+def register(storage, tmp_path: Path, name: str, family: str, preset: str, preprocessor: Preprocessor,
+             classes: list[str], seed: int, calibration: dict | None = None) -> int:
+    torch.manual_seed(seed)
+    spec = InputSpec(preprocessor.modality, tuple(preprocessor.input_shape))
+    model = build_model(family, preset, spec, len(classes))
+    folder = tmp_path / f"{name}-{seed}"
+    save_checkpoint(folder, model, family, preprocessor, LabelMap(classes, classes, list(range(len(classes)))),
+                    f"{name}@v1", progress={"epoch": 0})
+    (folder / "calibration.json").write_text(json.dumps(calibration or CALIBRATION))
+    files = {f: folder / f for f in ("weights.pt", "model.json", "data.json", "calibration.json")}
+    registry = Registry(storage)
+    version = registry.register(name, files, {"modality": preprocessor.modality, "classes": classes})
+    registry.promote(name, version)
+    return version
+
+
+IMAGE = Preprocessor("image", "image", [1, 28, 28], {"mean": [0.33], "std": [0.2]})
+SIGNAL = Preprocessor("signal", "signal", [96, 1], {"mean": [0.0], "std": [1.0]})
+
+
+def make_registry(storage, folder: Path, real_inputs) -> Registry:
+    """Three champions: an image CNN, a signal GRU and a health-record attention model."""
+    register(storage, folder, "ultrasound", "cnn", "resnet", IMAGE, ["benign", "malignant"], seed=1)
+    register(storage, folder, "ecg", "rnn", "bigru", SIGNAL, ["normal", "infarction"], seed=2)
+    register(storage, folder, "records", "attention", "seed",
+             tabular_preprocessor(real_inputs["feature_names"], real_inputs["all_records"]), ["benign", "malignant"],
+             seed=3)
+    return Registry(storage)
+
+
+def register_second_ultrasound(storage, folder: Path) -> int:
+    """Version 2 of the image model (other weights), made champion."""
+    return register(storage, folder, "ultrasound", "cnn", "resnet", IMAGE, ["benign", "malignant"], seed=11)
