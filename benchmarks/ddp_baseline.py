@@ -62,7 +62,8 @@ def main() -> None:
     from train.data.loading import read_split_arrays
     from train.job import plan_training
     from train.models import build_model_from_config
-    from train.steps import augment_images, class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+    from train.loop import AUGMENTERS
+    from train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -98,7 +99,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim.label_smoothing)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    augment = train_cfg.augment and plan.preprocessor.modality == "image"
+    augmenter = AUGMENTERS.get(plan.preprocessor.modality) if train_cfg.augment else None
     seed = train_cfg.seed * 1000 + rank
     generator = torch.Generator().manual_seed(seed)
 
@@ -108,8 +109,8 @@ def main() -> None:
         started = time.perf_counter()
         train_batches = batches(train_x, train_y, shuffled_rows(len(train_y), rank, world, train_cfg.seed, epoch),
                                 per_rank_batch)
-        if augment:
-            train_batches = ((augment_images(x, generator), y) for x, y in train_batches)
+        if augmenter:
+            train_batches = ((augmenter(x, generator), y) for x, y in train_batches)
         loss_sum, seen = train_epoch(model, train_batches, optimizer, scheduler, loss_fn, device,
                                      optim.grad_clip, mixed_precision)
         totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)

@@ -348,6 +348,52 @@ def _predict(args: argparse.Namespace) -> None:
     _emit(args, answer, lambda: json.dumps(answer, indent=2))
 
 
+# cluster jobs ----------------------------------------------------------------------
+def _submit(args: argparse.Namespace) -> None:
+    from cluster.jobs import submit
+
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides, args.config = [args.config, *(args.overrides or [])], None  # `submit serve key=value`
+    argv = [args.what]
+    if args.what == "serve":
+        argv += ["up"] + (["--config", args.config] if args.config else [])
+    else:
+        if not args.config:
+            raise MedrayError(f"`medray submit {args.what}` needs a CONFIG")
+        argv.append(args.config)
+        if args.what == "tune":
+            argv += ([f"--samples={args.samples}"] if args.samples else []) + (["--promote"] if args.promote else [])
+    argv += list(args.overrides or [])
+    _load_config(args.config, [o for o in args.overrides or []])  # a bad config fails here, not on the cluster
+    if args.what != "serve":
+        argv.append("--json")
+    result = submit(args.address, argv, wait=not args.no_wait)
+    _emit(args, result, lambda: f"job {result['job_id']}: {result['status']}")
+    if result["status"] in ("FAILED", "STOPPED"):
+        raise MedrayError(f"job {result['job_id']} ended {result['status']}; `medray jobs logs {result['job_id']}`")
+
+
+def _jobs(args: argparse.Namespace) -> None:
+    from cluster import jobs
+
+    if args.action == "list":
+        rows = jobs.list_jobs(args.address)
+        _emit(args, rows, lambda: "\n".join(f"{r['job_id']:<28}{r['status']:<11}{r['entrypoint']}" for r in rows)
+              or "no jobs")
+        return
+    if not args.job:
+        raise MedrayError(f"`medray jobs {args.action}` needs a JOB id")
+    if args.action == "status":
+        info = jobs.job_status(args.address, args.job)
+        _emit(args, info, lambda: f"{info['job_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    elif args.action == "logs":
+        text = jobs.job_logs(args.address, args.job)
+        _emit(args, {"job_id": args.job, "logs": text}, lambda: text.rstrip("\n"))
+    else:
+        stopped = jobs.stop_job(args.address, args.job)
+        _emit(args, stopped, lambda: f"{stopped['job_id']}: {stopped['status']}")
+
+
 # demo ----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     from cluster.demo import run_demo
@@ -478,6 +524,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", action="store_true", help="add the explanation (Grad-CAM, attention, saliency)")
     _common(predict)
     predict.set_defaults(handler=_predict)
+
+    submit = commands.add_parser("submit", help="run train, tune or serve on a Ray cluster through its Jobs API")
+    submit.add_argument("what", choices=["train", "tune", "serve"])
+    submit.add_argument("config", nargs="?", help="YAML config (train, tune; optional for serve)")
+    submit.add_argument("overrides", nargs="*", metavar="key=value")
+    submit.add_argument("--address", help="the Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--samples", type=int, help="tune: number of trials")
+    submit.add_argument("--promote", action="store_true", help="tune: promote the best trial through the gate")
+    submit.add_argument("--no-wait", action="store_true", help="return the job id at once instead of following it")
+    _common(submit)
+    submit.set_defaults(handler=_submit)
+
+    jobs_parser = commands.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop")
+    jobs_parser.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jobs_parser.add_argument("job", nargs="?", help="job id (status, logs, stop)")
+    jobs_parser.add_argument("--address", help="the Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
+    _common(jobs_parser)
+    jobs_parser.set_defaults(handler=_jobs)
 
     demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
     _common(demo)

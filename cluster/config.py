@@ -128,6 +128,9 @@ class ScalingSection(Section):
     check_resources: bool = True
     """Refuse up front a request the cluster cannot place (turn off on an autoscaling
     cluster that will add nodes)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers: PACK fills a node first (fast collectives on one GPU
+    box), SPREAD puts them on different nodes where it can (survives a lost node)."""
 
 
 class EvalConfig(Section):

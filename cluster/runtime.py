@@ -17,6 +17,9 @@ FORWARDED_ENV = ("MEDRAY_STORAGE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "A
 # `ray.train.report` blocks until it has: epochs shorter than 2 s all take 2 s (measured
 # with benchmarks/train_overhead.py: 5.3x a plain loop on BreastMNIST's seed CNN, 1.04x
 # at 0.25 s). Read by the controller actor, so it must be in Ray's environment.
+# Set by Ray in the driver of a job submitted through the Jobs API.
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 RAY_TUNING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
@@ -38,9 +41,12 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
     config = config or RayConfig()
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
-        env = {**RAY_TUNING, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        if IN_RAY_JOB in os.environ:  # `medray submit`: the job's runtime env already carries the settings
+            ray.init(address=address, log_to_driver=True)
+        else:
+            env = {**RAY_TUNING, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         # Local workers inherit this process's environment, credentials included.
         options: dict = {}

@@ -21,7 +21,11 @@ from torch import nn
 from train.checkpoint import load_train_state, save_checkpoint
 from train.data.preprocess import LabelMap, Preprocessor
 from train.models import build_model_from_config
-from train.steps import augment_images, class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+from train.steps import (augment_images, augment_signals, class_weights, epoch_metrics, predict, train_epoch,
+                         warmup_cosine)
+
+# `train.augment` applies these while training; tables have none.
+AUGMENTERS = {"image": augment_images, "signal": augment_signals}
 
 
 class ShardFeed:
@@ -111,6 +115,7 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
         start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
         resumed_from = state["epoch"]
     model = ray.train.torch.prepare_model(model)
+    nodes = _worker_nodes()
 
     seed = train_cfg["seed"] * 1000 + rank
     train_feed = ShardFeed(ray.train.get_dataset_shard("train"), preprocessor, labels, per_worker_batch,
@@ -119,22 +124,22 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
     # computes the same metrics and early-stopping decision without a gather.
     val_feed = ShardFeed(ray.train.get_dataset_shard("val"), preprocessor, labels, 512,
                          train_cfg["cache_data"], shuffle=False, seed=seed)
-    augment = train_cfg["augment"] and preprocessor.modality == "image"
+    augmenter = AUGMENTERS.get(preprocessor.modality) if train_cfg["augment"] else None
     generator = torch.Generator().manual_seed(seed)
     metric, mode, patience = train_cfg["metric"], plan["metric_mode"], train_cfg["patience"]
 
     for epoch in range(start_epoch, optim["epochs"]):
         started = time.perf_counter()
         batches = train_feed.epoch(epoch)
-        if augment:
-            batches = ((augment_images(x, generator), y) for x, y in batches)
+        if augmenter:
+            batches = ((augmenter(x, generator), y) for x, y in batches)
         loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
                                      optim["grad_clip"], mixed_precision)
         train_loss = _mean_across_workers(loss_sum, seen, device)
         logits, targets = predict(model, val_feed.epoch(epoch), device, mixed_precision)
         metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
                    "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
-                   "resumed_from_epoch": resumed_from}
+                   "resumed_from_epoch": resumed_from, "worker_nodes": nodes}
         if _improved(metrics[metric], best, mode):
             best, stale = metrics[metric], 0
         else:
@@ -142,7 +147,7 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
         stop = bool(patience) and stale >= patience
         metrics["stopped_early"] = stop and epoch + 1 < optim["epochs"]
         history.append({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
-                                                    "epoch_seconds")}, "finished_at": time.time()})
+                                                    "epoch_seconds", "worker_nodes")}, "finished_at": time.time()})
         if rank == 0:
             _print_progress(metrics, optim["epochs"])
         with tempfile.TemporaryDirectory() as directory:
@@ -158,6 +163,19 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
             ray.train.report(_reportable(metrics), checkpoint=report_checkpoint)
         if stop:
             break
+
+
+def _worker_nodes() -> int:
+    """How many nodes this worker group spans (recorded with every epoch)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 1
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, node)
+    return len(set(gathered))
 
 
 def _mean_across_workers(loss_sum: float, seen: int, device: torch.device) -> float:
@@ -197,6 +215,7 @@ def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str,
         scaling_config=ScalingConfig(
             num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
             resources_per_worker={"CPU": scaling["cpus_per_worker"], **({"GPU": 1} if scaling["use_gpu"] else {})},
+            placement_strategy=scaling["placement_strategy"],
         ),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,

@@ -44,6 +44,29 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: 
     ])
 
 
+def augment_signals(
+    signals: torch.Tensor,
+    generator: torch.Generator,
+    max_scale: float = 0.1,
+    max_shift: int = 3,
+    noise_std: float = 0.05,
+) -> torch.Tensor:
+    """Random amplitude scaling by up to ±`max_scale`, time shifts of up to `max_shift`
+    steps (edges repeated) and gaussian noise of `noise_std` (inputs are standardised,
+    so that is a fraction of the signal's spread), per series of (B, L, C)."""
+    batch, length, channels = signals.shape
+    # One gain per series (all leads together): amplitude varies with electrode contact.
+    gain = 1 + max_scale * (2 * torch.rand(batch, 1, 1, generator=generator) - 1)
+    signals = signals * gain.to(signals.dtype)
+    if max_shift:
+        padded = nn.functional.pad(signals.transpose(1, 2), (max_shift, max_shift), mode="replicate")
+        starts = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
+        steps = starts[:, None] + torch.arange(length)  # (B, L) indices into the padded series
+        signals = torch.gather(padded, 2, steps[:, None, :].expand(batch, channels, length)).transpose(1, 2)
+    noise = torch.randn(signals.shape, generator=generator).to(signals.dtype)
+    return signals + noise_std * noise
+
+
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 

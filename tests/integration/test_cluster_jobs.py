@@ -1,0 +1,173 @@
+"""A real multi-node Ray cluster on this machine (`ray start --head` plus a worker node with
+its own resources): jobs submitted through the Jobs API spread training over both nodes,
+survive the worker node being killed (resumed from the latest checkpoint), and can be
+listed, inspected and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT, free_port
+
+pytestmark = pytest.mark.integration
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    # `python` in a job's entrypoint must be this interpreter, as it is on a real cluster's image.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           "MEDRAY_STORAGE": f"file://{tmp_path / 'store'}",
+           # Ray's token authentication, on for every node and client as on a real cluster.
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (2 CPUs, dashboard with the Jobs API) and one worker node (1 CPU)."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    env = _env(tmp_path)
+    gcs_port, dashboard_port = free_port(), free_port()
+    # The head reports lost nodes within seconds rather than Ray's default ~30 s.
+    system = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
+    head = subprocess.run(RAY + ["start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                                 "--disable-usage-stats", f"--system-config={system}"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr
+    state = {"env": env, "gcs": f"127.0.0.1:{gcs_port}", "address": f"http://127.0.0.1:{dashboard_port}",
+             "storage": env["MEDRAY_STORAGE"], "worker": None}
+
+    def start_worker():
+        state["worker"] = subprocess.Popen(
+            RAY + ["start", f"--address={state['gcs']}", "--num-cpus=1", '--resources={"worker_node": 1}', "--block",
+                   "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        _wait_for_nodes(state, 2)
+
+    state["start_worker"] = start_worker
+    try:
+        _wait_for_jobs_api(state["address"])
+        start_worker()
+        medray(state, "data", "import", "sklearn", "breast_cancer", "--name", "wdbc")
+        yield state
+    finally:
+        if state["worker"] and state["worker"].poll() is None:
+            os.killpg(state["worker"].pid, signal.SIGKILL)
+        subprocess.run(RAY + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def medray(cluster, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=PROJECT, env=cluster["env"],
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"medray {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def _wait_for_jobs_api(address: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{address}/api/version", timeout=2).status_code in (200, 401):  # 401: token auth on
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the Jobs API did not come up")
+
+
+def _wait_for_nodes(state, count: int) -> None:
+    code = ("import ray; ray.init(address='%s', logging_level='ERROR'); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))" % state["gcs"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        alive = subprocess.run([sys.executable, "-c", code], env=state["env"], capture_output=True, text=True)
+        if alive.returncode == 0 and alive.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster did not reach {count} live nodes")
+
+
+def _history(cluster, run: str) -> list[dict]:
+    root = Path(cluster["storage"].removeprefix("file://")) / "runs" / run
+    latest = max(root.glob("checkpoint_*/progress.json"), key=lambda p: json.loads(p.read_text())["epoch"])
+    return json.loads(latest.read_text())["history"]
+
+
+TRAIN = ["train/configs/wdbc_attention.yaml", "scaling.num_workers=2", "scaling.placement_strategy=SPREAD",
+         "scaling.max_failures=3", "train.patience=0", "eval.bootstrap=50", "train.cache_data=true"]
+
+
+def test_submitted_training_spreads_over_two_nodes(cluster):
+    submitted = medray(cluster, "submit", "train", *TRAIN, "optim.epochs=3", "train.name=spread",
+                       "--address", cluster["address"], "--json")
+    result = json.loads(submitted.stdout)
+    assert result["status"] == "SUCCEEDED"
+    history = _history(cluster, "spread")
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert {h["worker_nodes"] for h in history} == {2}  # one worker on each node
+    summary = Path(cluster["storage"].removeprefix("file://")) / "runs" / "spread" / "medray_result.json"
+    assert json.loads(summary.read_text())["metrics"]["test"]["auroc"] > 0.9
+
+
+def test_training_survives_a_lost_node_and_resumes_from_its_checkpoint(cluster):
+    epochs = 40
+    submitted = medray(cluster, "submit", "train", *TRAIN, f"optim.epochs={epochs}", "train.name=lost-node",
+                       "--address", cluster["address"], "--no-wait", "--json")
+    job = json.loads(submitted.stdout)["job_id"]
+    runs = Path(cluster["storage"].removeprefix("file://")) / "runs" / "lost-node"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(runs.glob("checkpoint_*/progress.json"))) < 3:
+        time.sleep(0.2)
+    assert list(runs.glob("checkpoint_*/progress.json")), "no checkpoint before the deadline"
+    os.killpg(cluster["worker"].pid, signal.SIGKILL)  # the worker node and every process on it
+
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        status = json.loads(medray(cluster, "jobs", "status", job, "--address", cluster["address"], "--json").stdout)
+        if status["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = medray(cluster, "jobs", "logs", job, "--address", cluster["address"]).stdout
+    assert status["status"] == "SUCCEEDED", logs[-3000:]
+    history = _history(cluster, "lost-node")
+    assert [h["epoch"] for h in history] == list(range(epochs))  # no epoch redone from the start
+    assert history[0]["worker_nodes"] == 2 and history[-1]["worker_nodes"] == 1  # restarted on the head alone
+    assert "(resumed)" in logs
+    assert (runs / "medray_result.json").is_file()
+
+
+def test_jobs_list_status_logs_and_stop(cluster):
+    address = cluster["address"]
+    cluster["start_worker"]()  # the previous test killed it
+    submitted = medray(cluster, "submit", "train", *TRAIN, "optim.epochs=500", "train.name=to-stop",
+                       "--address", address, "--no-wait", "--json")
+    job = json.loads(submitted.stdout)["job_id"]
+    listed = json.loads(medray(cluster, "jobs", "list", "--address", address, "--json").stdout)
+    assert job in [row["job_id"] for row in listed] and len(listed) >= 3
+    stopped = json.loads(medray(cluster, "jobs", "stop", job, "--address", address, "--json").stdout)
+    assert stopped["status"] == "STOPPED"
+    assert json.loads(medray(cluster, "jobs", "status", job, "--address", address, "--json").stdout)["status"] == \
+        "STOPPED"
+    assert "cluster.cli train" in medray(cluster, "jobs", "status", job, "--address", address).stdout + \
+        json.dumps(listed)
+    missing = medray(cluster, "jobs", "logs", "raysubmit_nope", "--address", address, check=False)
+    assert missing.returncode == 2 and "no job 'raysubmit_nope'" in missing.stderr
+    unreachable = medray(cluster, "jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", check=False)
+    assert unreachable.returncode == 2 and "cannot reach the Ray Jobs API" in unreachable.stderr
