@@ -398,7 +398,7 @@ def _jobs(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from cluster.demo import run_demo
 
-    summary = run_demo(_storage(args))
+    summary = run_demo(args.storage, quick=args.quick, report_dir=args.report)
     _emit(args, summary, lambda: summary["text"])
 
 
@@ -543,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(jobs_parser)
     jobs_parser.set_defaults(handler=_jobs)
 
-    demo = commands.add_parser("demo", help="import the demo datasets and show what was made")
+    demo = commands.add_parser("demo", help="the whole platform end to end on this machine, with a report")
+    demo.add_argument("--quick", action="store_true", help="2 epochs and 2 trials: a smoke test of every stage")
+    demo.add_argument("--report", default="demo-report", help="folder for report.html and its plots")
     _common(demo)
     demo.set_defaults(handler=_demo)
     return parser

@@ -1,27 +1,68 @@
-"""`medray demo`: the platform on real data, on this machine.
+"""`medray demo`: the whole platform end to end, on this machine, in one command.
 
-Today it imports scikit-learn's breast_cancer and every source file it recognises in
-`MEDRAY_DATA_SOURCES` into storage, and shows what it made.
+1. storage: a local S3-compatible server on 127.0.0.1 (moto's), so the S3 path is the one
+   exercised, unless MEDRAY_STORAGE / --storage names one; a local Ray (with dashboard,
+   for Tune) unless RAY_ADDRESS names a cluster;
+2. datasets: scikit-learn's breast_cancer always; BreastMNIST, ECG200 and Cleveland from
+   MEDRAY_DATA_SOURCES, downloaded there when missing and the network allows, else
+   synthetic stand-ins made here and named `*_synthetic` everywhere;
+3. training of the CNN, RNN and attention models with 2 Ray Train workers each, a small
+   Tune search, and promotion of every winner through its gate;
+4. Serve: the champions deployed, sample requests (one of them bad) and their answers;
+5. a results table beside the published numbers, and an HTML report with the plots;
+6. everything it started is shut down, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cluster.errors import MedrayError
 from cluster.storage import Storage
 from train.data.importers import ImportRequest, import_dataset
 from train.data.sources import sources_dir
 
 log = logging.getLogger(__name__)
 
+PROJECT = Path(__file__).resolve().parents[1]
+CONFIGS = PROJECT / "train" / "configs"
 CLEVELAND_COLUMNS = [
     "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal",
     "num",
 ]
+CLEVELAND_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/processed.cleveland.data"
+PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png")
 
 
+@dataclass(frozen=True)
+class DemoModel:
+    dataset: str
+    config: str
+    published: str
+    """The published result on the same data (../shared/data/README.md)."""
+
+
+MODELS = (
+    DemoModel("breastmnist", "breastmnist_cnn.yaml", "ResNet-18 (28): AUC 0.901, ACC 0.863 (MedMNIST v2)"),
+    DemoModel("ecg200", "ecg200_rnn.yaml", "ACC 0.88 (1-NN Euclidean, COTE); ResNet 0.89"),
+    DemoModel("cleveland", "cleveland_attention.yaml", "ACC about 0.77 (Detrano et al. 1989)"),
+)
+TUNED = DemoModel("wdbc", "wdbc_attention.yaml", "ACC 0.975 (10-fold CV, Street et al. 1993)")
+
+
+# Datasets --------------------------------------------------------------------------
 def recognised_sources(folder: Path) -> list[ImportRequest]:
     """Import requests for the source files in `folder` whose format medray knows."""
     requests = [ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc")]
@@ -35,33 +76,364 @@ def recognised_sources(folder: Path) -> list[ImportRequest]:
             requests.append(ImportRequest(kind="ucr", source=str(folder), dataset=dataset, name=dataset.lower()))
     cleveland = folder / "processed.cleveland.data"
     if cleveland.is_file():
-        requests.append(ImportRequest(
-            kind="csv", source=str(cleveland), name="cleveland", target="num", columns=CLEVELAND_COLUMNS,
-            missing=["?"], license="CC BY 4.0 (UCI Heart Disease; Janosi, Steinbrunn, Pfisterer, Detrano 1988)",
-        ))
+        requests.append(cleveland_request(str(cleveland), "cleveland"))
     return requests
 
 
-def run_demo(storage: Storage) -> dict[str, Any]:
-    folder = sources_dir()
-    requests = recognised_sources(folder)
-    log.info("demo: importing %d datasets into %s (sources: %s)", len(requests), storage.root, folder)
-    made = []
-    for step, request in enumerate(requests, start=1):
-        log.info("[%d/%d] %s %s -> %s", step, len(requests), request.kind, request.source, request.name)
-        manifest = import_dataset(storage, request)
-        made.append({
-            "name": manifest["name"], "version": manifest["version"], "modality": manifest["modality"],
-            "classes": manifest["classes"], "rows": {s: manifest["splits"][s]["rows"] for s in ("train", "val", "test")},
-            "uri": storage.uri(f"datasets/{manifest['name']}/v{manifest['version']}"),
-        })
-    lines = [f"medray demo: {len(made)} datasets in {storage.root}",
-             f"{'dataset':<14}{'version':>8}  {'modality':<9}{'train/val/test':<16}classes"]
-    lines += [
-        f"{m['name']:<14}{'v' + str(m['version']):>8}  {m['modality']:<9}"
-        f"{'/'.join(str(m['rows'][s]) for s in ('train', 'val', 'test')):<16}{', '.join(m['classes'])}"
-        for m in made
-    ]
-    if not folder.is_dir():
-        lines.append(f"(no source folder at {folder}: set MEDRAY_DATA_SOURCES=../shared/data for the real files)")
-    return {"storage": storage.root, "datasets": made, "text": "\n".join(lines)}
+def cleveland_request(source: str, name: str) -> ImportRequest:
+    return ImportRequest(kind="csv", source=source, name=name, target="num", columns=CLEVELAND_COLUMNS,
+                         missing=["?"],
+                         license="CC BY 4.0 (UCI Heart Disease; Janosi, Steinbrunn, Pfisterer, Detrano 1988)")
+
+
+def demo_requests(folder: Path, scratch: Path, allow_download: bool) -> tuple[list[ImportRequest], list[str]]:
+    """What the demo imports: the real source where there is one (on disk, else
+    downloaded), a synthetic stand-in otherwise. Returns the requests and the names of
+    the synthetic ones."""
+    found = {r.name: r for r in recognised_sources(folder)}
+    wanted = {
+        "breastmnist": ImportRequest(kind="medmnist", source="breastmnist", name="breastmnist"),
+        "ecg200": ImportRequest(kind="ucr", source="ECG200", dataset="ECG200", name="ecg200"),
+        "cleveland": cleveland_request(CLEVELAND_URL, "cleveland"),
+    }
+    requests, synthetic = [found["wdbc"]], []
+    for name, download in wanted.items():
+        if name in found:
+            requests.append(found[name])
+        elif allow_download:
+            requests.append(download)
+        else:
+            requests.append(synthetic_request(name, scratch))
+            synthetic.append(name)
+    return requests, synthetic
+
+
+def synthetic_request(name: str, scratch: Path) -> ImportRequest:
+    """A small, clearly labelled stand-in with the real dataset's shape and classes."""
+    rng = np.random.default_rng(0)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if name == "breastmnist":
+        def images(n):
+            labels = rng.integers(0, 2, n)
+            yy, xx = np.mgrid[:28, :28]
+            blobs = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / (2 * (4 + 4 * labels[:, None, None]) ** 2))
+            noise = rng.normal(0, 0.15, (n, 28, 28))
+            return (np.clip(blobs + noise, 0, 1) * 255).astype(np.uint8), labels
+        arrays = {}
+        for split, n in (("train", 300), ("val", 60), ("test", 100)):
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images(n)
+        path = scratch / "breastmnist_synthetic.npz"
+        np.savez(path, **arrays)
+        return ImportRequest(kind="medmnist", source=str(path), name="breastmnist_synthetic",
+                             license="synthetic (made by medray's demo)")
+    if name == "ecg200":
+        for split, n in (("TRAIN", 100), ("TEST", 100)):
+            labels = rng.choice([-1, 1], n)
+            t = np.linspace(0, 1, 96)
+            series = np.sin(2 * np.pi * (3 + (labels[:, None] > 0)) * t) + rng.normal(0, 0.3, (n, 96))
+            np.savetxt(scratch / f"ECG200SYNTHETIC_{split}.txt", np.column_stack([labels, series]), fmt="%.5f")
+        return ImportRequest(kind="ucr", source=str(scratch), dataset="ECG200SYNTHETIC", name="ecg200_synthetic",
+                             license="synthetic (made by medray's demo)")
+    rows = 300
+    labels = rng.integers(0, 5, rows)
+    features = rng.normal(0, 1, (rows, 13)) + 0.8 * (labels[:, None] > 0)
+    path = scratch / "cleveland_synthetic.csv"
+    np.savetxt(path, np.column_stack([features, labels]), delimiter=",", fmt="%.4f")
+    request = cleveland_request(str(path), "cleveland_synthetic")
+    request.license = "synthetic (made by medray's demo)"
+    return request
+
+
+# Local services ------------------------------------------------------------------------
+class LocalS3:
+    """moto's S3-protocol server on 127.0.0.1 for the demo's storage."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise MedrayError("the local S3 server (moto) did not start; install medray[dev] or set MEDRAY_STORAGE")
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{self.port}", AWS_ACCESS_KEY_ID="demo",
+                          AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="medray-demo")
+        self.root = "s3://medray-demo/demo"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+
+# The demo ---------------------------------------------------------------------------
+class Stages:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+
+    def next(self, text: str) -> None:
+        self.done += 1
+        log.info("[%d/%d %5.0fs] %s", self.done, self.total, time.monotonic() - self.started, text)
+
+
+def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: str | Path = "demo-report",
+             allow_download: bool | None = None) -> dict[str, Any]:
+    """Run every stage; returns the results (and `text`, the table people read)."""
+    import ray
+
+    stages = Stages(8)
+    services: list[Any] = []
+    root = storage_root or os.environ.get("MEDRAY_STORAGE")
+    started_ray = False
+    try:
+        if root is None:
+            s3 = LocalS3()
+            services.append(s3)
+            root = s3.root
+        storage = Storage(root)
+        storage.check()
+        stages.next(f"storage {storage.root}" + (" (local S3 server on 127.0.0.1)" if services else ""))
+
+        from cluster.config import RayConfig
+        from cluster.runtime import ensure_ray
+
+        started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+        ensure_ray(RayConfig(), dashboard=True)
+        stages.next(f"Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+
+        folder = sources_dir()
+        scratch = Path(report_dir).resolve() / "synthetic-sources"
+        if allow_download is None:
+            allow_download = os.environ.get("MEDRAY_OFFLINE") != "1"
+        requests, synthetic = demo_requests(folder, scratch, allow_download)
+        datasets = {}
+        for request in requests:
+            try:
+                manifest = import_dataset(storage, request)
+            except MedrayError as error:  # a download that failed: the stand-in instead
+                log.warning("could not import %s (%s); using a synthetic stand-in", request.name, error)
+                base = request.name
+                manifest = import_dataset(storage, synthetic_request(base, scratch))
+                synthetic.append(base)
+            datasets[manifest["name"].removesuffix("_synthetic")] = manifest
+        stages.next("datasets: " + ", ".join(f"{m['name']} v{m['version']}" for m in datasets.values()))
+
+        results = [_train_and_promote(storage, model, datasets[model.dataset], quick) for model in MODELS]
+        stages.next("trained and promoted: " + ", ".join(f"{r['dataset']} ({r['promotion']})" for r in results))
+
+        search = _search_and_promote(storage, TUNED, datasets[TUNED.dataset], quick)
+        results.append(search["result"])
+        stages.next(f"search {search['summary']['search']}: {len(search['summary']['trials'])} trials, "
+                    f"{search['summary']['stopped_by_asha']} stopped early by ASHA")
+
+        served = _serve_and_ask(storage, results)
+        stages.next(f"served at {served['url']}: {len(served['samples'])} sample requests")
+
+        report = _write_report(storage, Path(report_dir), results, search["summary"], served, synthetic)
+        table = results_table(results)
+        stages.next(f"report {report}")
+        text = "\n".join([table, "", "serving:", *(s["line"] for s in served["samples"]), "",
+                          f"report: {report}"] + ([f"synthetic stand-ins (no real file, no network): "
+                                                   f"{', '.join(synthetic)}"] if synthetic else []))
+        stages.next("done")
+        return {"storage": storage.root, "results": results, "search": search["summary"]["search"],
+                "served": served, "report": str(report), "synthetic": synthetic, "text": text}
+    finally:
+        _shutdown(services, started_ray)
+
+
+def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
+    from cluster.config import load_config
+    from train.job import run_training
+    from tune.promote import promote_checkpoint
+
+    overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=2", f"train.name=demo-{model.dataset}"]
+    if quick:
+        overrides += ["optim.epochs=2", "eval.bootstrap=50", "train.patience=0"]
+    config = load_config(CONFIGS / model.config, overrides)
+    summary = run_training(config, storage, model.config.removesuffix(".yaml"))
+    promotion = promote_checkpoint(storage, storage.key_of(summary["checkpoint"]), config,
+                                   source={"run": summary["run"]})
+    return _result(model, manifest, summary["metrics"], summary["run"], promotion)
+
+
+def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
+    from cluster.config import load_config
+    from tune.promote import promote_checkpoint
+    from tune.run import run_search
+    from tune.spaces import apply_params
+
+    overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=1", "train.name=demo-search",
+                 "tune.num_samples=" + ("2" if quick else "6"), "optim.epochs=" + ("2" if quick else "20"),
+                 "tune.grace_period=" + ("1" if quick else "4"), "tune.reduction_factor=2"]
+    if quick:
+        overrides += ["eval.bootstrap=50"]
+    config = load_config(CONFIGS / model.config, overrides)
+    summary = run_search(config, storage, "demo")
+    best = summary["best"]
+    saved = storage.read_json(f"runs/{summary['search']}/search.json")
+    best_config = apply_params(saved["base"], best["config"])
+    promotion = promote_checkpoint(storage, storage.key_of(best["checkpoint"]), best_config,
+                                   source={"search": summary["search"], "trial": best["trial"]})
+    metrics = {**promotion["metrics"]} if "metrics" in promotion else {}
+    run = storage.uri(f"runs/{summary['search']}")
+    return {"summary": summary, "result": _result(model, manifest, metrics, run, promotion, tuned=True)}
+
+
+def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion: dict,
+            tuned: bool = False) -> dict[str, Any]:
+    test = metrics.get("test", {})
+    return {
+        "dataset": manifest["name"], "synthetic": manifest["name"].endswith("_synthetic"),
+        "model": f"{manifest['modality']}:{'tuned ' if tuned else ''}{model.config.removesuffix('.yaml')}",
+        "test_auroc": test.get("auroc"), "test_auroc_ci": test.get("auroc_ci"), "test_accuracy": test.get("accuracy"),
+        "published": model.published, "run": run,
+        "promotion": f"v{promotion['version']}" if promotion.get("promoted") else
+        "refused: " + ", ".join(promotion.get("failed") or []),
+        "version": promotion.get("version"), "checkpoint": promotion.get("checkpoint"),
+    }
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'dataset':<22}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<24}published"]
+    for r in results:
+        ci = r["test_auroc_ci"] or [None, None]
+        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
+            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
+        accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
+        name = r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "")
+        lines.append(f"{name:<22}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<24}{r['published']}")
+    return "\n".join(lines)
+
+
+def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str, Any]:
+    import httpx
+
+    from cluster.config import load_config
+    from serve.app import deploy
+    from train.data.loading import read_split_arrays
+
+    served_names = sorted({r["dataset"] for r in results if r["version"]})
+    config = load_config(None, [f"serve.port={_free_port(8000)}", "serve.autoscaling.max_replicas=1",
+                                "serve.replica_cpus=0.25"])
+    deployed = deploy(config, storage, served_names)
+    samples = []
+    with httpx.Client(base_url=deployed["url"], timeout=60) as client:
+        for name in served_names:
+            manifest = _latest_manifest(storage, name)
+            features, labels = read_split_arrays(storage, manifest, "test")
+            instance = _instance(manifest, features)
+            response = client.post(f"/v1/models/{name}/predict", json={"instances": [instance]})
+            answer = response.json()
+            truth = manifest["classes"][int(labels[0])]
+            if response.status_code == 200:
+                p = answer["predictions"][0]
+                line = (f"  {name}: label {p['label']} (true {truth}), set {p.get('prediction_set')}"
+                        f"{' -> refer to clinician' if p.get('refer_to_clinician') else ''}, version {p['version']}")
+            else:
+                line = f"  {name}: HTTP {response.status_code} {answer}"
+            samples.append({"model": name, "status": response.status_code, "answer": answer, "line": line})
+        bad = client.post(f"/v1/models/{served_names[0]}/predict", json={"instances": [[[1, 2], [3, 4]]]})
+        samples.append({"model": served_names[0], "status": bad.status_code, "answer": bad.json(),
+                        "line": f"  bad request to {served_names[0]} (a 2x2 array): HTTP {bad.status_code} "
+                                f"{bad.json().get('detail')}"})
+    return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
+
+
+def _latest_manifest(storage: Storage, name: str) -> dict:
+    from train.data.dataset import read_manifest
+
+    return read_manifest(storage, name)
+
+
+def _instance(manifest: dict, features) -> Any:
+    if manifest["modality"] == "tabular":
+        first = features.iloc[0]
+        return {f["name"]: None if first[f["name"]] != first[f["name"]] else  # NaN: unknown, sent as null
+                float(first[f["name"]]) if f["type"] != "categorical" else str(first[f["name"]])
+                for f in manifest["schema"]["features"]}
+    return np.asarray(features[0]).tolist()
+
+
+def _write_report(storage: Storage, folder: Path, results: list[dict], search: dict, served: dict,
+                  synthetic: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for r in results:
+        run_key = storage.key_of(r["run"])
+        plots = []
+        report_key = f"{run_key}/report" if storage.exists(f"{run_key}/report/roc.png") else None
+        if report_key is None and r["version"]:  # a search: the registry version holds the plots
+            report_key = f"models/{r['dataset']}/versions/{r['version']}"
+        for plot in PLOTS:
+            if report_key and storage.exists(f"{report_key}/{plot}"):
+                target = folder / f"{r['dataset']}-{plot}"
+                target.write_bytes(storage.read_bytes(f"{report_key}/{plot}"))
+                plots.append(f'<figure><img src="{target.name}" width="360"><figcaption>{plot[:-4]}</figcaption></figure>')
+        sections.append(f"<h2>{html.escape(r['dataset'])}{' (synthetic)' if r['synthetic'] else ''}: "
+                        f"{html.escape(r['model'])}</h2><p>registry: {html.escape(r['promotion'])}; published: "
+                        f"{html.escape(r['published'])}</p>{''.join(plots)}")
+    trial_rows = "".join(
+        f"<tr><td>{t['trial']}</td><td>{t['epochs_run']}</td><td>{_fmt(t[search['metric']])}</td>"
+        f"<td>{'ASHA' if t['stopped_by_asha'] else 'patience' if t['stopped_by_patience'] else '-'}</td>"
+        f"<td>{html.escape(json.dumps(t['config']))}</td></tr>" for t in search["trials"])
+    samples = "".join(f"<li><code>{html.escape(s['line'].strip())}</code></li>" for s in served["samples"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medray demo</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}figure{{display:inline-block;margin:4px}}
+pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
+</head><body><h1>medray demo</h1><p>storage {html.escape(storage.root)}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>
+{'<p><b>Synthetic stand-ins</b> (no real file, no network): ' + html.escape(', '.join(synthetic)) + '</p>' if synthetic else ''}
+<h2>Results</h2><pre>{html.escape(results_table(results))}</pre>
+{''.join(sections)}
+<h2>Search {html.escape(search['search'])}</h2><table><tr><th>trial</th><th>epochs</th><th>{search['metric']}</th>
+<th>stopped</th><th>config</th></tr>{trial_rows}</table>
+<h2>Serving</h2><p>{html.escape(served['url'])}</p><ul>{samples}</ul></body></html>"""
+    path = folder / "report.html"
+    path.write_text(page)
+    (folder / "results.json").write_text(json.dumps({"results": results, "search": search["search"]}, indent=2,
+                                                    default=str))
+    return path.resolve()
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _shutdown(services: list[Any], started_ray: bool) -> None:
+    import ray
+
+    try:
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+    except Exception as error:  # shutting down what may be half started: report, go on
+        log.warning("stopping Serve: %s", error)
+    if started_ray and ray.is_initialized():
+        ray.shutdown()
+    for service in services:
+        service.stop()
+

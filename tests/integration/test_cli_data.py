@@ -108,8 +108,3 @@ def test_bad_options_and_unknown_dataset(tmp_path):
     result = medray("data", "describe", "w@v7", env=env, check=False)
     assert "has no version v7 (versions: v1)" in result.stderr
 
-
-def test_demo_imports_sources_folder(tmp_path, shared_data):
-    env = {"MEDRAY_STORAGE": str(tmp_path / "store"), "MEDRAY_DATA_SOURCES": str(shared_data)}
-    out = json.loads(medray("demo", "--json", env=env).stdout)
-    assert sorted(d["name"] for d in out["datasets"]) == ["breastmnist", "cleveland", "ecg200", "wdbc"]
