@@ -181,7 +181,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
             "stopped_by_asha": 0 < record["epochs_run"] < config.optim.epochs and not patience_stop and
                                result.error is None,
             "stopped_by_patience": patience_stop,
-            "seconds": record["seconds"],
+            "seconds": _trial_seconds(result) or record["seconds"],
             "error": str(result.error).splitlines()[0] if result.error else None,
             "checkpoint": record["checkpoint"],
         })
@@ -225,9 +225,17 @@ def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> di
         "epochs_run": len(latest["history"]),
         "best_value": best_value,
         "checkpoint": storage.uri(best_key) if best_key else None,
-        "seconds": float(sum(h.get("epoch_seconds") or 0.0 for h in latest["history"])),
+        "seconds": float(sum(h.get("epoch_seconds") or 0.0 for h in latest["history"])),  # epochs alone
         "stopped_by_patience": bool(latest["metrics"].get("stopped_early")),
     }
+
+
+def _trial_seconds(result) -> float | None:
+    """The trial's own wall time as Tune measured it (start-up of its TorchTrainer included)."""
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty or "time_total_s" not in frame:
+        return None
+    return float(frame["time_total_s"].iloc[-1])
 
 
 def _is_number(value: Any) -> bool:
