@@ -13,6 +13,8 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
 from cluster.config import MedrayConfig, validate_config
 from cluster.errors import ConfigError, MedrayError, NotFoundError
 from cluster.storage import Storage
@@ -90,10 +92,30 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class IncumbentASHA(ASHAScheduler):
+    """ASHA that never stops the incumbent: the trial running the base config itself.
+
+    Rungs compare trials early in their budget, but with warm-up + cosine schedules
+    (and augmentation) a good config often climbs late: ASHA stopped the shipped
+    BreastMNIST config at epoch 10 with validation AUROC 0.89, which reaches 0.97 by
+    epoch 36. Running the incumbent to its full budget costs one trial and means a
+    search never ends below the config it started from on the validation metric.
+    Its results still count in the rungs that judge the other trials."""
+
+    def __init__(self, incumbent: dict[str, Any] | None = None, **asha: Any) -> None:
+        super().__init__(**asha)
+        self.incumbent = dict(incumbent or {})
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self.incumbent and all(trial.config.get(k) == v for k, v in self.incumbent.items()):
+            return TrialScheduler.CONTINUE
+        return decision
+
+
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
            space: dict[str, dict[str, Any]], restore: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     metric, mode = config.train.metric, config.train.metric_mode
     # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
@@ -124,9 +146,9 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, num_samples=config.tune.num_samples, search_alg=searcher,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=config.optim.epochs,
-                                    grace_period=min(config.tune.grace_period, config.optim.epochs),
-                                    reduction_factor=config.tune.reduction_factor),
+            scheduler=IncumbentASHA(start, time_attr="training_iteration", max_t=config.optim.epochs,
+                                      grace_period=min(config.tune.grace_period, config.optim.epochs),
+                                      reduction_factor=config.tune.reduction_factor),
             max_concurrent_trials=_concurrency(config), time_budget_s=config.tune.time_budget_s,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
