@@ -285,14 +285,18 @@ def _models_rollback(args: argparse.Namespace) -> None:
 
 # serve ---------------------------------------------------------------------------
 def _serve_config(args: argparse.Namespace):
+    # A local Ray from `serve up` (`ray start --head`) has Ray's token authentication on, with
+    # the token in ~/.ray/auth_token; Ray reads the mode when it is imported, so set it first.
+    if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     config = _load_config(args.config, list(args.overrides or []))
     return config, (_storage(args) if args.storage else _storage_from(config))
 
 
 def _serve_up(args: argparse.Namespace) -> None:
+    config, storage = _serve_config(args)
     from serve.app import connect, deploy
 
-    config, storage = _serve_config(args)
     storage.check()
     connect(config, start=True)
     deployed = deploy(config, storage, args.models)
@@ -302,9 +306,9 @@ def _serve_up(args: argparse.Namespace) -> None:
 
 
 def _serve_update(args: argparse.Namespace) -> None:
+    config, storage = _serve_config(args)
     from serve.app import connect, update
 
-    config, storage = _serve_config(args)
     connect(config, start=False)
     updated = update(config, storage)
     _emit(args, updated, lambda: "\n".join(f"{n}: version {c['from']} -> {c['to']}" for n, c in
@@ -312,9 +316,9 @@ def _serve_update(args: argparse.Namespace) -> None:
 
 
 def _serve_status(args: argparse.Namespace) -> None:
+    config, _ = _serve_config(args)
     from serve.app import connect, status
 
-    config, _ = _serve_config(args)
     connect(config, start=False)
     current = status()
 
@@ -330,9 +334,9 @@ def _serve_status(args: argparse.Namespace) -> None:
 
 
 def _serve_down(args: argparse.Namespace) -> None:
+    config, _ = _serve_config(args)
     from serve.app import connect, down
 
-    config, _ = _serve_config(args)
     connect(config, start=False)
     stopped_ray = down()
     _emit(args, {"stopped": True, "stopped_ray": stopped_ray},

@@ -7,10 +7,14 @@ application with each model's new champion in its `user_config`: Serve then call
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from cluster.config import MedrayConfig
@@ -133,24 +137,38 @@ def down() -> bool:
     """Delete the application; stop the local Ray too when `serve up` started it."""
     import ray
     from ray import serve
-    from ray.experimental import internal_kv
 
     serve.shutdown()
-    started_here = internal_kv._internal_kv_get(STARTED_KEY) is not None
-    if started_here:
-        ray.shutdown()
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], check=False, capture_output=True)
-    return started_here
+    state = _local_state()
+    if state is None or state["address"] != _connected_to:
+        return False
+    ray.shutdown()
+    try:
+        os.killpg(state["pid"], signal.SIGTERM)  # `ray start --block` stops its node's processes
+    except ProcessLookupError:
+        pass
+    LOCAL_STATE.unlink(missing_ok=True)
+    return True
 
 
-STARTED_KEY = "medray-serve-started-ray"
+# The local Ray `serve up` starts is its own, found again through this file: `ray.init("auto")`
+# would attach Serve to whatever Ray runs here, e.g. a training run's, which ends with it.
+LOCAL_STATE = Path(os.environ.get("MEDRAY_HOME", "~/.medray")).expanduser() / "serve-ray.json"
+_connected_to: str | None = None
+
+
+def _local_state() -> dict[str, Any] | None:
+    try:
+        return json.loads(LOCAL_STATE.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def connect(config: MedrayConfig, start: bool) -> None:
-    """Join the Ray cluster Serve runs on. `serve up` on a machine without one starts a
-    local Ray head that outlives this command (`serve down` stops it again)."""
+    """Join the Ray that serves: the configured cluster, else the local Ray an earlier
+    `serve up` started; `serve up` starts one (it outlives this command) when neither."""
+    global _connected_to
     import ray
-    from ray.experimental import internal_kv
 
     from cluster.runtime import RAY_TUNING, ensure_ray
 
@@ -159,20 +177,54 @@ def connect(config: MedrayConfig, start: bool) -> None:
     if config.ray.address or os.environ.get("RAY_ADDRESS"):
         ensure_ray(config.ray)
         return
+    state = _local_state()
+    if state is not None:
+        try:
+            ray.init(address=state["address"], logging_level=logging.WARNING)
+            _connected_to = state["address"]
+            return
+        except ConnectionError:
+            LOCAL_STATE.unlink(missing_ok=True)  # that Ray is gone
+    if not start:
+        raise NotFoundError("nothing is being served here: no Ray started by `medray serve up` is running "
+                            "(set RAY_ADDRESS for a cluster)")
+    port = _free_port()
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--block",
+               "--include-dashboard=false", "--disable-usage-stats"] + (
+        [f"--num-cpus={config.ray.num_cpus}"] if config.ray.num_cpus else [])
+    log.info("starting a local Ray for serving (stopped by `medray serve down`)")
+    process = subprocess.Popen(command, env={**os.environ, **RAY_TUNING}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while not _listening(port):  # the head's GCS is up; ray.init itself waits long on a dead address
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            raise MedrayError("could not start a local Ray for serving (`ray start --head` did not come up)")
+        time.sleep(0.5)
+    ray.init(address=address, logging_level=logging.WARNING)
+    LOCAL_STATE.parent.mkdir(parents=True, exist_ok=True)
+    LOCAL_STATE.write_text(json.dumps({"address": address, "pid": process.pid}))
+    _connected_to = address
+
+
+def _listening(port: int) -> bool:
+    import socket
+
     try:
-        ray.init(address="auto", logging_level=logging.WARNING)
-        return
-    except ConnectionError:
-        if not start:
-            raise NotFoundError("no Ray cluster is running here, so nothing is being served") from None
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--include-dashboard=false",
-               "--disable-usage-stats"] + ([f"--num-cpus={config.ray.num_cpus}"] if config.ray.num_cpus else [])
-    log.info("starting a local Ray for serving")
-    started = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **RAY_TUNING})
-    if started.returncode != 0:
-        raise MedrayError(f"could not start a local Ray: {started.stderr.strip().splitlines()[-1:]}")
-    ray.init(address="auto", logging_level=logging.WARNING)
-    internal_kv._internal_kv_put(STARTED_KEY, b"1")
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def app_builder(args: dict[str, Any]):
