@@ -31,7 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         storage = Storage(args.storage or scratch)
         manifest = import_dataset(storage, ImportRequest(kind="sklearn", source="breast_cancer", name="bench-wdbc"))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         filesystem, _ = storage.arrow_filesystem()
         paths = split_paths(storage, manifest, "train")

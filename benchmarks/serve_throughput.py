@@ -192,7 +192,7 @@ def main() -> None:
         plain.terminate()
         plain.wait(timeout=30)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     fixed = [f"serve.port={port}", "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1",
              "serve.replica_cpus=1", "serve.max_ongoing_requests=64"]
     for variant, batch in (("serve_batched", 32), ("serve_unbatched", 1)):

@@ -233,7 +233,7 @@ def main() -> None:
 
         for key, value in RAY_TUNING.items():  # the settings `medray` starts Ray with
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_init_seconds = time.perf_counter() - started
 

@@ -54,7 +54,8 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
             port = _free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             options = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
-        ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True,
+        # "local": a Ray of its own, even when another (e.g. `medray serve up`'s) runs here.
+        ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True,
                  configure_logging=True, logging_level=logging.WARNING, **options)
     ray.data.DataContext.get_current().enable_progress_bars = False
 

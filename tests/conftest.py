@@ -110,7 +110,7 @@ def ray_session(s3_endpoint):
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for key, value in RAY_TUNING.items():  # as `medray` itself starts Ray
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

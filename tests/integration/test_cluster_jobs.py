@@ -43,11 +43,12 @@ def cluster(tmp_path_factory):
     gcs_port, dashboard_port = free_port(), free_port()
     # The head reports lost nodes within seconds rather than Ray's default ~30 s.
     system = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
-    head = subprocess.run(RAY + ["start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
-                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                                 "--disable-usage-stats", f"--system-config={system}"],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert head.returncode == 0, head.stderr
+    # --block: each node is one process group this test starts and stops itself (`ray stop`
+    # would stop every Ray on the machine, the test session's own included).
+    head = subprocess.Popen(RAY + ["start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+                                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--block",
+                                   "--disable-usage-stats", f"--system-config={system}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = {"env": env, "gcs": f"127.0.0.1:{gcs_port}", "address": f"http://127.0.0.1:{dashboard_port}",
              "storage": env["MEDRAY_STORAGE"], "worker": None}
 
@@ -65,9 +66,13 @@ def cluster(tmp_path_factory):
         medray(state, "data", "import", "sklearn", "breast_cancer", "--name", "wdbc")
         yield state
     finally:
-        if state["worker"] and state["worker"].poll() is None:
-            os.killpg(state["worker"].pid, signal.SIGKILL)
-        subprocess.run(RAY + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in (state["worker"], head):
+            if node is not None and node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                try:
+                    node.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
 
 
 def medray(cluster, *args, check=True):
