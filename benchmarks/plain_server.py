@@ -5,7 +5,7 @@ is what Serve's batching and replicas buy.
     python benchmarks/plain_server.py --storage URI --model NAME --port PORT
 """
 
-from __future__ import annotations
+# (No `from __future__ import annotations`: FastAPI resolves the routes' annotations at runtime.)
 
 import argparse
 import sys

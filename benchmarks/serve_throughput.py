@@ -205,10 +205,13 @@ def main() -> None:
 
     at32 = {name: next(r for r in results[name] if r["concurrency"] == 32)["requests_per_s"]
             for name in ("serve_batched", "serve_unbatched", "plain_fastapi")}
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 3) if b else None  # None: the baseline answered nothing (see its "failed")
+
     results["ratios_at_32"] = {
-        "batched_vs_ceiling": round(at32["serve_batched"] / results["ceiling"]["instances_per_s"], 3),
-        "batched_vs_plain_fastapi": round(at32["serve_batched"] / at32["plain_fastapi"], 3),
-        "batched_vs_unbatched": round(at32["serve_batched"] / at32["serve_unbatched"], 3),
+        "batched_vs_ceiling": ratio(at32["serve_batched"], results["ceiling"]["instances_per_s"]),
+        "batched_vs_plain_fastapi": ratio(at32["serve_batched"], at32["plain_fastapi"]),
+        "batched_vs_unbatched": ratio(at32["serve_batched"], at32["serve_unbatched"]),
         "targets": {"batched_vs_ceiling": ">= 0.6", "batched_vs_plain_fastapi": ">= 2"},
     }
     results["median_p50_ms"] = {name: statistics.median(r["p50_ms"] for r in results[name])
