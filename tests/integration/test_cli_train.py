@@ -21,9 +21,11 @@ def test_train_then_evaluate_json(tmp_path):
             assert key in summary["metrics"][split]
     assert "epoch   2/2" in result.stderr  # per-epoch progress on stderr, JSON alone on stdout
 
-    evaluated = json.loads(medray("evaluate", "cli-run", "--split", "test", "--json", env=env).stdout)
+    # The same evaluation settings (eval.*) as the run: the config's.
+    same = ["--config", "train/configs/wdbc_attention.yaml"]
+    evaluated = json.loads(medray("evaluate", "cli-run", "--split", "test", *same, "--json", env=env).stdout)
     assert evaluated["metrics"]["auroc"] == pytest.approx(summary["metrics"]["test"]["auroc"])
-    by_uri = json.loads(medray("evaluate", summary["checkpoint"], "--split", "val", "--json", env=env).stdout)
+    by_uri = json.loads(medray("evaluate", summary["checkpoint"], "--split", "val", *same, "--json", env=env).stdout)
     assert by_uri["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["val"]["accuracy"])
 
 
