@@ -59,7 +59,6 @@ def cluster(tmp_path_factory):
             start_new_session=True)
         _wait_for_nodes(state, 2)
 
-    state["start_worker"] = start_worker
     try:
         _wait_for_jobs_api(state["address"])
         start_worker()
@@ -119,20 +118,8 @@ TRAIN = ["train/configs/wdbc_attention.yaml", "scaling.num_workers=2", "scaling.
          "scaling.max_failures=3", "train.patience=0", "eval.bootstrap=50", "train.cache_data=true"]
 
 
-def test_submitted_training_spreads_over_two_nodes(cluster):
-    submitted = medray(cluster, "submit", "train", *TRAIN, "optim.epochs=3", "train.name=spread",
-                       "--address", cluster["address"], "--json")
-    result = json.loads(submitted.stdout)
-    assert result["status"] == "SUCCEEDED"
-    history = _history(cluster, "spread")
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert {h["worker_nodes"] for h in history} == {2}  # one worker on each node
-    summary = Path(cluster["storage"].removeprefix("file://")) / "runs" / "spread" / "medray_result.json"
-    assert json.loads(summary.read_text())["metrics"]["test"]["auroc"] > 0.9
-
-
-def test_training_survives_a_lost_node_and_resumes_from_its_checkpoint(cluster):
-    epochs = 40
+def test_training_spreads_over_two_nodes_and_survives_losing_one(cluster):
+    epochs = 30
     submitted = medray(cluster, "submit", "train", *TRAIN, f"optim.epochs={epochs}", "train.name=lost-node",
                        "--address", cluster["address"], "--no-wait", "--json")
     job = json.loads(submitted.stdout)["job_id"]
@@ -153,19 +140,19 @@ def test_training_survives_a_lost_node_and_resumes_from_its_checkpoint(cluster):
     assert status["status"] == "SUCCEEDED", logs[-3000:]
     history = _history(cluster, "lost-node")
     assert [h["epoch"] for h in history] == list(range(epochs))  # no epoch redone from the start
-    assert history[0]["worker_nodes"] == 2 and history[-1]["worker_nodes"] == 1  # restarted on the head alone
+    assert history[0]["worker_nodes"] == 2  # SPREAD: one worker on each node
+    assert history[-1]["worker_nodes"] == 1  # restarted on the head alone after the loss
     assert "(resumed)" in logs
-    assert (runs / "medray_result.json").is_file()
+    assert json.loads((runs / "medray_result.json").read_text())["metrics"]["test"]["auroc"] > 0.9
 
 
 def test_jobs_list_status_logs_and_stop(cluster):
     address = cluster["address"]
-    cluster["start_worker"]()  # the previous test killed it
     submitted = medray(cluster, "submit", "train", *TRAIN, "optim.epochs=500", "train.name=to-stop",
                        "--address", address, "--no-wait", "--json")
     job = json.loads(submitted.stdout)["job_id"]
     listed = json.loads(medray(cluster, "jobs", "list", "--address", address, "--json").stdout)
-    assert job in [row["job_id"] for row in listed] and len(listed) >= 3
+    assert job in [row["job_id"] for row in listed] and len(listed) >= 2
     stopped = json.loads(medray(cluster, "jobs", "stop", job, "--address", address, "--json").stdout)
     assert stopped["status"] == "STOPPED"
     assert json.loads(medray(cluster, "jobs", "status", job, "--address", address, "--json").stdout)["status"] == \
