@@ -103,6 +103,8 @@ class TrainConfig(Section):
     """Chooses the best checkpoints and drives early stopping."""
     keep_checkpoints: int = Field(2, ge=1, le=100)
     augment: bool = False
+    """Training-time augmentation: images get random shifts and flips, signals random
+    gain, small time shifts and noise; tables none."""
     """Images: random shifts and flips while training."""
     cache_data: bool = True
     """Keep each worker's shard in memory after the first epoch (small datasets);

@@ -250,6 +250,32 @@ def test_bigru_pools_both_directions_of_every_step():
         torch.testing.assert_close(model(x), expected)
 
 
+def test_bigru_conv_front_end_pools_time_before_the_gru():
+    spec = InputSpec("signal", (12, 2))
+    overrides = {"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2}
+    model = _randomize(_model("rnn", "bigru", spec, overrides=overrides))
+    sd, x = model.state_dict(), _batch(spec, 3).double()
+    h = F.conv1d(x.transpose(1, 2), sd["encoder.conv.0.weight"], sd["encoder.conv.0.bias"], padding=1)
+    h = F.batch_norm(h, sd["encoder.conv.1.running_mean"], sd["encoder.conv.1.running_var"],
+                     sd["encoder.conv.1.weight"], sd["encoder.conv.1.bias"])
+    h = F.max_pool1d(F.relu(h), 2).transpose(1, 2)  # (3, 6, 5): half the steps
+    seen = {}
+    model.encoder.gru.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    with torch.no_grad():
+        model(x)
+    torch.testing.assert_close(seen["x"], h)
+    # conv 2*5*3+5, BatchNorm 2*5; the first GRU layer reads 5 channels instead of 2.
+    plain = _model("rnn", "bigru", spec)
+    assert _param_count(model) - _param_count(plain) == 35 + 10 + 2 * 3 * 64 * (5 - 2)
+
+
+def test_bigru_projects_the_conv_channels_when_both_are_on():
+    spec = InputSpec("signal", (12, 2))
+    model = _model("rnn", "bigru", spec, overrides={"conv_channels": 5, "input_proj_size": 4})
+    assert model.encoder.project[0].in_features == 5
+    assert model(_batch(spec, 3)).shape == (3, 2)
+
+
 def _self_attention(h, sd, prefix, n_heads):
     """Multi-head self-attention over tokens (dim 1); returns output and head-mean weights."""
     B, T, D = h.shape
@@ -445,6 +471,12 @@ def _bad(id, call, *needles):
              "dropout", "1.5"),
         _bad("zero width", lambda: build_model("rnn", "seed", SIGNAL_1, 2, {"hidden_size": 0}),
              "hidden_size", "0"),
+        _bad("even conv kernel",
+             lambda: build_model("rnn", "bigru", SIGNAL_1, 2, {"conv_channels": 8, "conv_kernel": 4}),
+             "conv_kernel", "odd", "4"),
+        _bad("conv on the seed preset",
+             lambda: build_model("rnn", "seed", SIGNAL_1, 2, {"conv_channels": 8}),
+             "'conv_channels'", "allowed"),
         _bad("heads do not divide width",
              lambda: build_model("attention", "ft_transformer", TABLE_13, 2, {"n_heads": 5}),
              "n_heads=5", "64"),

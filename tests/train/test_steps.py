@@ -3,7 +3,13 @@ import math
 import numpy as np
 import torch
 
-from train.steps import augment_images, class_weights, epoch_metrics, warmup_cosine
+from train.steps import (
+    augment_images,
+    augment_signals,
+    class_weights,
+    epoch_metrics,
+    warmup_cosine,
+)
 
 
 def test_warmup_then_cosine():
@@ -24,6 +30,39 @@ def test_augmentation_keeps_shape_and_content():
     assert out.shape == images.shape
     # Shifts by at most one pixel: the centre 4x4 of each image is preserved up to a flip/shift.
     assert set(out[0, 0, 2:4, 2:4].flatten().tolist()) <= set(images[0].flatten().tolist())
+
+
+def test_signal_augmentation_keeps_shape_and_repeats_under_a_seed():
+    signals = torch.randn(4, 20, 2, generator=torch.Generator().manual_seed(1))
+
+    def augmented(seed):
+        return augment_signals(signals, torch.Generator().manual_seed(seed))
+
+    out = augmented(0)
+    assert out.shape == signals.shape and out.dtype == signals.dtype
+    assert torch.equal(out, augmented(0))
+    assert not torch.equal(out, augmented(1))
+    assert not torch.equal(out, signals)
+
+
+def test_signal_shift_moves_each_series_within_max_shift_and_repeats_its_edges():
+    ramp = torch.arange(10, dtype=torch.float32)[None, :, None].repeat(3, 1, 2)
+    out = augment_signals(ramp, torch.Generator().manual_seed(0), max_scale=0.0, max_shift=2,
+                          noise_std=0.0)
+    for series in out:
+        shift = int(series[5, 0] - 5)
+        assert abs(shift) <= 2
+        torch.testing.assert_close(series[:, 1], series[:, 0])  # leads move together
+        torch.testing.assert_close(series[:, 0], (torch.arange(10) + shift).clamp(0, 9).float())
+
+
+def test_signal_gain_is_one_factor_per_series_within_max_scale():
+    ones = torch.ones(50, 8, 1)
+    out = augment_signals(ones, torch.Generator().manual_seed(0), max_scale=0.1, max_shift=0,
+                          noise_std=0.0)
+    gains = out[:, 0, 0]
+    assert torch.equal(out, gains[:, None, None].expand_as(out))
+    assert gains.min() >= 0.9 and gains.max() <= 1.1 and gains.std() > 0
 
 
 def test_epoch_metrics_match_hand_computation():

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from train.models import apply_preset, check_fractions, check_num_classes, check_positive_ints
+from train.models import (
+    ModelConfigError,
+    apply_preset,
+    check_fractions,
+    check_num_classes,
+    check_positive_ints,
+)
 
 MODALITY = "signal"
 SHAPE_FIELDS = ("seq_len", "in_channels")
@@ -22,10 +28,15 @@ PRESETS: dict[str, dict[str, object]] = {
     "seed": {"hidden_size": 128, "num_layers": 1, "dense_units": 64, "dropout": 0.0},
     # Bidirectional GRU whose outputs are mean- and max-pooled over time, so the whole
     # series (not just its end) reaches the classifier.
+    # conv_channels > 0 adds a convolutional front-end (off by default, so checkpoints
+    # stored before it existed rebuild unchanged).
     "bigru": {
         "hidden_size": 64,
         "num_layers": 2,
         "input_proj_size": 0,
+        "conv_channels": 0,
+        "conv_kernel": 7,
+        "conv_pool": 1,
         "dense_units": 64,
         "dropout": 0.2,
     },
@@ -49,6 +60,14 @@ class RNNConfig:
     input_proj_size: int | None = None
     """bigru: width of a Linear+ReLU applied to each time step before the GRU; 0 feeds
     the raw channels."""
+    conv_channels: int | None = None
+    """bigru: width of a Conv1d+BatchNorm+ReLU over time, applied before the GRU (and
+    before input_proj_size); 0 switches it off."""
+    conv_kernel: int | None = None
+    """bigru: the convolution's length in time steps (odd, so the series keeps its length)."""
+    conv_pool: int | None = None
+    """bigru: max-pool the convolution's output over this many steps, so the GRU runs
+    over a series that many times shorter; 1 keeps every step."""
     dense_units: int | None = None
     """Width of the dense layer between the recurrent encoder and the classifier."""
     dropout: float | None = None
@@ -59,10 +78,14 @@ class RNNConfig:
         check_positive_ints(
             self, "seq_len", "in_channels", "hidden_size", "num_layers", "dense_units"
         )
-        if self.input_proj_size == 0:  # allowed: it switches the projection off
-            self.input_proj_size = 0  # a plain int, whatever zero came in
-        else:
-            check_positive_ints(self, "input_proj_size")
+        for name in ("input_proj_size", "conv_channels"):
+            if getattr(self, name) == 0:  # allowed: it switches the layer off
+                setattr(self, name, 0)  # a plain int, whatever zero came in
+            else:
+                check_positive_ints(self, name)
+        check_positive_ints(self, "conv_kernel", "conv_pool")
+        if self.conv_kernel is not None and self.conv_kernel % 2 == 0:
+            raise ModelConfigError(f"RNNConfig.conv_kernel must be odd, got {self.conv_kernel}")
         check_num_classes(self)
         check_fractions(self, "dropout")
 
@@ -111,11 +134,24 @@ class _LastStepLSTM(nn.Module):
 class _PooledBiGRU(nn.Module):
     def __init__(self, config: RNNConfig) -> None:
         super().__init__()
-        self.project: nn.Module = nn.Identity()
+        self.conv: nn.Module = nn.Identity()
         gru_input = config.in_channels
+        if config.conv_channels:
+            # Local shape (slopes, peak widths) in one layer, so the GRU reads features
+            # rather than single amplitudes; on ECG200 this ends a long flat start of
+            # training. Pooling shortens what the GRU, the slow part on CPU, runs over.
+            self.conv = nn.Sequential(
+                nn.Conv1d(gru_input, config.conv_channels, config.conv_kernel,
+                          padding=config.conv_kernel // 2),
+                nn.BatchNorm1d(config.conv_channels),
+                nn.ReLU(),
+                nn.MaxPool1d(config.conv_pool) if config.conv_pool > 1 else nn.Identity(),
+            )
+            gru_input = config.conv_channels
+        self.project: nn.Module = nn.Identity()
         if config.input_proj_size:
             self.project = nn.Sequential(
-                nn.Linear(config.in_channels, config.input_proj_size), nn.ReLU()
+                nn.Linear(gru_input, config.input_proj_size), nn.ReLU()
             )
             gru_input = config.input_proj_size
         self.gru = nn.GRU(
@@ -130,6 +166,7 @@ class _PooledBiGRU(nn.Module):
         self.out_features = 4 * config.hidden_size  # (mean, max) x (forward, backward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # Conv1d wants (B, C, L)
         outputs, _ = self.gru(self.project(x))  # (B, L, 2H)
         pooled = torch.cat([outputs.mean(dim=1), outputs.amax(dim=1)], dim=-1)
         return self.dropout(pooled)
