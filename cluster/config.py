@@ -105,7 +105,6 @@ class TrainConfig(Section):
     augment: bool = False
     """Training-time augmentation: images get random shifts and flips, signals random
     gain, small time shifts and noise; tables none."""
-    """Images: random shifts and flips while training."""
     cache_data: bool = True
     """Keep each worker's shard in memory after the first epoch (small datasets);
     false streams it from storage every epoch."""
