@@ -318,14 +318,14 @@ def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'dataset':<22}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<24}published"]
+    lines = [f"{'dataset':<22}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
     for r in results:
         ci = r["test_auroc_ci"] or [None, None]
         auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
             f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
         accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
         name = r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "")
-        lines.append(f"{name:<22}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<24}{r['published']}")
+        lines.append(f"{name:<22}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{r['published']}")
     return "\n".join(lines)
 
 
