@@ -9,7 +9,6 @@ alone, progress and logs to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -572,8 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     _RESULT_STREAM = sys.stdout
     try:
         if args.json:
-            with contextlib.redirect_stdout(sys.stderr):
-                args.handler(args)
+            # For good, not just during the handler: Ray's log thread may still print (e.g.
+            # raylet warnings) while the process shuts down, after the JSON is out.
+            sys.stdout = sys.stderr
+            args.handler(args)
         else:
             args.handler(args)
     except MedrayError as error:
