@@ -298,7 +298,7 @@ def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quic
     best_config = apply_params(saved["base"], best["config"])
     promotion = promote_checkpoint(storage, storage.key_of(best["checkpoint"]), best_config,
                                    source={"search": summary["search"], "trial": best["trial"]})
-    metrics = {**promotion["metrics"]} if "metrics" in promotion else {}
+    metrics = promotion.get("metrics", {})
     run = storage.uri(f"runs/{summary['search']}")
     return {"summary": summary, "result": _result(model, manifest, metrics, run, promotion, tuned=True)}
 
@@ -334,6 +334,7 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
 
     from cluster.config import load_config
     from serve.app import deploy
+    from train.data.dataset import read_manifest
     from train.data.loading import read_split_arrays
 
     served_names = sorted({r["dataset"] for r in results if r["version"]})
@@ -343,7 +344,7 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     samples = []
     with httpx.Client(base_url=deployed["url"], timeout=60) as client:
         for name in served_names:
-            manifest = _latest_manifest(storage, name)
+            manifest = read_manifest(storage, name)
             features, labels = read_split_arrays(storage, manifest, "test")
             instance = _instance(manifest, features)
             response = client.post(f"/v1/models/{name}/predict", json={"instances": [instance]})
@@ -361,12 +362,6 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
                         "line": f"  bad request to {served_names[0]} (a 2x2 array): HTTP {bad.status_code} "
                                 f"{bad.json().get('detail')}"})
     return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
-
-
-def _latest_manifest(storage: Storage, name: str) -> dict:
-    from train.data.dataset import read_manifest
-
-    return read_manifest(storage, name)
 
 
 def _instance(manifest: dict, features) -> Any:

@@ -113,14 +113,19 @@ def status() -> dict[str, Any]:
         return {"status": "NOT_RUNNING", "deployments": {}}
     deployments = {}
     for name, state in app.deployments.items():
-        deployments[name] = {"status": str(state.status.value if hasattr(state.status, "value") else state.status),
-                             "replicas": {str(k.value if hasattr(k, "value") else k): v
+        deployments[name] = {"status": _name(state.status),
+                             "replicas": {_name(k): v
                                           for k, v in state.replica_states.items()}}
     for name in deployments:
         if name.startswith("model-"):
             deployments[name]["version"] = _served_version(name)
-    return {"status": str(app.status.value if hasattr(app.status, "value") else app.status),
+    return {"status": _name(app.status),
             "deployments": deployments}
+
+
+def _name(state: Any) -> str:
+    """A Serve status enum (or plain string) as its name."""
+    return str(getattr(state, "value", state))
 
 
 def _served_version(deployment: str) -> int | None:
