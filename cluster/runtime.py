@@ -13,13 +13,13 @@ log = logging.getLogger(__name__)
 # Settings (never secrets) a remote cluster's workers need to reach the same storage.
 FORWARDED_ENV = ("MEDRAY_STORAGE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
+# Set by Ray in the driver of a job submitted through the Jobs API.
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 # Ray Train's controller collects each worker's report only every 2 s by default, and
 # `ray.train.report` blocks until it has: epochs shorter than 2 s all take 2 s (measured
 # with benchmarks/train_overhead.py: 5.3x a plain loop on BreastMNIST's seed CNN, 1.04x
 # at 0.25 s). Read by the controller actor, so it must be in Ray's environment.
-# Set by Ray in the driver of a job submitted through the Jobs API.
-IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-
 RAY_TUNING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 

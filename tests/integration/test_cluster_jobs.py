@@ -65,13 +65,15 @@ def cluster(tmp_path_factory):
         medray(state, "data", "import", "sklearn", "breast_cancer", "--name", "wdbc")
         yield state
     finally:
-        for node in (state["worker"], head):
-            if node is not None and node.poll() is None:
-                os.killpg(node.pid, signal.SIGTERM)
-                try:
-                    node.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(node.pid, signal.SIGKILL)
+        # Both nodes shut down together (each takes seconds to stop its processes).
+        running = [node for node in (state["worker"], head) if node is not None and node.poll() is None]
+        for node in running:
+            os.killpg(node.pid, signal.SIGTERM)
+        for node in running:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
 
 
 def medray(cluster, *args, check=True):

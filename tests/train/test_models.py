@@ -269,6 +269,26 @@ def test_bigru_conv_front_end_pools_time_before_the_gru():
     assert _param_count(model) - _param_count(plain) == 35 + 10 + 2 * 3 * 64 * (5 - 2)
 
 
+def test_bigru_stacks_conv_layers_before_one_pool():
+    spec = InputSpec("signal", (12, 2))
+    one = _model("rnn", "bigru", spec, overrides={"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2})
+    two = _randomize(_model("rnn", "bigru", spec, overrides={"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2,
+                                                             "conv_layers": 2}))
+    # The second layer reads 5 channels: conv 5*5*3+5, BatchNorm 2*5.
+    assert _param_count(two) - _param_count(one) == 80 + 10
+    sd, x = two.state_dict(), _batch(spec, 3).double()
+    h = x.transpose(1, 2)
+    for conv, norm in ((0, 1), (3, 4)):
+        h = F.conv1d(h, sd[f"encoder.conv.{conv}.weight"], sd[f"encoder.conv.{conv}.bias"], padding=1)
+        h = F.relu(F.batch_norm(h, sd[f"encoder.conv.{norm}.running_mean"], sd[f"encoder.conv.{norm}.running_var"],
+                                sd[f"encoder.conv.{norm}.weight"], sd[f"encoder.conv.{norm}.bias"]))
+    seen = {}
+    two.encoder.gru.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    with torch.no_grad():
+        two(x)
+    torch.testing.assert_close(seen["x"], F.max_pool1d(h, 2).transpose(1, 2))
+
+
 def test_bigru_projects_the_conv_channels_when_both_are_on():
     spec = InputSpec("signal", (12, 2))
     model = _model("rnn", "bigru", spec, overrides={"conv_channels": 5, "input_proj_size": 4})

@@ -36,6 +36,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "input_proj_size": 0,
         "conv_channels": 0,
         "conv_kernel": 7,
+        "conv_layers": 1,
         "conv_pool": 1,
         "dense_units": 64,
         "dropout": 0.2,
@@ -65,6 +66,8 @@ class RNNConfig:
     before input_proj_size); 0 switches it off."""
     conv_kernel: int | None = None
     """bigru: the convolution's length in time steps (odd, so the series keeps its length)."""
+    conv_layers: int | None = None
+    """bigru: how many such convolutions are stacked (each conv_channels wide)."""
     conv_pool: int | None = None
     """bigru: max-pool the convolution's output over this many steps, so the GRU runs
     over a series that many times shorter; 1 keeps every step."""
@@ -83,7 +86,7 @@ class RNNConfig:
                 setattr(self, name, 0)  # a plain int, whatever zero came in
             else:
                 check_positive_ints(self, name)
-        check_positive_ints(self, "conv_kernel", "conv_pool")
+        check_positive_ints(self, "conv_kernel", "conv_layers", "conv_pool")
         if self.conv_kernel is not None and self.conv_kernel % 2 == 0:
             raise ModelConfigError(f"RNNConfig.conv_kernel must be odd, got {self.conv_kernel}")
         check_num_classes(self)
@@ -140,13 +143,17 @@ class _PooledBiGRU(nn.Module):
             # Local shape (slopes, peak widths) in one layer, so the GRU reads features
             # rather than single amplitudes; on ECG200 this ends a long flat start of
             # training. Pooling shortens what the GRU, the slow part on CPU, runs over.
-            self.conv = nn.Sequential(
-                nn.Conv1d(gru_input, config.conv_channels, config.conv_kernel,
-                          padding=config.conv_kernel // 2),
-                nn.BatchNorm1d(config.conv_channels),
-                nn.ReLU(),
-                nn.MaxPool1d(config.conv_pool) if config.conv_pool > 1 else nn.Identity(),
-            )
+            layers: list[nn.Module] = []
+            for index in range(config.conv_layers):
+                layers += [
+                    nn.Conv1d(gru_input if index == 0 else config.conv_channels, config.conv_channels,
+                              config.conv_kernel, padding=config.conv_kernel // 2),
+                    nn.BatchNorm1d(config.conv_channels),
+                    nn.ReLU(),
+                ]
+            if config.conv_pool > 1:
+                layers.append(nn.MaxPool1d(config.conv_pool))
+            self.conv = nn.Sequential(*layers)
             gru_input = config.conv_channels
         self.project: nn.Module = nn.Identity()
         if config.input_proj_size:
