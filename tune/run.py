@@ -113,6 +113,29 @@ class IncumbentASHA(ASHAScheduler):
         return decision
 
 
+def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool, metric: str, mode: str):
+    """The search algorithm: seeded, evaluating `start` (the base config's own point) first,
+    holding at most `_concurrency(config)` trials at a time.
+
+    The limit is set here rather than through `TuneConfig.max_concurrent_trials`, which
+    Tune applies only to a `Searcher`: for random search (a `BasicVariantGenerator`) it
+    logs a warning and starts every trial at once, all waiting on the same CPUs."""
+    concurrency = _concurrency(config)
+    if config.tune.searcher == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        if grid:
+            raise ConfigError("a grid in tune.space needs tune.searcher=random (Optuna proposes its own values)")
+        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=config.train.seed,
+                                               points_to_evaluate=[start] if start else None),
+                                  max_concurrent=concurrency)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=config.train.seed,  # seeded random sampling
+                                 points_to_evaluate=[start] if start else None, max_concurrent=concurrency)
+
+
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
            space: dict[str, dict[str, Any]], restore: bool):
     from ray import tune
@@ -126,21 +149,9 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
     if restore:
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=filesystem)
-    if config.tune.searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        if any("grid" in spec for spec in space.values()):
-            raise ConfigError("a grid in tune.space needs tune.searcher=random (Optuna proposes its own values)")
-        start = base_point(space, base)
-        searcher = OptunaSearch(metric=metric, mode=mode, seed=config.train.seed,
-                                points_to_evaluate=[start] if start else None)
-    else:
-        from ray.tune.search import BasicVariantGenerator
-
-        grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
-        start = None if grid else base_point(space, base)
-        searcher = BasicVariantGenerator(random_state=config.train.seed,  # seeded random sampling
-                                         points_to_evaluate=[start] if start else None)
+    grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
+    start = None if grid else base_point(space, base)
+    searcher = _searcher(config, start, grid, metric, mode)
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),
@@ -149,7 +160,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
             scheduler=IncumbentASHA(start, time_attr="training_iteration", max_t=config.optim.epochs,
                                       grace_period=min(config.tune.grace_period, config.optim.epochs),
                                       reduction_factor=config.tune.reduction_factor),
-            max_concurrent_trials=_concurrency(config), time_budget_s=config.tune.time_budget_s,
+            time_budget_s=config.tune.time_budget_s,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(name=search, storage_path=storage.arrow_path("runs"),

@@ -61,3 +61,26 @@ def test_base_point_takes_the_configs_own_values_that_the_space_can_draw():
                      "model.options.dropout": FAMILIES["cnn"].presets["resnet"]["dropout"]}
     assert base_point({"optim.lr": {"uniform": [0.01, 0.1]}}, base) is None  # 0.001 cannot be drawn
     assert base_point({"optim.batch_size": {"choice": [8, 16]}}, base) is None
+
+
+@pytest.mark.parametrize("searcher", ["random", "optuna"])
+def test_the_searcher_holds_no_more_trials_than_the_concurrency_limit(searcher):
+    from ray import tune
+
+    from tune.run import _searcher
+
+    config = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml",
+                         [f"tune.searcher={searcher}", "tune.max_concurrent_trials=2"])
+    search = _searcher(config, None, False, "val_auroc", "max")
+    space = {"optim.lr": tune.loguniform(1e-4, 1e-2)}
+    if searcher == "random":  # a SearchGenerator: it hands out whole trials
+        search.add_configurations({"search": {"run": lambda _: None, "config": space, "num_samples": 4}})
+        first, second, third = (search.next_trial() for _ in range(3))
+        assert first and second and third is None
+        search.on_trial_complete(first.trial_id)
+        assert search.next_trial() is not None
+    else:  # a Searcher: it suggests configs for trial ids
+        assert search.set_search_properties("val_auroc", "max", space)
+        assert search.suggest("a") and search.suggest("b") and search.suggest("c") is None
+        search.on_trial_complete("a", {"val_auroc": 0.5, "training_iteration": 1})
+        assert search.suggest("c") is not None
