@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,9 @@ def main() -> None:
 
     common = [f"tune.num_samples={args.samples}", f"optim.epochs={args.epochs}", "train.patience=0",
               "scaling.num_workers=1", "eval.bootstrap=0"]
+    # Tune prints its trial tables to stdout, and Ray's log thread may print until exit:
+    # everything goes to stderr for good, and the JSON alone to the real stdout.
+    results_stream, sys.stdout = sys.stdout, sys.stderr
     with tempfile.TemporaryDirectory() as scratch:
         storage = Storage(scratch)
         import_dataset(storage, ImportRequest(kind="medmnist", source=args.source, name="breastmnist"))
@@ -75,7 +79,7 @@ def main() -> None:
         "overhead_asha": asha["overhead"],
         "overhead_full": full["overhead"],
         "targets": {"auroc_gap_at_most": 0.01, "trial_epochs_ratio_at_most": 0.4, "overhead_at_most": 1.2},
-    }, indent=2))
+    }, indent=2), file=results_stream, flush=True)
 
 
 if __name__ == "__main__":
