@@ -5,6 +5,7 @@ listed, inspected and stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -65,15 +66,22 @@ def cluster(tmp_path_factory):
         medray(state, "data", "import", "sklearn", "breast_cancer", "--name", "wdbc")
         yield state
     finally:
-        # Both nodes shut down together (each takes seconds to stop its processes).
-        running = [node for node in (state["worker"], head) if node is not None and node.poll() is None]
-        for node in running:
-            os.killpg(node.pid, signal.SIGTERM)
-        for node in running:
+        # SIGTERM to `ray start` alone: it stops its node's processes (a second each, then
+        # SIGKILL). A head that has run jobs still spends ~30 s in its exit handlers after
+        # that, so it gets 10 s before the whole group is killed.
+        nodes = [node for node in (state["worker"], head) if node is not None]
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()
+        deadline = time.monotonic() + 10
+        for node in nodes:
             try:
-                node.wait(timeout=60)
+                node.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)  # whatever the node left behind
+            node.wait(timeout=30)
 
 
 def medray(cluster, *args, check=True):
