@@ -113,7 +113,7 @@ class IncumbentASHA(ASHAScheduler):
         return decision
 
 
-def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool, metric: str, mode: str):
+def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
     """The search algorithm: seeded, evaluating `start` (the base config's own point) first,
     holding at most `_concurrency(config)` trials at a time.
 
@@ -127,7 +127,8 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool, me
 
         if grid:
             raise ConfigError("a grid in tune.space needs tune.searcher=random (Optuna proposes its own values)")
-        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=config.train.seed,
+        return ConcurrencyLimiter(OptunaSearch(metric=config.train.metric, mode=config.train.metric_mode,
+                                               seed=config.train.seed,
                                                points_to_evaluate=[start] if start else None),
                                   max_concurrent=concurrency)
     from ray.tune.search import BasicVariantGenerator
@@ -151,7 +152,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
                                   resume_errored=True, storage_filesystem=filesystem)
     grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
     start = None if grid else base_point(space, base)
-    searcher = _searcher(config, start, grid, metric, mode)
+    searcher = _searcher(config, start, grid)
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),

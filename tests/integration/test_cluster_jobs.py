@@ -71,8 +71,7 @@ def cluster(tmp_path_factory):
         # that, so it gets 10 s before the whole group is killed.
         nodes = [node for node in (state["worker"], head) if node is not None]
         for node in nodes:
-            if node.poll() is None:
-                node.terminate()
+            node.terminate()  # a no-op for a node that has already exited
         deadline = time.monotonic() + 10
         for node in nodes:
             try:

@@ -271,9 +271,9 @@ def test_bigru_conv_front_end_pools_time_before_the_gru():
 
 def test_bigru_stacks_conv_layers_before_one_pool():
     spec = InputSpec("signal", (12, 2))
-    one = _model("rnn", "bigru", spec, overrides={"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2})
-    two = _randomize(_model("rnn", "bigru", spec, overrides={"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2,
-                                                             "conv_layers": 2}))
+    conv = {"conv_channels": 5, "conv_kernel": 3, "conv_pool": 2}
+    one = _model("rnn", "bigru", spec, overrides=conv)
+    two = _randomize(_model("rnn", "bigru", spec, overrides={**conv, "conv_layers": 2}))
     # The second layer reads 5 channels: conv 5*5*3+5, BatchNorm 2*5.
     assert _param_count(two) - _param_count(one) == 80 + 10
     sd, x = two.state_dict(), _batch(spec, 3).double()

@@ -71,7 +71,7 @@ def test_the_searcher_holds_no_more_trials_than_the_concurrency_limit(searcher):
 
     config = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml",
                          [f"tune.searcher={searcher}", "tune.max_concurrent_trials=2"])
-    search = _searcher(config, None, False, "val_auroc", "max")
+    search = _searcher(config, None, False)
     space = {"optim.lr": tune.loguniform(1e-4, 1e-2)}
     if searcher == "random":  # a SearchGenerator: it hands out whole trials
         search.add_configurations({"search": {"run": lambda _: None, "config": space, "num_samples": 4}})
