@@ -19,13 +19,16 @@ from cluster.errors import MedrayError
 
 log = logging.getLogger("medray")
 
+RAY_COMMANDS = ("train", "evaluate", "tune", "serve", "submit", "demo")
+
 
 def _csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-# With --json, stdout carries the JSON object alone; anything else printed meanwhile (Ray
-# Tune's status tables, forwarded worker output) is sent to stderr.
+# The command's result (text, or with --json the JSON object alone) goes to the real
+# stdout; anything else printed meanwhile (Tune's status tables, forwarded worker output)
+# goes to the log file, or with -v to stderr (see cluster/console.py).
 _RESULT_STREAM = sys.stdout
 
 
@@ -33,9 +36,9 @@ def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> N
     if args.json:
         json.dump(payload, _RESULT_STREAM, indent=2, default=str)
         _RESULT_STREAM.write("\n")
-        _RESULT_STREAM.flush()
     else:
-        print(human())
+        print(human(), file=_RESULT_STREAM)
+    _RESULT_STREAM.flush()
 
 
 def _storage(args: argparse.Namespace):
@@ -562,30 +565,32 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides or []) + extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="medray: %(message)s"
-    )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "ray"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from cluster import console
+
+    # Commands that run Ray keep the terminal for medray's own lines; the rest print little.
+    out = console.setup(args.command, verbose=args.verbose or args.command not in RAY_COMMANDS)
     global _RESULT_STREAM
-    _RESULT_STREAM = sys.stdout
+    _RESULT_STREAM = out.terminal_out
+    if args.json and out.verbose:
+        # For good, not just during the handler: Ray's log thread may still print (e.g.
+        # raylet warnings) while the process shuts down, after the JSON is out.
+        sys.stdout = sys.stderr
     try:
-        if args.json:
-            # For good, not just during the handler: Ray's log thread may still print (e.g.
-            # raylet warnings) while the process shuts down, after the JSON is out.
-            sys.stdout = sys.stderr
-            args.handler(args)
-        else:
-            args.handler(args)
+        args.handler(args)
     except MedrayError as error:
-        print(f"medray: error: {error}", file=sys.stderr)
+        print(f"medray: error: {console.one_line(error, expected=True)}", file=out.terminal_err)
         return 2
     except BrokenPipeError:  # `medray … | head` closed the pipe; not an error
-        sys.stderr.close()
+        out.terminal_err.close()
         return 0
     except KeyboardInterrupt:
-        print("medray: interrupted", file=sys.stderr)
+        print("medray: interrupted", file=out.terminal_err)
         return 130
+    except Exception as error:  # a bug, or a failure inside Ray: one line here, the traceback in the log
+        if out.verbose:
+            raise
+        print(f"medray: failed: {console.one_line(error, expected=False)}", file=out.terminal_err)
+        return 1
     return 0
 
 

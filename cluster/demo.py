@@ -32,18 +32,17 @@ import numpy as np
 from cluster.errors import MedrayError
 from cluster.storage import Storage
 from train.data.importers import ImportRequest, import_dataset
+from train.data.medmnist import write_synthetic_medmnist
 from train.data.sources import sources_dir
+from train.data.tabular import KNOWN_TABLES, write_synthetic_cleveland
+from train.data.ucr import write_synthetic_ucr
 
 log = logging.getLogger(__name__)
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT / "train" / "configs"
-CLEVELAND_COLUMNS = [
-    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal",
-    "num",
-]
-CLEVELAND_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/processed.cleveland.data"
 PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png")
+SYNTHETIC_LICENSE = "synthetic stand-in made by medray's demo: not medical data"
 
 
 @dataclass(frozen=True)
@@ -74,16 +73,16 @@ def recognised_sources(folder: Path) -> list[ImportRequest]:
         dataset = train_file.name.removesuffix("_TRAIN.txt")
         if (folder / f"{dataset}_TEST.txt").is_file():
             requests.append(ImportRequest(kind="ucr", source=str(folder), dataset=dataset, name=dataset.lower()))
-    cleveland = folder / "processed.cleveland.data"
+    cleveland = folder / KNOWN_TABLES["cleveland"]["file"]
     if cleveland.is_file():
         requests.append(cleveland_request(str(cleveland), "cleveland"))
     return requests
 
 
 def cleveland_request(source: str, name: str) -> ImportRequest:
-    return ImportRequest(kind="csv", source=source, name=name, target="num", columns=CLEVELAND_COLUMNS,
-                         missing=["?"],
-                         license="CC BY 4.0 (UCI Heart Disease; Janosi, Steinbrunn, Pfisterer, Detrano 1988)")
+    known = KNOWN_TABLES["cleveland"]
+    return ImportRequest(kind="csv", source=source, name=name, target=known["target"], columns=known["columns"],
+                         missing=known["missing"], license=known["license"])
 
 
 def demo_requests(folder: Path, scratch: Path, allow_download: bool) -> tuple[list[ImportRequest], list[str]]:
@@ -94,7 +93,7 @@ def demo_requests(folder: Path, scratch: Path, allow_download: bool) -> tuple[li
     wanted = {
         "breastmnist": ImportRequest(kind="medmnist", source="breastmnist", name="breastmnist"),
         "ecg200": ImportRequest(kind="ucr", source="ECG200", dataset="ECG200", name="ecg200"),
-        "cleveland": cleveland_request(CLEVELAND_URL, "cleveland"),
+        "cleveland": cleveland_request(KNOWN_TABLES["cleveland"]["url"], "cleveland"),
     }
     requests, synthetic = [found["wdbc"]], []
     for name, download in wanted.items():
@@ -109,38 +108,21 @@ def demo_requests(folder: Path, scratch: Path, allow_download: bool) -> tuple[li
 
 
 def synthetic_request(name: str, scratch: Path) -> ImportRequest:
-    """A small, clearly labelled stand-in with the real dataset's shape and classes."""
-    rng = np.random.default_rng(0)
-    scratch.mkdir(parents=True, exist_ok=True)
+    """The stand-in for a real dataset, written by that dataset's importer module in the
+    real file's format, so it carries the real class names and shapes and the shipped
+    config runs on it unchanged; named `{name}_synthetic` everywhere it appears."""
     if name == "breastmnist":
-        def images(n):
-            labels = rng.integers(0, 2, n)
-            yy, xx = np.mgrid[:28, :28]
-            blobs = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / (2 * (4 + 4 * labels[:, None, None]) ** 2))
-            noise = rng.normal(0, 0.15, (n, 28, 28))
-            return (np.clip(blobs + noise, 0, 1) * 255).astype(np.uint8), labels
-        arrays = {}
-        for split, n in (("train", 300), ("val", 60), ("test", 100)):
-            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images(n)
-        path = scratch / "breastmnist_synthetic.npz"
-        np.savez(path, **arrays)
-        return ImportRequest(kind="medmnist", source=str(path), name="breastmnist_synthetic",
-                             license="synthetic (made by medray's demo)")
-    if name == "ecg200":
-        for split, n in (("TRAIN", 100), ("TEST", 100)):
-            labels = rng.choice([-1, 1], n)
-            t = np.linspace(0, 1, 96)
-            series = np.sin(2 * np.pi * (3 + (labels[:, None] > 0)) * t) + rng.normal(0, 0.3, (n, 96))
-            np.savetxt(scratch / f"ECG200SYNTHETIC_{split}.txt", np.column_stack([labels, series]), fmt="%.5f")
-        return ImportRequest(kind="ucr", source=str(scratch), dataset="ECG200SYNTHETIC", name="ecg200_synthetic",
-                             license="synthetic (made by medray's demo)")
-    rows = 300
-    labels = rng.integers(0, 5, rows)
-    features = rng.normal(0, 1, (rows, 13)) + 0.8 * (labels[:, None] > 0)
-    path = scratch / "cleveland_synthetic.csv"
-    np.savetxt(path, np.column_stack([features, labels]), delimiter=",", fmt="%.4f")
-    request = cleveland_request(str(path), "cleveland_synthetic")
-    request.license = "synthetic (made by medray's demo)"
+        path = write_synthetic_medmnist("breastmnist", scratch / "breastmnist_synthetic.npz")
+        request = ImportRequest(kind="medmnist", source=str(path), name="breastmnist_synthetic")
+    elif name == "ecg200":
+        folder = write_synthetic_ucr("ECG200", scratch / "ecg200_synthetic")
+        request = ImportRequest(kind="ucr", source=str(folder), dataset="ECG200", name="ecg200_synthetic")
+    elif name == "cleveland":
+        path = write_synthetic_cleveland(scratch / "cleveland_synthetic.csv")
+        request = cleveland_request(str(path), "cleveland_synthetic")
+    else:
+        raise MedrayError(f"the demo has no stand-in for '{name}'")
+    request.license = SYNTHETIC_LICENSE
     return request
 
 
@@ -204,7 +186,11 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
     """Run every stage; returns the results (and `text`, the table people read)."""
     import ray
 
+    from cluster import console
+
     stages = Stages(8)
+    # Three models are trained: every 10th epoch line of each, not all 200.
+    console.CONSOLE.epoch_every = 1 if quick else 10
     services: list[Any] = []
     root = storage_root or os.environ.get("MEDRAY_STORAGE")
     started_ray = False
@@ -250,7 +236,8 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
                     f"{search['summary']['stopped_by_asha']} stopped early by ASHA")
 
         served = _serve_and_ask(storage, results)
-        stages.next(f"served at {served['url']}: {len(served['samples'])} sample requests")
+        stages.next(f"served {', '.join(served['models']) or 'nothing'} at {served['url']}; each answered its "
+                    "test split")
 
         report = _write_report(storage, Path(report_dir), results, search["summary"], served, synthetic)
         table = results_table(results)
@@ -318,18 +305,23 @@ def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'dataset':<22}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
-    for r in results:
+    names = [r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "") for r in results]
+    width = max([len("dataset"), *map(len, names)]) + 2
+    lines = [f"{'dataset':<{width}}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
+    for name, r in zip(names, results):
         ci = r["test_auroc_ci"] or [None, None]
         auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
             f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
         accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
-        name = r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "")
-        lines.append(f"{name:<22}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{r['published']}")
+        published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
+        lines.append(f"{name:<{width}}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{published}")
     return "\n".join(lines)
 
 
 def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Serve the champions and send each its whole test split, as a client would; show a
+    few answers beside the truth: one right, one referred to a clinician (the conformal
+    set holds more than one class), one confidently wrong, where there are such."""
     import httpx
 
     from cluster.config import load_config
@@ -338,6 +330,9 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     from train.data.loading import read_split_arrays
 
     served_names = sorted({r["dataset"] for r in results if r["version"]})
+    if not served_names:
+        return {"url": None, "models": {}, "samples": [{"model": None, "status": None, "answer": None,
+                                                         "line": "  no model passed its gate: nothing to serve"}]}
     config = load_config(None, [f"serve.port={_free_port(8000)}", "serve.autoscaling.max_replicas=1",
                                 "serve.replica_cpus=0.25"])
     deployed = deploy(config, storage, served_names)
@@ -346,17 +341,21 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
         for name in served_names:
             manifest = read_manifest(storage, name)
             features, labels = read_split_arrays(storage, manifest, "test")
-            instance = _instance(manifest, features)
-            response = client.post(f"/v1/models/{name}/predict", json={"instances": [instance]})
-            answer = response.json()
-            truth = manifest["classes"][int(labels[0])]
-            if response.status_code == 200:
-                p = answer["predictions"][0]
-                line = (f"  {name}: label {p['label']} (true {truth}), set {p.get('prediction_set')}"
-                        f"{' -> refer to clinician' if p.get('refer_to_clinician') else ''}, version {p['version']}")
-            else:
-                line = f"  {name}: HTTP {response.status_code} {answer}"
-            samples.append({"model": name, "status": response.status_code, "answer": answer, "line": line})
+            truths = [manifest["classes"][int(label)] for label in labels]
+            predictions, status, answer = [], 200, None
+            for start in range(0, len(truths), 32):
+                batch = [_instance(manifest, features, i) for i in range(start, min(start + 32, len(truths)))]
+                response = client.post(f"/v1/models/{name}/predict", json={"instances": batch})
+                status, answer = response.status_code, response.json()
+                if status != 200:
+                    break
+                predictions += answer["predictions"]
+            if status != 200:
+                samples.append({"model": name, "status": status, "answer": answer,
+                                "line": f"  {name}: HTTP {status} {answer.get('detail')}"})
+                continue
+            samples.append({"model": name, "status": status, "answer": answer,
+                            **served_cases(name, predictions, truths)})
         bad = client.post(f"/v1/models/{served_names[0]}/predict", json={"instances": [[[1, 2], [3, 4]]]})
         samples.append({"model": served_names[0], "status": bad.status_code, "answer": bad.json(),
                         "line": f"  bad request to {served_names[0]} (a 2x2 array): HTTP {bad.status_code} "
@@ -364,13 +363,40 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
 
 
-def _instance(manifest: dict, features) -> Any:
+def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]) -> dict[str, Any]:
+    """How a served model did on its test split, and the lines that show it: counts, then
+    one case of each kind there is (right, referred, wrong)."""
+    referred = [i for i, p in enumerate(predictions) if p.get("refer_to_clinician")]
+    answered = [i for i, p in enumerate(predictions) if not p.get("refer_to_clinician")]
+    right = [i for i in answered if predictions[i]["label"] == truths[i]]
+    wrong = [i for i in answered if predictions[i]["label"] != truths[i]]
+    version = predictions[0]["version"] if predictions else None
+    share = f", {len(right) / len(answered):.0%} of them right" if answered else ""
+    lines = [f"  {name} v{version}, {len(truths)} test cases: {len(answered)} answered{share}; "
+             f"{len(referred)} referred to a clinician (prediction set of more than one class)"]
+    cases = []
+    for kind, pool in (("right", right), ("referred", referred), ("wrong", wrong)):
+        if not pool:
+            continue
+        i = pool[0]
+        p = predictions[i]
+        if kind == "referred":
+            answer = f"set {{{', '.join(p['prediction_set'])}}} -> refer to clinician"
+        else:
+            answer = f"{p['label']} (p {p['calibrated_probabilities'][p['label']]:.2f}) -> {kind.upper() if kind == 'wrong' else kind}"
+        lines.append(f"    case {i:>3}: true {truths[i]:<22} answer {answer}")
+        cases.append({"case": i, "kind": kind, "truth": truths[i], "prediction": p})
+    return {"line": "\n".join(lines), "cases": cases, "test_cases": len(truths), "answered": len(answered),
+            "referred": len(referred), "right": len(right)}
+
+
+def _instance(manifest: dict, features, row: int) -> Any:
     if manifest["modality"] == "tabular":
-        first = features.iloc[0]
-        return {f["name"]: None if first[f["name"]] != first[f["name"]] else  # NaN: unknown, sent as null
-                float(first[f["name"]]) if f["type"] != "categorical" else str(first[f["name"]])
+        values = features.iloc[row]
+        return {f["name"]: None if values[f["name"]] != values[f["name"]] else  # NaN: unknown, sent as null
+                float(values[f["name"]]) if f["type"] != "categorical" else str(values[f["name"]])
                 for f in manifest["schema"]["features"]}
-    return np.asarray(features[0]).tolist()
+    return np.asarray(features[row]).tolist()
 
 
 def _write_report(storage: Storage, folder: Path, results: list[dict], search: dict, served: dict,
@@ -395,7 +421,7 @@ def _write_report(storage: Storage, folder: Path, results: list[dict], search: d
         f"<tr><td>{t['trial']}</td><td>{t['epochs_run']}</td><td>{_fmt(t[search['metric']])}</td>"
         f"<td>{'ASHA' if t['stopped_by_asha'] else 'patience' if t['stopped_by_patience'] else '-'}</td>"
         f"<td>{html.escape(json.dumps(t['config']))}</td></tr>" for t in search["trials"])
-    samples = "".join(f"<li><code>{html.escape(s['line'].strip())}</code></li>" for s in served["samples"])
+    samples = html.escape("\n".join(s["line"] for s in served["samples"]))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medray demo</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}figure{{display:inline-block;margin:4px}}
 pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
@@ -405,7 +431,7 @@ pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{bor
 {''.join(sections)}
 <h2>Search {html.escape(search['search'])}</h2><table><tr><th>trial</th><th>epochs</th><th>{search['metric']}</th>
 <th>stopped</th><th>config</th></tr>{trial_rows}</table>
-<h2>Serving</h2><p>{html.escape(served['url'])}</p><ul>{samples}</ul></body></html>"""
+<h2>Serving</h2><p>{html.escape(served['url'] or 'nothing served')}</p><pre>{samples}</pre></body></html>"""
     path = folder / "report.html"
     path.write_text(page)
     (folder / "results.json").write_text(json.dumps({"results": results, "search": search["search"]}, indent=2,

@@ -49,10 +49,12 @@ class TrainingPlan:
             counts[self.labels.index[source_index]] += count
         return counts
 
-    def worker_config(self) -> dict[str, Any]:
-        """What every worker needs, as plain data (it travels to other processes)."""
+    def worker_config(self, progress: bool = True) -> dict[str, Any]:
+        """What every worker needs, as plain data (it travels to other processes).
+        `progress`: rank 0 announces each epoch (a search reports per trial instead)."""
         config = self.config
         return {
+            "progress": progress,
             "family": config.model.family,
             "model_config": self.model_config,
             "preprocessing": self.preprocessor.to_dict(),

@@ -9,7 +9,6 @@ from the latest checkpoint's epoch.
 from __future__ import annotations
 
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cluster.console import emit_progress
 from train.checkpoint import load_train_state, save_checkpoint
 from train.data.preprocess import LabelMap, Preprocessor
 from train.models import build_model_from_config
@@ -148,8 +148,10 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
         metrics["stopped_early"] = stop and epoch + 1 < optim["epochs"]
         history.append({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
                                                     "epoch_seconds", "worker_nodes")}, "finished_at": time.time()})
-        if rank == 0:
-            _print_progress(metrics, optim["epochs"])
+        if rank == 0 and plan.get("progress", True):
+            emit_progress({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
+                                                       "epoch_seconds", "resumed_from_epoch", "stopped_early")},
+                           "epochs": optim["epochs"]})
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
@@ -190,17 +192,6 @@ def _mean_across_workers(loss_sum: float, seen: int, device: torch.device) -> fl
 def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
     # Ray sorts checkpoints by the metric: an undefined value must still be a number.
     return {k: (float("nan") if v is None and k.startswith("val_") else v) for k, v in metrics.items()}
-
-
-def _print_progress(metrics: dict[str, Any], epochs: int) -> None:
-    def show(value):
-        return "  n/a" if value is None else f"{value:.4f}"
-
-    print(f"epoch {metrics['epoch'] + 1:>3}/{epochs}  train_loss {show(metrics['train_loss'])}  "
-          f"val_loss {show(metrics['val_loss'])}  val_auroc {show(metrics['val_auroc'])}  "
-          f"val_acc {show(metrics['val_accuracy'])}  {metrics['epoch_seconds']:.1f}s"
-          + ("  (resumed)" if metrics["resumed_from_epoch"] is not None else ""),
-          file=sys.stderr, flush=True)
 
 
 def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str, storage_path: str,

@@ -13,6 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from cluster.config import MedrayConfig, validate_config
@@ -81,7 +82,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: s
     plan = plan_training(config, storage)
     filesystem, _ = storage.arrow_filesystem()
     trainer = build_trainer(
-        plan.worker_config(), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
+        plan.worker_config(progress=False), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
         storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling.model_dump(),
         config.train.keep_checkpoints, callbacks=[TuneReportCallback()],
     )
@@ -111,6 +112,38 @@ class IncumbentASHA(ASHAScheduler):
         if self.incumbent and all(trial.config.get(k) == v for k, v in self.incumbent.items()):
             return TrialScheduler.CONTINUE
         return decision
+
+
+class TrialLines(Callback):
+    """One line per finished trial (in the driver): its epochs, best value, and why it ended."""
+
+    def __init__(self, metric: str, mode: str, epochs: int, trials: int) -> None:
+        self.metric, self.mode, self.epochs, self.trials = metric, mode, epochs, trials
+        self.best: dict[str, float] = {}
+        self.finished = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and value == value:
+            best = self.best.get(trial.trial_id)
+            if best is None or (value > best if self.mode == "max" else value < best):
+                self.best[trial.trial_id] = value
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed (see the log)")
+
+    def _line(self, trial, failure: str | None) -> None:
+        self.finished += 1
+        result = trial.last_result or {}
+        epochs = int(result.get("epoch", -1)) + 1
+        ended = failure or ("stopped early (patience)" if result.get("stopped_early") else
+                            "stopped by ASHA" if 0 < epochs < self.epochs else "full budget")
+        best = self.best.get(trial.trial_id)
+        log.info("trial %d/%d %s: %d epochs, best %s %s, %s", self.finished, self.trials, trial.trial_id, epochs,
+                 self.metric, "n/a" if best is None else f"{best:.4f}", ended)
 
 
 def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
@@ -165,7 +198,8 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(name=search, storage_path=storage.arrow_path("runs"),
-                                  storage_filesystem=filesystem),
+                                  storage_filesystem=filesystem,
+                                  callbacks=[TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples)]),
     )
 
 

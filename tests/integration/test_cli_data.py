@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import PROJECT
-from cluster.demo import CLEVELAND_COLUMNS
+from train.data.tabular import CLEVELAND_COLUMNS
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,8 @@
 """`medray demo --quick`: every stage of the full demo through the same code path (local
-S3 server, import of the real files, training of the three families, a search, the
-gate, Serve, the report), with 2 epochs and 2 trials."""
+S3 server, import, training of the three families, a search, the gate, Serve, the
+report), with 2 epochs and 2 trials; once on the real files, once as a newcomer without
+them and without a network, where every dataset but scikit-learn's is a synthetic
+stand-in."""
 
 import json
 import os
@@ -14,37 +16,60 @@ from conftest import PROJECT
 
 pytestmark = pytest.mark.integration
 
+STAND_INS = {"breastmnist", "ecg200", "cleveland"}
 
-def test_quick_demo_end_to_end(tmp_path, shared_data):
+
+def run_quick_demo(tmp_path, sources):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MEDRAY_STORAGE"))}
-    env["MEDRAY_DATA_SOURCES"] = str(shared_data)
+    # Downloads fail at once, as on a machine without a network: every URL goes to a
+    # closed local port (Ray's gRPC ignores these; 127.0.0.1 is reached directly).
+    env.update(MEDRAY_DATA_SOURCES=str(sources), MEDRAY_LOG_DIR=str(tmp_path / "logs"),
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
     report_dir = tmp_path / "report"
     result = subprocess.run([sys.executable, "-m", "cluster.cli", "demo", "--quick", "--json", "--report",
                              str(report_dir)], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout)
+    return result, json.loads(result.stdout), report_dir
 
+
+def check_demo(result, out, report_dir):
     assert out["storage"].startswith("s3://medray-demo/")  # the local S3 server, not a folder
-    assert out["synthetic"] == []  # the real files were used
-    rows = {r["dataset"]: r for r in out["results"]}
-    assert set(rows) == {"breastmnist", "ecg200", "cleveland", "wdbc"}
+    rows = {r["dataset"].removesuffix("_synthetic"): r for r in out["results"]}
+    assert set(rows) == {"wdbc"} | STAND_INS
     assert {r["model"].split(":")[0] for r in rows.values()} == {"image", "signal", "tabular"}
     for row in rows.values():
         assert 0.0 <= row["test_auroc"] <= 1.0 and row["published"]
         assert row["promotion"].startswith(("v", "refused: "))
     assert "tuned" in rows["wdbc"]["model"] and rows["wdbc"]["version"] == 1
+    assert np.isfinite([r["test_auroc"] for r in rows.values()]).all()
 
-    # The stage lines and the table are what a person sees.
-    assert "[8/8" in result.stderr and "ASHA" in result.stderr
-    assert "test AUROC (95% CI)" in out["text"] and "MedMNIST v2" in out["text"]
+    # What a person sees: medray's stage lines, epoch and trial lines, nothing of Ray's.
+    terminal = result.stderr.splitlines()
+    assert terminal[0].startswith("medray: log: ")
+    assert all(line.startswith("medray: ") for line in terminal), [l for l in terminal if not l.startswith("medray")]
+    assert "[8/8" in result.stderr and "trial 2/2" in result.stderr and "epoch   2/2" in result.stderr
+    assert "Reporting training result" not in result.stderr and "pid=" not in result.stderr
+    assert len(terminal) + len(out["text"].splitlines()) <= 150
+    log_file = terminal[0].removeprefix("medray: log: ").split(" ")[0]
+    assert "Reporting training result" in open(log_file).read()  # Ray's output is kept, in the log
+    assert "test AUROC (95% CI)" in out["text"]
 
-    # Serving answered every promoted model, and refused the bad request with a reason.
+    # Serving: every promoted model answered its whole test split; the cases shown are
+    # true to the answers, and a bad request was refused with a reason.
     samples = out["served"]["samples"]
-    answered = [s for s in samples if s["status"] == 200]
-    assert {s["model"] for s in answered} == {name for name, r in rows.items() if r["version"]}
+    answered = [s for s in samples[:-1] if s["status"] == 200]
+    assert {s["model"] for s in answered} == {r["dataset"] for r in rows.values() if r["version"]}
     for sample in answered:
-        prediction = sample["answer"]["predictions"][0]
-        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+        assert sample["answered"] + sample["referred"] == sample["test_cases"] > 0
+        assert sample["right"] <= sample["answered"]
+        for case in sample["cases"]:
+            prediction = case["prediction"]
+            assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+            if case["kind"] == "referred":
+                assert prediction["refer_to_clinician"] and len(prediction["prediction_set"]) > 1
+            else:
+                assert (prediction["label"] == case["truth"]) == (case["kind"] == "right")
     assert samples[-1]["status"] == 422 and samples[-1]["answer"]["detail"].startswith("instances[0]")
 
     # The report: HTML with the plots it names, next to the results as JSON.
@@ -54,4 +79,26 @@ def test_quick_demo_end_to_end(tmp_path, shared_data):
     for name in images:
         assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Search demo-search" in page and json.loads((report_dir / "results.json").read_text())["results"]
-    assert np.isfinite([r["test_auroc"] for r in rows.values()]).all()
+    return rows, page
+
+
+def test_quick_demo_on_the_real_files(tmp_path, shared_data):
+    result, out, report_dir = run_quick_demo(tmp_path, shared_data)
+    rows, page = check_demo(result, out, report_dir)
+    assert out["synthetic"] == [] and not any(r["synthetic"] for r in rows.values())
+    assert "synthetic" not in (out["text"] + page + result.stderr).lower()
+    assert "MedMNIST v2" in out["text"]  # beside the published numbers
+
+
+def test_quick_demo_without_sources_or_network(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    result, out, report_dir = run_quick_demo(tmp_path, sources)
+    rows, page = check_demo(result, out, report_dir)
+    assert sorted(out["synthetic"]) == sorted(STAND_INS)
+    for name in STAND_INS:
+        assert rows[name]["synthetic"] and rows[name]["dataset"] == f"{name}_synthetic"
+        assert f"{name}_synthetic (SYNTHETIC)" in out["text"]
+        assert f"{name}_synthetic (synthetic)" in page
+    assert not rows["wdbc"]["synthetic"]  # scikit-learn's copy is real, and needs no network
+    assert "could not download" in result.stderr  # it tried, as a newcomer's machine would

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.demo import CLEVELAND_COLUMNS
+from train.data.tabular import CLEVELAND_COLUMNS
 from train.data.importers import ImportRequest, import_dataset
 from train.data.loading import read_split
 

@@ -149,7 +149,7 @@ def test_more_workers_than_the_cluster_has_is_refused(wdbc, ray_session):
 
 def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
     """Each YAML in train/configs validates and plans against its real dataset."""
-    from cluster.demo import CLEVELAND_COLUMNS
+    from train.data.tabular import CLEVELAND_COLUMNS
 
     sources = {
         "breastmnist": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"), name="breastmnist"),

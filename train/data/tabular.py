@@ -207,3 +207,52 @@ def import_sklearn(name: str, val_fraction: float = 0.15, test_fraction: float =
         license=info["license"],
         description=info["description"],
     )
+
+
+# Public tables medray knows by name: what their files lack (a header row), which column
+# is the target, how they mark a missing value, where they are published, their terms.
+KNOWN_TABLES = {
+    "cleveland": {
+        "file": "processed.cleveland.data",
+        "url": "https://archive.ics.uci.edu/ml/machine-learning-databases/heart-disease/processed.cleveland.data",
+        "columns": ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
+                    "ca", "thal", "num"],
+        "target": "num",
+        "missing": ["?"],
+        "license": "CC BY 4.0 (UCI Heart Disease; Janosi, Steinbrunn, Pfisterer, Detrano 1988)",
+    },
+}
+CLEVELAND_COLUMNS = KNOWN_TABLES["cleveland"]["columns"]
+
+
+def write_synthetic_cleveland(path: Path, rows: int = 303, seed: int = 0) -> Path:
+    """A stand-in for `processed.cleveland.data` in its format (no header, `?` for missing,
+    the 13 features in their units and codes, `num` 0-4), for runs without the real file
+    or a network, so every config written for Cleveland runs unchanged. Disease shifts the
+    features the way the real cohort's do, with overlap. Not patient data."""
+    rng = np.random.default_rng(seed)
+    disease = rng.random(rows) < 0.46
+    d = disease.astype(float)
+    num = np.where(disease, rng.choice([1, 2, 3, 4], rows, p=[0.4, 0.25, 0.25, 0.1]), 0)
+    columns = {
+        "age": np.clip(rng.normal(52 + 4 * d, 9), 29, 77).round(),
+        "sex": (rng.random(rows) < 0.55 + 0.25 * d).astype(float),
+        "cp": np.where(rng.random(rows) < 0.3 + 0.45 * d, 4.0, rng.integers(1, 4, rows).astype(float)),
+        "trestbps": np.clip(rng.normal(130 + 5 * d, 17), 94, 200).round(),
+        "chol": np.clip(rng.normal(242 + 8 * d, 50), 126, 564).round(),
+        "fbs": (rng.random(rows) < 0.15).astype(float),
+        "restecg": rng.choice([0.0, 1.0, 2.0], rows, p=[0.5, 0.02, 0.48]),
+        "thalach": np.clip(rng.normal(158 - 19 * d, 20), 71, 202).round(),
+        "exang": (rng.random(rows) < 0.15 + 0.4 * d).astype(float),
+        "oldpeak": np.clip(np.abs(rng.normal(0.6 + 1.0 * d, 1.0)), 0, 6.2).round(1),
+        "slope": np.where(rng.random(rows) < 0.3 + 0.4 * d, 2.0, rng.choice([1.0, 3.0], rows, p=[0.85, 0.15])),
+        "ca": np.clip(rng.poisson(0.3 + 1.0 * d), 0, 3).astype(float),
+        "thal": np.where(rng.random(rows) < 0.2 + 0.55 * d, 7.0, rng.choice([3.0, 6.0], rows, p=[0.9, 0.1])),
+    }
+    cells = pd.DataFrame({name: values.astype(str) for name, values in columns.items()})
+    for name in ("ca", "thal"):  # a few unknowns, as the real file has
+        cells.loc[rng.choice(rows, 3, replace=False), name] = "?"
+    cells["num"] = num.astype(str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells.to_csv(path, header=False, index=False)
+    return path

@@ -148,3 +148,32 @@ def import_ucr(source: str, dataset: str | None = None, val_fraction: float = 0.
         license="UCR archive: free for research use with citation (Dau et al. 2019)",
         description=f"UCR time-series classification: {dataset}",
     )
+
+
+# What a stand-in needs to look like each dataset: series length, file sizes, label values.
+UCR_SHAPES = {
+    "ECG200": {"length": 96, "train": 100, "test": 100, "labels": ["-1", "1"]},
+}
+
+
+def write_synthetic_ucr(dataset: str, folder: Path, seed: int = 0) -> Path:
+    """Stand-in `{dataset}_TRAIN.txt` / `_TEST.txt` in the archive's format, for runs
+    without the real files or a network: the same length, sizes and label values, so the
+    dataset's class names and every config written for it apply unchanged. Each class is
+    a beat of its own shape (a later, wider second wave per label) with jitter, gain and
+    noise enough that some series are ambiguous. Not medical data."""
+    shape = UCR_SHAPES[dataset]
+    rng = np.random.default_rng(seed)
+    t = np.arange(shape["length"]) / shape["length"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("TRAIN", "TEST"):
+        n = shape[split.lower()]
+        which = rng.integers(0, len(shape["labels"]), n)
+        shift = rng.normal(0, 0.03, (n, 1))
+        spike = np.exp(-((t - 0.3 - shift) ** 2) / (2 * 0.02 ** 2))
+        wave = np.exp(-((t - 0.6 - 0.08 * which[:, None] - shift) ** 2) / (2 * (0.06 + 0.03 * which[:, None]) ** 2))
+        series = rng.uniform(0.7, 1.3, (n, 1)) * (2.5 * spike + (1.0 - 0.6 * which[:, None]) * wave)
+        series += rng.normal(0, 0.25, series.shape)
+        labels = np.asarray([float(shape["labels"][k]) for k in which])
+        np.savetxt(folder / f"{dataset}_{split}.txt", np.column_stack([labels, series]), fmt="%.5f")
+    return folder
