@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,13 +39,22 @@ LOG_DIR_ENV = "MEDRAY_LOG_DIR"
 class Console:
     """Where this process's output goes; one per process (`CONSOLE`)."""
 
-    terminal_out: IO[str] = field(default_factory=lambda: sys.stdout)
-    terminal_err: IO[str] = field(default_factory=lambda: sys.stderr)
+    real_out: IO[str] | None = None
+    real_err: IO[str] | None = None
+    """The terminal's streams, kept by `setup` before `sys.stdout`/`sys.stderr` move."""
     log_path: Path | None = None
     log_file: IO[str] | None = None
     verbose: bool = True
     epoch_every: int = 1
     """Render every k-th epoch line (and the last); the demo trains several models."""
+
+    @property
+    def terminal_out(self) -> IO[str]:
+        return self.real_out or sys.stdout
+
+    @property
+    def terminal_err(self) -> IO[str]:
+        return self.real_err or sys.stderr
 
 
 CONSOLE = Console()
@@ -62,8 +71,9 @@ class _OwnRecords(logging.Filter):
 
 def setup(command: str, verbose: bool) -> Console:
     """Configure this process's output for a CLI command (see the module docstring)."""
-    global CONSOLE
-    console = Console(verbose=verbose)
+    console = CONSOLE  # changed in place: modules hold it from `from cluster.console import CONSOLE`
+    console.real_out, console.real_err = sys.stdout, sys.stderr
+    console.verbose = verbose
     terminal = logging.StreamHandler(console.terminal_err)
     terminal.setFormatter(logging.Formatter("medray: %(message)s"))
     root = logging.getLogger()
@@ -89,7 +99,6 @@ def setup(command: str, verbose: bool) -> Console:
             sys.stdout = sys.stderr = console.log_file
             logging.getLogger("medray").info("log: %s (Ray's and the workers' output; -v shows it here)",
                                              console.log_path)
-    CONSOLE = console
     return console
 
 

@@ -264,7 +264,7 @@ def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick
     summary = run_training(config, storage, model.config.removesuffix(".yaml"))
     promotion = promote_checkpoint(storage, storage.key_of(summary["checkpoint"]), config,
                                    source={"run": summary["run"]})
-    return _result(model, manifest, summary["metrics"], summary["run"], promotion)
+    return _result(model, manifest, summary["metrics"], summary["run"], promotion, config)
 
 
 def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
@@ -287,13 +287,17 @@ def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quic
                                    source={"search": summary["search"], "trial": best["trial"]})
     metrics = promotion.get("metrics", {})
     run = storage.uri(f"runs/{summary['search']}")
-    return {"summary": summary, "result": _result(model, manifest, metrics, run, promotion, tuned=True)}
+    return {"summary": summary, "result": _result(model, manifest, metrics, run, promotion, best_config, tuned=True)}
 
 
-def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion: dict,
+def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion: dict, config,
             tuned: bool = False) -> dict[str, Any]:
+    from train.data.preprocess import LabelMap
+
     test = metrics.get("test", {})
+    labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
     return {
+        "label_map": labels.to_dict(),  # the dataset's classes as the model names them
         "dataset": manifest["name"], "synthetic": manifest["name"].endswith("_synthetic"),
         "model": f"{manifest['modality']}:{'tuned ' if tuned else ''}{model.config.removesuffix('.yaml')}",
         "test_auroc": test.get("auroc"), "test_auroc_ci": test.get("auroc_ci"), "test_accuracy": test.get("accuracy"),
@@ -328,8 +332,10 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     from serve.app import deploy
     from train.data.dataset import read_manifest
     from train.data.loading import read_split_arrays
+    from train.data.preprocess import LabelMap
 
     served_names = sorted({r["dataset"] for r in results if r["version"]})
+    label_maps = {r["dataset"]: LabelMap.from_dict(r["label_map"]) for r in results}
     if not served_names:
         return {"url": None, "models": {}, "samples": [{"model": None, "status": None, "answer": None,
                                                          "line": "  no model passed its gate: nothing to serve"}]}
@@ -341,7 +347,8 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
         for name in served_names:
             manifest = read_manifest(storage, name)
             features, labels = read_split_arrays(storage, manifest, "test")
-            truths = [manifest["classes"][int(label)] for label in labels]
+            model_labels = label_maps[name]
+            truths = [model_labels.classes[i] for i in model_labels.apply(labels)]
             predictions, status, answer = [], 200, None
             for start in range(0, len(truths), 32):
                 batch = [_instance(manifest, features, i) for i in range(start, min(start + 32, len(truths)))]

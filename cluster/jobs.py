@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from cluster.console import CONSOLE
 from cluster.errors import MedrayError, NotFoundError
 from cluster.runtime import FORWARDED_ENV, RAY_TUNING
 
@@ -64,14 +64,14 @@ def submit(address: str | None, argv: list[str], wait: bool = True, python: str 
 
 
 def follow(jobs, job_id: str, poll_s: float = 1.0) -> str:
-    """Print the job's new log lines to stderr until it ends; returns its final status."""
+    """Print the job's new log lines to the terminal's stderr until it ends; returns its final status."""
     printed = 0
     while True:
         status = str(jobs.get_job_status(job_id).value)
         logs = jobs.get_job_logs(job_id)
         if len(logs) > printed:
-            sys.stderr.write(logs[printed:])
-            sys.stderr.flush()
+            CONSOLE.terminal_err.write(logs[printed:])  # the job's own output: the user asked to follow it
+            CONSOLE.terminal_err.flush()
             printed = len(logs)
         if status in TERMINAL:
             return status

@@ -66,6 +66,7 @@ def check_demo(result, out, report_dir):
         for case in sample["cases"]:
             prediction = case["prediction"]
             assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+            assert case["truth"] in prediction["probabilities"]  # named as the model names its classes
             if case["kind"] == "referred":
                 assert prediction["refer_to_clinician"] and len(prediction["prediction_set"]) > 1
             else:
