@@ -4,7 +4,12 @@ Pure PyTorch and NumPy, no Ray: the Serve deployment (`serve/deployments.py`) is
 layer over `ServedModel`, and the tests and the throughput baseline call it directly.
 
 Request problems raise `InputError`, whose message names the field and the problem and
-never the submitted value (which may be patient data).
+never the submitted value (which may be patient data). Every number a request carries
+goes through one check (`_check_numbers`): finite, and inside the range the checkpoint's
+preprocessing accepts (`Preprocessor.accepted_range`, fitted on the train split); values
+outside are refused, not clamped. Image files go through the bounded decoder import
+uses (`train/data/decode.py`). The model's outputs are checked too: an answer whose
+logits or probabilities are not finite probabilities is refused, never labelled.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import json
 import math
 import tempfile
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +27,13 @@ import numpy as np
 import torch
 
 from cluster.registry import Registry
+from serve.schemas import InputError
 from train.checkpoint import ModelBundle, load_bundle
-from train.data.dataset import DataImportError
-from train.data.images import decode_image
+from train.data.decode import DecodeLimits, ImageRefused, decode_image
 from train.evaluate import apply_temperature, prediction_sets
 
 SERVED_FILES = ("weights.pt", "model.json", "data.json", "calibration.json")
-
-
-class InputError(ValueError):
-    """A request the model cannot take; the API answers 422 with this message."""
+__all__ = ["InputError", "ServedModel"]  # InputError lives in serve.schemas, for the torch-free ingress
 
 
 @dataclass
@@ -79,9 +80,11 @@ class ServedModel:
         if self.modality == "signal":
             length, channels = pre.input_shape
             return {"type": "signal", "length": length, "channels": channels,
+                    "value_ranges": [list(pre.accepted_range(c)) for c in range(channels)],
                     "accepts": ["array of length L (one channel) or (L, C)"]}
         return {"type": "record", "features": [
-            {"name": c["name"], "type": c["type"], **({"categories": c["categories"]} if "categories" in c else {})}
+            {"name": c["name"], "type": c["type"], **({"categories": c["categories"]} if "categories" in c
+                                                      else {"range": list(pre.accepted_range(c["name"]))})}
             for c in pre.stats["columns"]], "accepts": ["object keyed by feature name; null is imputed"]}
 
     # Requests -> model inputs ---------------------------------------------------------
@@ -105,6 +108,12 @@ class ServedModel:
             raise InputError(f"file: model '{self.name}' takes {self.modality} input, not image files")
         return torch.from_numpy(self.bundle.preprocessor.transform(self._encoded_image("file", data)[None]))
 
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """What an image file may cost to decode, from the model's input size."""
+        _, height, width = self.bundle.preprocessor.input_shape
+        return DecodeLimits.for_input(height, width)
+
     def _image(self, index: int, item: Any) -> np.ndarray:
         field = f"instances[{index}]"
         if isinstance(item, str):
@@ -113,8 +122,9 @@ class ServedModel:
             except (binascii.Error, ValueError):
                 raise InputError(f"{field}: a string must be a base64-encoded PNG, JPEG or DICOM file") from None
             return self._encoded_image(field, data)
-        channels, height, width = self.bundle.preprocessor.input_shape
-        array = _numeric_array(field, item)
+        pre = self.bundle.preprocessor
+        channels, height, width = pre.input_shape
+        array = _numeric_array(field, item, max_ndim=3)
         given = tuple(array.shape)
         if array.ndim == 2 and channels == 1:
             array = array[None]
@@ -123,30 +133,35 @@ class ServedModel:
         if array.shape != (channels, height, width):
             wanted = f"({height}, {width})" if channels == 1 else f"({height}, {width}, {channels})"
             raise InputError(f"{field}: image must have shape {wanted}, got {given}")
-        if array.min() < 0 or array.max() > 255:
-            raise InputError(f"{field}: pixel values must lie in [0, 255]")
+        low, high = pre.accepted_range(0)
+        _check_numbers(field, array, low, high, "pixel values ")
         return array
 
     def _encoded_image(self, field: str, data: bytes) -> np.ndarray:
         channels, height, width = self.bundle.preprocessor.input_shape
-        try:
-            image = decode_image(data, height, "L" if channels == 1 else "RGB", name=field)
-        except DataImportError as error:
-            raise InputError(str(error)) from None
         if width != height:
             raise InputError(f"{field}: this model takes {height}x{width} arrays, not image files")
+        try:
+            image = decode_image(data, height, "L" if channels == 1 else "RGB", self.decode_limits)
+        except ImageRefused as refused:
+            raise InputError(f"{field} {refused}") from None
         return image[None] if channels == 1 else np.transpose(image, (2, 0, 1))
 
     def _signal(self, index: int, item: Any) -> np.ndarray:
         field = f"instances[{index}]"
-        length, channels = self.bundle.preprocessor.input_shape
-        array = _numeric_array(field, item)
+        pre = self.bundle.preprocessor
+        length, channels = pre.input_shape
+        array = _numeric_array(field, item, max_ndim=2)
         given = tuple(array.shape)
         if array.ndim == 1 and channels == 1:
             array = array[:, None]
         if array.shape != (length, channels):
             wanted = f"({length},)" if channels == 1 else f"({length}, {channels})"
             raise InputError(f"{field}: signal must have shape {wanted}, got {given}")
+        for channel in range(channels):
+            low, high = pre.accepted_range(channel)
+            what = "values " if channels == 1 else f"channel {channel} values "
+            _check_numbers(field, array[:, channel], low, high, what)
         return array
 
     def _records(self, instances: list[Any]) -> dict[str, np.ndarray]:
@@ -165,21 +180,73 @@ class ServedModel:
                 raise InputError(f"{field}: {extra} feature(s) the model does not take; "
                                  f"it takes exactly: {', '.join(names)}")
             for column in columns:
-                values[column["name"]].append(_feature(f"{field}.{column['name']}", column, record[column["name"]]))
+                values[column["name"]].append(self._feature(f"{field}.{column['name']}", column,
+                                                            record[column["name"]]))
         return {name: np.asarray(v, dtype=object if c["type"] == "categorical" else np.float64)
                 for (name, v), c in zip(values.items(), columns)}
+
+    def _feature(self, field: str, column: dict[str, Any], value: Any) -> Any:
+        if column["type"] == "categorical":
+            if value is None:
+                return None
+            # Only scalars are compared: str() of a deep list recurses, of a huge int raises.
+            scalar = isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                and abs(value) < 1e300)
+            if not scalar or str(value) not in column["categories"]:
+                raise InputError(f"{field}: not one of the categories {', '.join(column['categories'])}")
+            return str(value)
+        if value is None:
+            return math.nan  # imputed with the training median, as in training
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{field}: must be a number or null")
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float64
+            raise InputError(f"{field}: is too large") from None
+        low, high = self.bundle.preprocessor.accepted_range(column["name"])
+        _check_numbers(field, np.asarray([number]), low, high)
+        return number
 
     # Predictions ----------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor) -> list[dict[str, Any]]:
+        """One answer per input; `InputError` naming `instances[i]` when the model gave
+        no usable answer for input i (see `answers`)."""
         self.bundle.model.eval()
         logits = self.bundle.model(inputs).double().numpy()
         return self.answers(logits)
 
+    def predict_requests(self, requests: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """Several requests' inputs in one forward pass, answered per request as
+        {"predictions": [...]} or {"error": message}: an unusable answer for one request's
+        instance refuses that request alone, its index counted within the request."""
+        self.bundle.model.eval()
+        with torch.no_grad():
+            logits = self.bundle.model(torch.cat(requests)).double().numpy()
+        out, start = [], 0
+        for inputs in requests:
+            try:
+                out.append({"predictions": self.answers(logits[start:start + len(inputs)])})
+            except InputError as error:
+                out.append({"error": str(error)})
+            start += len(inputs)
+        return out
+
     def answers(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        """Answers from logits (N, K). A row with a non-finite logit, or probabilities
+        that are not finite, in [0, 1] and summing to 1, raises `InputError` naming it:
+        a 422 rather than a label, since NaN compares false with every threshold and
+        would quietly become the first class. Valid input to a sound model never gets
+        here; it takes a broken checkpoint or an input the range checks missed."""
         classes = self.bundle.classes
-        raw = apply_temperature(logits, 1.0)
-        calibrated = apply_temperature(logits, self.temperature)
+        logits = np.asarray(logits, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            raw = apply_temperature(logits, 1.0)
+            calibrated = apply_temperature(logits, self.temperature)
+        for i in range(len(logits)):
+            if not (_is_distribution(raw[i]) and _is_distribution(calibrated[i]) and np.isfinite(logits[i]).all()):
+                raise InputError(f"instances[{i}]: the model gave no usable answer for this input "
+                                 "(non-finite output); it is refused rather than labelled")
         if self.threshold is not None and len(classes) == 2:
             labels = (calibrated[:, 1] >= self.threshold).astype(int)
         else:
@@ -251,32 +318,37 @@ def saliency(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
     return (grads / grads.max(dim=1, keepdim=True).values.clamp_min(1e-12)).detach().numpy()
 
 
-def _numeric_array(field: str, item: Any) -> np.ndarray:
+def _numeric_array(field: str, item: Any, max_ndim: int) -> np.ndarray:
+    """A rectangular nested list of JSON numbers as float64. Booleans are refused (Python
+    counts them as ints, NumPy would quietly make them 1 and 0), so are ints past float64.
+    Walks one level at a time, never deeper than `max_ndim`, so no input recurses."""
+    problem = f"{field}: must be a rectangular, non-empty array of numbers"
     if not isinstance(item, list):
         raise InputError(f"{field}: must be an array of numbers")
+    shape, level = [], [item]
+    while isinstance(level[0], list):
+        width = len(level[0])
+        if len(shape) == max_ndim or width == 0 or any(not isinstance(r, list) or len(r) != width for r in level):
+            raise InputError(problem)
+        shape.append(width)
+        level = [x for row in level for x in row]
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in level):
+        raise InputError(problem)
     try:
-        array = np.asarray(item)  # JSON numbers only: strings, booleans and nulls are refused
-    except (ValueError, TypeError):
-        raise InputError(f"{field}: must be a rectangular array of numbers") from None
-    if array.dtype.kind not in "iuf" or array.size == 0:
-        raise InputError(f"{field}: must be a rectangular, non-empty array of numbers")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
+        return np.asarray(level, dtype=np.float64).reshape(shape)
+    except OverflowError:  # an int past float64
+        raise InputError(f"{field}: holds a number too large for the model") from None
+
+
+def _check_numbers(field: str, values: np.ndarray, low: float, high: float, what: str = "") -> None:
+    """The one check of numeric input, for every modality: finite, and within the
+    [low, high] the preprocessing accepts. Messages name the field and `what` ("pixel
+    values "), never the values."""
+    if not np.isfinite(values).all():
         raise InputError(f"{field}: holds NaN or infinity")
-    return array
+    if (values < low).any() or (values > high).any():
+        raise InputError(f"{field}: {what}must lie in [{low:g}, {high:g}]")
 
 
-def _feature(field: str, column: dict[str, Any], value: Any) -> Any:
-    if column["type"] == "categorical":
-        if value is None:
-            return None
-        if str(value) not in column["categories"]:
-            raise InputError(f"{field}: not one of the categories {', '.join(column['categories'])}")
-        return str(value)
-    if value is None:
-        return math.nan  # imputed with the training median, as in training
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise InputError(f"{field}: must be a number or null")
-    if not math.isfinite(value):
-        raise InputError(f"{field}: must be finite")
-    return float(value)
+def _is_distribution(p: np.ndarray) -> bool:
+    return bool(np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all() and abs(p.sum() - 1.0) < 1e-6)

@@ -1,23 +1,23 @@
 """Image folders: one sub-folder per class holding PNG, JPEG or DICOM files.
 
-Only pixels are kept. DICOM files are read with pydicom (rescale and VOI windowing
-applied, MONOCHROME1 inverted) and none of their tags, identifying or otherwise, and no
-file names (which often carry patient names) are copied into the dataset.
+Only pixels are kept. Files go through the bounded decoder serving uses
+(`train/data/decode.py`: PNG, JPEG or DICOM told by content, not by suffix; DICOM
+rescale and VOI windowing applied, MONOCHROME1 inverted). None of the DICOM tags,
+identifying or otherwise, and no file names (which often carry patient names) are
+copied into the dataset or named in errors.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
+from train.data.decode import DecodeLimits, ImageRefused, decode_image
 from train.data.splits import three_way_split
 
 log = logging.getLogger(__name__)
@@ -36,49 +36,21 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def _dicom_pixels(source: Path | BinaryIO, name: str) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
+def read_image(path: Path, size: int, mode: str, where: str) -> np.ndarray:
+    """One file as a (size, size) grey or (size, size, 3) RGB uint8 array, through the
+    decoder serving uses. Errors name `where` (a position), never the file's name."""
+    limits = DecodeLimits.for_input(size, size)
     try:
-        ds = pydicom.dcmread(source)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError, KeyError) as error:
-        raise DataImportError(f"{name} is not a readable DICOM image ({type(error).__name__})") from None
-    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[pixels.shape[0] // 2]  # a multi-frame series: keep the middle slice
-    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    return scaled.round().astype(np.uint8)
-
-
-def _decode(source: Path | BinaryIO, dicom: bool, size: int, mode: str, name: str) -> np.ndarray:
-    if dicom:
-        image = Image.fromarray(_dicom_pixels(source, name))
-    else:
-        try:
-            image = Image.open(source)
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise DataImportError(f"{name} is corrupt or not an image ({type(error).__name__})") from None
-    image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def read_image(path: Path, size: int, mode: str) -> np.ndarray:
-    """One file as a (size, size) grey or (size, size, 3) RGB uint8 array."""
-    return _decode(path, _is_dicom(path), size, mode, f"'{path}'")
-
-
-def decode_image(data: bytes, size: int, mode: str, name: str = "the image") -> np.ndarray:
-    """Encoded PNG, JPEG or DICOM bytes (e.g. an upload) as `read_image` returns a file.
-    Errors name `name`, never the content."""
-    dicom = data[128:132] == b"DICM"
-    return _decode(io.BytesIO(data), dicom, size, mode, name)
+        too_large = path.stat().st_size > limits.max_bytes
+        data = b"" if too_large else path.read_bytes()
+    except OSError:
+        raise DataImportError(f"{where} cannot be read") from None
+    if too_large:
+        raise DataImportError(f"{where} is larger than the {limits.max_bytes}-byte limit")
+    try:
+        return decode_image(data, size, mode, limits)
+    except ImageRefused as refused:
+        raise DataImportError(f"{where} {refused}") from None
 
 
 def _files(folder: Path) -> dict[str, list[Path]]:
@@ -114,8 +86,13 @@ def import_image_folder(
     paths = [path for name in classes for path in files[name]]
     labels = np.asarray([i for i, name in enumerate(classes) for _ in files[name]], dtype=np.int64)
     mode = "L" if grayscale else "RGB"
+    # A file is named by its class folder and its place in name order: file names often
+    # carry patient names, and errors reach logs.
+    places = [f"file {i + 1} of {len(files[name])} (in path order) in class folder '{name}'"
+              for name in classes for i in range(len(files[name]))]
     images = np.stack([
-        read_image(path, size, mode) for path in tqdm(paths, desc="reading images", unit="img", leave=False)
+        read_image(path, size, mode, where)
+        for path, where in tqdm(list(zip(paths, places)), desc="reading images", unit="img", leave=False)
     ])
     splits = three_way_split(labels, val_fraction, test_fraction, seed)
     return ImportedDataset(
@@ -134,5 +111,5 @@ def import_image_folder(
                         "test_fraction": test_fraction, "seed": seed},
         },
         license="as stated by the data owner (recorded at import with --license)",
-        description=f"Image folder {folder.name}: {len(paths)} images in {len(classes)} classes",
+        description=f"Image folder: {len(paths)} images in {len(classes)} classes",
     )

@@ -2,11 +2,14 @@
 
 Statistics are fitted on the train split only and saved with every checkpoint as plain
 JSON (`Preprocessor.to_dict`), so a served model transforms a request exactly as it was
-trained. Labels go through a `LabelMap` (classes merged or reordered by the config).
+trained. They include each signal channel's and numeric column's training min and max,
+from which `accepted_range` gives the values serving takes. Labels go through a
+`LabelMap` (classes merged or reordered by the config).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,14 @@ import numpy as np
 from cluster.errors import ConfigError
 
 Batch = Mapping[str, Any]  # a Ray Data numpy batch, a pandas DataFrame, or a dict of arrays
+
+RANGE_MARGIN = 10.0
+"""Serving takes values up to this many training spans beyond the training min and max:
+wide enough for a patient more extreme than any in the train split, narrow enough that
+a slip of orders of magnitude (or 1e300) is refused rather than extrapolated."""
+PIXEL_RANGE = (0.0, 255.0)
+"""Images are stored as uint8: their range is the dtype's, not fitted."""
+_FLOAT32_REACH = float(np.finfo(np.float32).max) / 2
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,9 @@ class Preprocessor:
             signals = _time_major(np.asarray(train_features, dtype=np.float64))
             mean = np.nanmean(signals, axis=(0, 1)).tolist()
             std = np.maximum(np.nanstd(signals, axis=(0, 1)), 1e-6).tolist()
-            return cls("signal", schema["column"], list(signals.shape[1:]), {"mean": mean, "std": std})
+            low, high = _finite_extremes(signals.reshape(-1, signals.shape[-1]))
+            return cls("signal", schema["column"], list(signals.shape[1:]),
+                       {"mean": mean, "std": std, "min": low, "max": high})
         columns = []
         width = 0
         for feature in schema["features"]:
@@ -103,8 +116,10 @@ class Preprocessor:
                 finite = numbers[~np.isnan(numbers)]
                 median = float(np.median(finite)) if finite.size else 0.0
                 filled = np.where(np.isnan(numbers), median, numbers)
+                (low,), (high,) = _finite_extremes(numbers[:, None])
                 columns.append({"name": feature["name"], "type": "numeric", "median": median,
-                                "mean": float(filled.mean()), "std": float(max(filled.std(), 1e-6))})
+                                "mean": float(filled.mean()), "std": float(max(filled.std(), 1e-6)),
+                                "min": low, "max": high})
                 width += 1
         return cls("tabular", None, [width], {"columns": columns})
 
@@ -135,6 +150,25 @@ class Preprocessor:
                 parts.append(((numbers - column["mean"]) / column["std"]).astype(np.float32)[:, None])
         return np.concatenate(parts, axis=1)
 
+    def accepted_range(self, key: int | str) -> tuple[float, float]:
+        """[low, high] of the raw values serving takes for signal channel `key` or
+        numeric column `key` (any key for images: 0-255). Values outside are refused,
+        never clamped: the model has not seen anything like them. A checkpoint saved
+        before the training min/max were stored gets the widest range its float32
+        normalisation can represent."""
+        if self.modality == "image":
+            return PIXEL_RANGE
+        if self.modality == "signal":
+            fitted = {name: self.stats[name][key] if name in self.stats else None
+                      for name in ("mean", "std", "min", "max")}
+        else:
+            fitted = next(c for c in self.stats["columns"] if c["name"] == key)
+        if fitted.get("min") is None or fitted.get("max") is None:
+            reach = float(fitted["std"]) * _FLOAT32_REACH
+            mean = float(fitted["mean"])
+            return max(mean - reach, -_FLOAT32_REACH), min(mean + reach, _FLOAT32_REACH)
+        return _widened(float(fitted["min"]), float(fitted["max"]))
+
     @property
     def feature_names(self) -> list[str]:
         """Names of the model's input features (tables), for attention explanations."""
@@ -155,6 +189,28 @@ class Preprocessor:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessor":
         return cls(data["modality"], data["column"], list(data["input_shape"]), dict(data["stats"]))
+
+
+def _finite_extremes(values: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Per column of (N, C) `values`: min and max of the finite entries (None if none)."""
+    finite = np.isfinite(values)
+    low = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+    high = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+    as_list = lambda xs: [float(x) if math.isfinite(x) else None for x in xs]  # noqa: E731
+    return as_list(low), as_list(high)
+
+
+def _widened(low: float, high: float) -> tuple[float, float]:
+    """[low, high] widened by RANGE_MARGIN spans on each side, then rounded outward to
+    the span's order of magnitude: published bounds do not give back the exact training
+    extremes, each of which is one patient's value."""
+    span = high - low if high > low else max(abs(high), 1.0)
+    exponent = math.floor(math.log10(span))
+    unit = 10.0 ** exponent
+    digits = max(0, -exponent)
+    bottom = round(math.floor((low - RANGE_MARGIN * span) / unit) * unit, digits)
+    top = round(math.ceil((high + RANGE_MARGIN * span) / unit) * unit, digits)
+    return max(bottom, -_FLOAT32_REACH), min(top, _FLOAT32_REACH)
 
 
 def _channels_first(images: np.ndarray, shape: list[int]) -> np.ndarray:
