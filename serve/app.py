@@ -3,6 +3,11 @@
 `medray serve up|update|status|down` call the functions here. Updating redeploys the same
 application with each model's new champion in its `user_config`: Serve then calls
 `reconfigure()` on the live replicas instead of replacing them, so no request is dropped.
+
+The API token never enters Serve's config: the ingress is told where to read it on its
+node (see serve/deployments.py). `serve up` puts this shell's MEDRAY_API_TOKEN in a 0600
+file under MEDRAY_HOME when Ray runs on this machine; on a cluster the nodes' own
+MEDRAY_API_TOKEN (a Kubernetes Secret on KubeRay) is named instead.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from cluster.config import MedrayConfig
 from cluster.errors import ConfigError, MedrayError, NotFoundError
 from cluster.registry import Registry
 from cluster.storage import Storage
-from serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer
+from serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer, proxy_options, refuse_open_beyond_loopback
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,11 @@ def champions(config: MedrayConfig, registry: Registry, names: list[str] | None 
     return served
 
 
-def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], token: str | None = None):
-    """Ingress + one autoscaling ModelServer deployment per model, joined with `.bind()`."""
+def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], auth: dict[str, str] | None = None):
+    """Ingress + one autoscaling ModelServer deployment per model, joined with `.bind()`.
+
+    `auth`: where the ingress reads its token on its node, `{"token_env": NAME}` or
+    `{"token_file": PATH}`; empty for an open API, which only starts on loopback."""
     serve_cfg = config.serve
     autoscaling = serve_cfg.autoscaling.model_dump()
     models = {}
@@ -61,20 +70,38 @@ def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], 
                          "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
                          "threads": max(1, int(serve_cfg.replica_cpus))},
         ).bind()
-    ingress_env = {"env_vars": {TOKEN_VARIABLE: token}} if token else {}
     return Ingress.options(
-        ray_actor_options={"num_cpus": 0.1, "runtime_env": ingress_env},
+        ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=max(256, serve_cfg.max_ongoing_requests * max(1, len(models))),
-    ).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes})
+    ).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes,
+                    "auth": dict(auth or {})})
 
 
 def bind_host(config: MedrayConfig, token: str | None) -> str:
     if config.serve.host:
-        if not token and config.serve.host not in ("127.0.0.1", "localhost"):
-            raise ConfigError(f"serve.host={config.serve.host} without {TOKEN_VARIABLE}: set a token before "
-                              "listening beyond this machine")
+        refuse_open_beyond_loopback(token, config.serve.host)
         return config.serve.host
     return "0.0.0.0" if token else "127.0.0.1"
+
+
+# Where `serve up` keeps this shell's token for a Ray on this machine (mode 0600).
+TOKEN_FILE = Path(os.environ.get("MEDRAY_HOME", "~/.medray")).expanduser() / "serve-token"
+
+
+def token_auth(token: str | None, on_this_machine: bool) -> dict[str, str]:
+    """The ingress's `auth` setting for this shell's token: a private file when every
+    replica runs here; else the nodes' own variable of the same name, which the cluster
+    sets from its secret store (the shell's token never travels to the cluster)."""
+    if token is None:
+        return {}
+    if not on_this_machine:
+        return {"token_env": TOKEN_VARIABLE}
+    TOKEN_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=TOKEN_FILE.parent, prefix=".serve-token-")  # created 0600
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token)
+    os.replace(temporary, TOKEN_FILE)
+    return {"token_file": str(TOKEN_FILE)}
 
 
 def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = None) -> dict[str, Any]:
@@ -85,23 +112,48 @@ def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = Non
     host = bind_host(config, token)
     versions = champions(config, Registry(storage), names)
     serve.start(http_options={"host": host, "port": config.serve.port})
-    serve.run(build_app(config, storage, versions, token), name=APP_NAME, route_prefix="/")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '127.0.0.1') else host}:{config.serve.port}"
+    # A Serve already running keeps the address it started with, whatever was asked now.
+    refuse_open_beyond_loopback(token, proxy_options().host)
+    on_this_machine = not (config.ray.address or os.environ.get("RAY_ADDRESS"))
+    deployed = _run(config, storage, versions, token_auth(token, on_this_machine))
     if not token:
         log.warning("no %s set: the API is open, so it listens on 127.0.0.1 only", TOKEN_VARIABLE)
-    return {"url": url, "host": host, "auth": bool(token), "models": versions}
+    return deployed
 
 
 def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:
-    """Roll every served model to its current champion, in place."""
+    """Roll every served model to its current champion, in place. The ingress keeps the
+    auth it runs with, whatever this shell's MEDRAY_API_TOKEN says."""
     current = status()
     if current["status"] == "NOT_RUNNING":
         raise NotFoundError("medray is not being served; start it with `medray serve up`")
     names = sorted(name.removeprefix("model-") for name in current["deployments"] if name.startswith("model-"))
     before = {name: current["deployments"][f"model-{name}"].get("version") for name in names}
-    deployed = deploy(config, storage, names)
+    deployed = _run(config, storage, champions(config, Registry(storage), names), _running_auth())
     deployed["changed"] = {n: {"from": before[n], "to": v} for n, v in deployed["models"].items() if before[n] != v}
     return deployed
+
+
+def _run(config: MedrayConfig, storage: Storage, versions: dict[str, int], auth: dict[str, str]) -> dict[str, Any]:
+    from ray import serve
+
+    serve.run(build_app(config, storage, versions, auth), name=APP_NAME, route_prefix="/")
+    http = proxy_options()
+    url = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
+    return {"url": url, "host": http.host, "auth": bool(auth), "models": versions}
+
+
+def _running_auth() -> dict[str, str]:
+    """The running ingress's `auth` setting; refuses when it cannot be read, rather than
+    guess and redeploy an open API."""
+    from ray import serve
+
+    try:
+        handle = serve.get_deployment_handle("Ingress", app_name=APP_NAME)
+        return handle.auth_settings.remote().result(timeout_s=30)
+    except Exception:  # an ingress from an older medray, or one not answering
+        raise MedrayError("cannot read how the running API checks its token, so it is not redeployed; "
+                          f"run `medray serve up` again (with {TOKEN_VARIABLE} set for a token)") from None
 
 
 def status() -> dict[str, Any]:
@@ -144,6 +196,7 @@ def down() -> bool:
     from ray import serve
 
     serve.shutdown()
+    TOKEN_FILE.unlink(missing_ok=True)  # a secret at rest outlives no server
     state = _local_state()
     if state is None or state["address"] != _connected_to:
         return False
@@ -234,9 +287,16 @@ def _free_port() -> int:
 
 def app_builder(args: dict[str, Any]):
     """For `serve deploy serve/serve_config.yaml` on a cluster: args `config` (a YAML
-    path, optional), `overrides` (list of key=value) and `storage` (else MEDRAY_STORAGE)."""
+    path, optional), `overrides` (list of key=value), `storage` (else MEDRAY_STORAGE), and
+    where each node holds the API token: `token_env` (a variable's name) or `token_file`
+    (a path). Naming neither serves an open API, which only starts on loopback."""
     from cluster.config import load_config
 
     config = load_config(args.get("config"), list(args.get("overrides") or []))
     storage = Storage.from_cli(args.get("storage"), config.storage)
-    return build_app(config, storage, champions(config, Registry(storage)), os.environ.get(TOKEN_VARIABLE) or None)
+    auth = {key: str(args[key]) for key in ("token_env", "token_file") if args.get(key)}
+    # Checked here too, though the ingress checks again: a refusal here names the problem
+    # in the deploy's status instead of in a replica's crash log.
+    if not auth:
+        refuse_open_beyond_loopback(None, proxy_options().host)
+    return build_app(config, storage, champions(config, Registry(storage)), auth)

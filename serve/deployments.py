@@ -4,18 +4,26 @@
 `@serve.batch`. Which registry version it serves comes in its `user_config`, so a new
 champion reaches live replicas through `reconfigure()`: the new version is loaded
 beside the old one and swapped in one assignment, and requests already holding the old
-one finish with it. The ingress checks the token and the body size, turns every request
-problem into a 4xx that names the field, and never logs or echoes request bodies.
+one finish with it. The ingress checks the token (in ASGI middleware, from the headers
+alone, before any route or body parser runs) and the body size, turns every request problem
+into a 4xx that names the field, and never logs or echoes request bodies.
+
+The ingress's settings name where its token lies on the node, `{"token_env": NAME}` or
+`{"token_file": PATH}`, never the token itself: Serve shows deployment arguments and
+runtime environments in its config and dashboard. Without a token it refuses to start
+unless Serve's HTTP proxy listens on loopback only.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters'
 # annotations at runtime, and Serve's ingress wrapping cannot resolve them from strings.
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
@@ -23,10 +31,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from serve.schemas import ModelList, PredictRequest, PredictResponse, Problem
+from cluster.errors import ConfigError
+from serve.schemas import InputError, ModelList, PredictRequest, PredictResponse, Problem, parse_json_body
 
 log = logging.getLogger("ray.serve")
 TOKEN_VARIABLE = "MEDRAY_API_TOKEN"
+PROBES = frozenset({"/healthz", "/readyz"})
+"""The only routes open without the token: they answer ready or not, and nothing else."""
 
 
 @serve.deployment
@@ -59,45 +70,35 @@ class ModelServer:
 
     async def predict(self, instances: list[Any], explain: bool = False) -> dict[str, Any]:
         """{"predictions": [...]} or {"error": message} for a request the model cannot take."""
-        from serve.model import InputError
-
         model = self.model  # this request is answered by one version, even across a swap
         try:
             inputs = model.decode(instances)
+            if explain:
+                answers = model.predict(inputs)
+                for answer, why in zip(answers, model.explain(inputs)):
+                    answer["explanation"] = why
+                return {"predictions": answers}
         except InputError as error:
             return {"error": str(error)}
-        if explain:
-            answers = model.predict(inputs)
-            for answer, why in zip(answers, model.explain(inputs)):
-                answer["explanation"] = why
-            return {"predictions": answers}
-        return {"predictions": await self.predict_batch((model, inputs))}
+        return await self.predict_batch((model, inputs))
 
     async def predict_file(self, data: bytes) -> dict[str, Any]:
-        from serve.model import InputError
-
         model = self.model
         try:
             inputs = model.decode_file(data)
         except InputError as error:
             return {"error": str(error)}
-        return {"predictions": await self.predict_batch((model, inputs))}
+        return await self.predict_batch((model, inputs))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, requests: list[tuple[Any, Any]]) -> list[list[dict[str, Any]]]:
-        """Many requests, one forward pass per model version among them."""
-        import torch
-
-        answers: list[list[dict[str, Any]] | None] = [None] * len(requests)
+    async def predict_batch(self, requests: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        """Many requests, one forward pass per model version among them; each request is
+        answered (or refused, when the model gave no usable answer for it) on its own."""
+        answers: list[dict[str, Any] | None] = [None] * len(requests)
         for model in {id(m): m for m, _ in requests}.values():
             chosen = [i for i, (m, _) in enumerate(requests) if m is model]
-            batch = torch.cat([requests[i][1] for i in chosen])
-            flat = model.predict(batch)
-            start = 0
-            for i in chosen:
-                count = len(requests[i][1])
-                answers[i] = flat[start:start + count]
-                start += count
+            for i, answer in zip(chosen, model.predict_requests([requests[i][1] for i in chosen])):
+                answers[i] = answer
         return answers
 
 
@@ -105,7 +106,7 @@ app = FastAPI(
     title="medray",
     version="1",
     description="Predictions from the model registry's champions. Send `Authorization: Bearer <token>` "
-                "when the server was started with MEDRAY_API_TOKEN.",
+                "on every route but the probes when the server was started with a token.",
 )
 
 
@@ -149,15 +150,118 @@ class _TooLarge(Exception):
     pass
 
 
-async def _send_problem(send, status: int, detail: str) -> None:
+class BearerAuth:
+    """ASGI middleware: every route but the probes needs `Authorization: Bearer <token>`.
+
+    It decides from the request's headers alone and answers 401 without calling `receive`,
+    so no byte of an unauthenticated body is read, let alone parsed; the docs and the
+    OpenAPI document are behind it too."""
+
+    def __init__(self, asgi, token: str) -> None:
+        self.asgi, self.token = asgi, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or _route_path(scope) in PROBES or self._admits(scope):
+            return await self.asgi(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        return await _send_problem(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+
+    def _admits(self, scope) -> bool:
+        offered = next((value for key, value in scope.get("headers") or [] if key == b"authorization"), b"")
+        scheme, _, credential = offered.partition(b" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
+
+
+def _route_path(scope) -> str:
+    """The path the app routes on (Starlette's rule): the request path less root_path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+async def _send_problem(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def read_token(auth: dict[str, str]) -> str | None:
+    """The API token from where `auth` names it on this node; None when it names nowhere.
+
+    A named place that is missing or empty is an error, not an open API: the operator
+    asked for a token, so the ingress must not start without one."""
+    if set(auth) - {"token_env", "token_file"} or len(auth) > 1:
+        raise ConfigError("the ingress's auth setting takes one of token_env: NAME or token_file: PATH")
+    if "token_env" in auth:
+        where, token = f"environment variable {auth['token_env']}", os.environ.get(auth["token_env"], "")
+    elif "token_file" in auth:
+        where = f"file {auth['token_file']}"
+        try:
+            token = Path(auth["token_file"]).read_text()
+        except (OSError, UnicodeDecodeError):
+            token = ""
+    else:
+        return None
+    if not token.strip():  # a Secret mounted as a file often ends in a newline; the token does not
+        raise ConfigError(f"the API token's {where} is missing or empty on this node")
+    return token.strip()
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_options():
+    """Serve's HTTP options (the `host` and `port` its proxies listen on) as the running
+    controller has them, which may differ from what a later `serve.start` asked for."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().http_config
+
+
+def refuse_open_beyond_loopback(token: str | None, host: str) -> None:
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"refusing to serve without an API token while Serve's HTTP proxy listens on {host}: "
+                          f"set {TOKEN_VARIABLE} (or name a token_env / token_file), or bind the proxy to 127.0.0.1")
+
+
+def token_to_require(auth: dict[str, str]) -> str | None:
+    """What the ingress starts with: the token `auth` names, read on this node, or None for
+    an open API, which it refuses unless Serve's proxy listens on loopback only. Every way
+    of deploying (`serve up`, a Serve config, `app_builder`) builds the ingress, so this is
+    the check none of them can skip."""
+    token = read_token(auth)
+    refuse_open_beyond_loopback(token, proxy_options().host)
+    return token
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _no_such_model() -> JSONResponse:
+    # The path's name is the caller's text: not repeated back.
+    return _problem(404, "name: no such model is served; GET /v1/models lists them")
+
+
+def _openapi_with_bearer() -> dict[str, Any]:
+    """The OpenAPI document, saying which operations need the bearer token."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["security"] = [] if path in PROBES else [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 PROBLEMS = {401: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}}
@@ -170,22 +274,22 @@ class Ingress:
         from ray.serve.metrics import Counter, Histogram
 
         self.models, self.settings = models, settings
-        self.token = os.environ.get(TOKEN_VARIABLE) or None
+        self.auth = dict(settings.get("auth") or {})
+        token = token_to_require(self.auth)
         app.add_middleware(BodyLimit, limit=int(settings["max_body_bytes"]))
+        if token is not None:  # added last, so outermost: a 401 comes before any body limit or parser
+            app.add_middleware(BearerAuth, token=token)
+            app.openapi = _openapi_with_bearer
         self.requests = Counter("medray_requests_total", description="Predict requests by model and status.",
                                 tag_keys=("model", "status"))
         self.latency = Histogram("medray_request_latency_ms", description="Predict latency by model (ms).",
                                  boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
                                  tag_keys=("model",))
 
-    def _refused(self, request: Request) -> JSONResponse | None:
-        if self.token is None:
-            return None
-        offered = request.headers.get("authorization", "")
-        if not hmac.compare_digest(offered.encode(), f"Bearer {self.token}".encode()):
-            return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        return None
+    def auth_settings(self) -> dict[str, str]:
+        """Where this ingress reads its token (a name or a path, never the token), for
+        `medray serve update` to redeploy with the same."""
+        return dict(self.auth)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -193,16 +297,15 @@ class Ingress:
 
     @app.get("/readyz", responses={503: {"model": Problem}})
     async def readyz(self):
+        # Open to anyone who can reach the port, so it names no model and no version.
         try:
-            infos = await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.models.values())), 5)
+            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.models.values())), 5)
         except Exception:  # a model still loading or being replaced: not ready yet
             return _problem(503, "not every model is loaded yet")
-        return {"status": "ready", "models": {i["name"]: i["version"] for i in infos}}
+        return {"status": "ready"}
 
     @app.get("/v1/models", response_model=ModelList, responses=PROBLEMS)
-    async def list_models(self, request: Request):
-        if refused := self._refused(request):
-            return refused
+    async def list_models(self):
         infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
         return {"models": infos}
 
@@ -211,15 +314,13 @@ class Ingress:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(self, name: str, request: Request):
-        if refused := self._refused(request):
-            return refused
         handle = self.models.get(name)
         if handle is None:
-            return _problem(404, f"no model named '{name}' is served; GET /v1/models lists them")
+            return _no_such_model()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _problem(422, "body: must be JSON")
+            body = parse_json_body(await request.body())
+        except InputError as error:  # not JSON, not UTF-8, nested too deep, an integer too long
+            return _problem(422, str(error))
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             return _problem(422, "instances: required, a list")
         extra = sorted(set(body) - {"instances", "explain"})
@@ -235,12 +336,10 @@ class Ingress:
 
     @app.post("/v1/models/{name}/predict-file", response_model=PredictResponse, response_model_exclude_none=True,
               responses=PROBLEMS)
-    async def predict_file(self, name: str, request: Request, file: UploadFile = File(...)):
-        if refused := self._refused(request):
-            return refused
+    async def predict_file(self, name: str, file: UploadFile = File(...)):
         handle = self.models.get(name)
         if handle is None:
-            return _problem(404, f"no model named '{name}' is served; GET /v1/models lists them")
+            return _no_such_model()
         return await self._answer(name, handle.predict_file.remote(await file.read()))
 
     async def _answer(self, name: str, pending) -> JSONResponse | dict:

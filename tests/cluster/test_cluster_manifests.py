@@ -114,10 +114,15 @@ def k8s_documents(name: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
 
 
+SERVING_ACCOUNT = "medray-serve"  # the RayService's read-only identity (tests/serve/test_serve_manifests.py)
+
+
 def shared_config() -> tuple[str, str]:
-    """The ConfigMap and ServiceAccount names medray-config.yaml defines."""
-    docs = {doc["kind"]: doc for doc in k8s_documents("medray-config.yaml")}
-    return docs["ConfigMap"]["metadata"]["name"], docs["ServiceAccount"]["metadata"]["name"]
+    """The ConfigMap and the jobs' ServiceAccount names medray-config.yaml defines."""
+    docs = k8s_documents("medray-config.yaml")
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] != SERVING_ACCOUNT)
+    return config_map["metadata"]["name"], account["metadata"]["name"]
 
 
 def ray_cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +173,7 @@ def test_kuberay_manifest_shape(name):
     configmap, service_account = shared_config()
     images = set()
     for pod in pod_specs(cluster):
-        assert pod["serviceAccountName"] == service_account  # IRSA, not keys
+        assert pod["serviceAccountName"] == (SERVING_ACCOUNT if doc["kind"] == "RayService" else service_account)
         for container in pod["containers"]:
             images.add(container["image"])
             config_maps = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]

@@ -1,6 +1,7 @@
 """Real Ray Serve on a local Ray, models from a registry on a local S3-protocol server:
-faithful answers over HTTP, every bad input a 4xx, a token when set, a model swap and a
-killed replica under steady load without a failed request, no request values in logs."""
+faithful answers over HTTP, every bad input a 4xx, a model swap and a killed replica under
+steady load without a failed request, no request values in logs. (The token, and the API
+as someone without it meets it: test_api_security.py.)"""
 
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from cluster.config import load_config
 from serve.model import ServedModel
+from tests_serve_support import assert_same_answers
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +52,7 @@ def _predict(client, name, instances, **kwargs):
 def test_served_answers_equal_the_offline_model(served, real_inputs):
     client, registry = served["client"], served["registry"]
     assert served["deployed"]["host"] == "127.0.0.1" and not served["deployed"]["auth"]
-    assert client.get("/readyz").json() == {"status": "ready", "models": {"ecg": 1, "records": 1, "ultrasound": 1}}
+    assert client.get("/readyz").json() == {"status": "ready"}
     listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert listing["ultrasound"]["input"]["height"] == 28 and listing["records"]["modality"] == "tabular"
     assert set(client.get("/openapi.json").json()["paths"]) >= {"/v1/models", "/v1/models/{name}/predict",
@@ -59,14 +61,14 @@ def test_served_answers_equal_the_offline_model(served, real_inputs):
     images = [im.tolist() for im in real_inputs["images"][:4]]
     response = _predict(client, "ultrasound", images)
     assert response.status_code == 200
-    assert response.json()["predictions"] == offline.predict(offline.decode(images))
+    assert_same_answers(response.json()["predictions"], offline.predict(offline.decode(images)))
     for answer in response.json()["predictions"]:
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
         assert answer["version"] == 1 and answer["prediction_set"]
 
     png = _png(real_inputs["images"][0])
     by_file = client.post("/v1/models/ultrasound/predict-file", files={"file": ("case.png", png, "image/png")})
-    assert by_file.json()["predictions"] == offline.predict(offline.decode(images[:1]))
+    assert_same_answers(by_file.json()["predictions"], offline.predict(offline.decode(images[:1])))
     explained = client.post("/v1/models/ultrasound/predict", json={"instances": images[:1], "explain": True})
     assert np.array(explained.json()["predictions"][0]["explanation"]["map"]).shape == (28, 28)
 
@@ -99,7 +101,7 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(s
         (_predict(client, "records", [{**record, "mean area": str(CANARY)}]), 422, "mean area: must be a number"),
         (_predict(client, "records", [{k: v for k, v in record.items() if k != "worst area"}]), 422,
          "missing feature(s) worst area"),
-        (_predict(client, "nope", [image]), 404, "no model named 'nope'"),
+        (_predict(client, "nope" + str(CANARY), [image]), 404, "name: no such model is served"),
         (client.post("/v1/models/ultrasound/predict-file", files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\1" * 64)}),
          422, "file is not a readable DICOM image"),
         (client.post("/v1/models/ultrasound/predict-file", files={"file": ("x.png", str(CANARY).encode())}),
@@ -112,7 +114,8 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(s
         assert response.status_code == status, (text, response.status_code, response.text)
         assert text in response.json()["detail"], (text, response.json())
         assert str(CANARY) not in response.text
-    assert _predict(client, "ultrasound", [image]).json() == before  # same answer as before the bad ones
+    assert_same_answers(_predict(client, "ultrasound", [image]).json()["predictions"],
+                        before["predictions"])  # the same answer as before the bad ones
 
 
 def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_path):
@@ -190,7 +193,9 @@ def test_a_killed_replica_is_replaced_without_losing_a_request(served, real_inpu
     stop.set()
     worker.join(timeout=120)
     assert handle.pid.remote().result(timeout_s=30) != pid  # a new replica
-    assert answers and all(a == expected for a in answers)
+    assert answers and None not in answers
+    for answer in answers:  # from the old process or the new one
+        assert_same_answers(answer["predictions"], expected["predictions"])
 
 
 def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
@@ -226,31 +231,14 @@ def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
-def test_token_required_when_set(served, real_inputs, monkeypatch):
-    from serve.app import deploy
-
-    monkeypatch.setenv("MEDRAY_API_TOKEN", "s3cret-token")
-    config = load_config(None, [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
-                                "serve.host=127.0.0.1"])  # the test keeps to loopback even with a token
-    deployed = deploy(config, served["storage"])
-    client = served["client"]
-    image = real_inputs["images"][0].tolist()
-    assert deployed["auth"]
-    assert _predict(client, "ultrasound", [image]).status_code == 401
-    assert _predict(client, "ultrasound", [image], headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/v1/models").status_code == 401
-    ok = _predict(client, "ultrasound", [image], headers={"Authorization": "Bearer s3cret-token"})
-    assert ok.status_code == 200
-    assert client.get("/healthz").status_code == 200  # probes need no token
-
-
 def test_no_request_value_reaches_the_logs(served, real_inputs):
     client = served["client"]
     names = real_inputs["feature_names"]
     record = dict(zip(names, map(float, real_inputs["records"][0])))
-    _predict(client, "records", [{**record, "mean radius": CANARY}])
-    _predict(client, "records", [{**record, "mean radius": str(CANARY)}])
-    _predict(client, "ecg", [[CANARY] * 96])
+    sent = [_predict(client, "records", [{**record, "mean radius": CANARY}]),
+            _predict(client, "records", [{**record, "mean radius": str(CANARY)}]),
+            _predict(client, "ecg", [[CANARY] * 96])]
+    assert all(r.status_code in (200, 422) for r in sent)  # each reached its model
     time.sleep(2)  # let the log files flush
     import ray
 

@@ -57,3 +57,21 @@ def make_registry(storage, folder: Path, real_inputs) -> Registry:
 def register_second_ultrasound(storage, folder: Path) -> int:
     """Version 2 of the image model (other weights), made champion."""
     return register(storage, folder, "ultrasound", "cnn", "resnet", IMAGE, ["benign", "malignant"], seed=11)
+
+
+EXACT = ("label", "prediction_set", "refer_to_clinician", "coverage", "model", "version")
+"""Answer fields that are decisions or identities: equal across processes, or it is a bug."""
+
+
+def assert_same_answers(got: list[dict], expected: list[dict], tolerance: float = 1e-6) -> None:
+    """Answers from two processes agree: decisions exactly, probabilities within
+    `tolerance` (a replica runs one torch thread, another process more, and CPU kernels
+    then sum in another order, which moves the 8th or 9th decimal)."""
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected):
+        assert set(mine) == set(theirs)
+        assert {k: mine[k] for k in EXACT if k in mine} == {k: theirs[k] for k in EXACT if k in theirs}
+        for key in ("probabilities", "calibrated_probabilities"):
+            assert mine[key].keys() == theirs[key].keys()
+            assert np.allclose(list(mine[key].values()), [theirs[key][c] for c in mine[key]], rtol=0,
+                               atol=tolerance), key
