@@ -41,10 +41,12 @@ def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> N
     _RESULT_STREAM.flush()
 
 
-def _storage(args: argparse.Namespace):
+def _storage(args: argparse.Namespace, config=None):
+    """The root from --storage, else the config, else the environment; the config's
+    storage settings (encryption, KMS key, retries) apply whichever gives the root."""
     from cluster.storage import Storage
 
-    return Storage.from_cli(args.storage)
+    return Storage.from_cli(args.storage, config.storage if config is not None else None)
 
 
 # data ----------------------------------------------------------------------------
@@ -61,13 +63,15 @@ def _data_import(args: argparse.Namespace) -> None:
         kind=args.kind, source=args.source, name=args.name, dataset=args.dataset, target=args.target,
         columns=args.columns, missing=args.missing, categorical=args.categorical or [], group=args.group,
         drop=args.drop or [], classes=args.classes, sep=args.sep, grayscale=not args.rgb,
-        license=args.license, data=data,
+        license=args.license, source_label=args.source_label, data=data,
     )
     manifest = import_dataset(_storage(args), request)
     _emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
 
 
 def describe_text(manifest: dict[str, Any]) -> str:
+    from train.data.dataset import describe_source
+
     splits = manifest["splits"]
     quality = manifest["quality"]
     lines = [
@@ -91,7 +95,7 @@ def describe_text(manifest: dict[str, Any]) -> str:
            if quality["missing_values_total"] else ""),
         f"  duplicates across splits: {sum(duplicates.values())} ({', '.join(f'{k} {v}' for k, v in duplicates.items())})",
         f"  constant features: {quality['constant_features']}",
-        f"  source:  {manifest['source'].get('uri')}  sha256 {manifest['source'].get('sha256', '')[:16]}…",
+        f"  source:  {describe_source(manifest['source'])}",
         f"  license: {manifest['license']}",
         f"  created: {manifest['created_at']}",
     ]
@@ -146,15 +150,9 @@ def _train(args: argparse.Namespace) -> None:
     from train.job import run_training
 
     config = _load(args)
-    storage = _storage(args) if args.storage else _storage_from(config)
+    storage = _storage(args, config)
     summary = run_training(config, storage, Path(args.config).stem)
     _emit(args, summary, lambda: result_text(summary))
-
-
-def _storage_from(config):
-    from cluster.storage import Storage
-
-    return Storage.from_cli(None, config.storage)
 
 
 def result_text(summary: dict[str, Any]) -> str:
@@ -180,7 +178,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from train.job import evaluate_checkpoint
 
     config = _load(args)
-    storage = _storage(args) if args.storage else _storage_from(config)
+    storage = _storage(args, config)
     result = evaluate_checkpoint(storage, args.checkpoint, config, args.split)
     _emit(args, result, lambda: json.dumps(result["metrics"], indent=2))
 
@@ -195,7 +193,7 @@ def _tune(args: argparse.Namespace) -> None:
         raise MedrayError("give a CONFIG to start a search, or --resume NAME to continue one")
     overrides = list(args.overrides) + ([f"tune.num_samples={args.samples}"] if args.samples else [])
     config = _load_config(args.config, overrides)
-    storage = _storage(args) if args.storage else _storage_from(config)
+    storage = _storage(args, config)
     summary = run_search(config, storage, Path(args.config).stem if args.config else None, resume=args.resume)
     if args.promote:
         from tune.promote import promote_checkpoint
@@ -292,7 +290,7 @@ def _serve_config(args: argparse.Namespace):
     if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     config = _load_config(args.config, list(args.overrides or []))
-    return config, (_storage(args) if args.storage else _storage_from(config))
+    return config, _storage(args, config)
 
 
 def _serve_up(args: argparse.Namespace) -> None:
@@ -448,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--test-fraction", type=float, help="share held out for test when the source has none")
     imp.add_argument("--seed", type=int, help="split seed (default 0)")
     imp.add_argument("--license", help="license or terms of the source, recorded in the manifest")
+    imp.add_argument("--source-label", help="your name for the source, recorded in the manifest instead of its "
+                                            "path or file name (which are never stored)")
     _common(imp)
     imp.set_defaults(handler=_data_import)
 

@@ -30,7 +30,8 @@ class StorageConfig(Section):
     """`file:///path`, a plain path, or `s3://bucket/prefix`. None: `--storage`, then
     `MEDRAY_STORAGE`, then `file://~/.medray`."""
     server_side_encryption: Literal["AES256", "aws:kms", "none"] = "AES256"
-    """Requested on every S3 write; "none" only for servers that reject the header."""
+    """Requested on every S3 write medray causes, Ray Train's checkpoints and Ray Tune's state
+    included; "none" only for servers that reject the header."""
     kms_key_id: str | None = None
     """KMS key for `aws:kms`; None uses the bucket's default key."""
     max_attempts: int = Field(5, ge=1, le=20)

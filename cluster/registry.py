@@ -4,26 +4,41 @@
     {root}/models/{name}/versions/{K}/version.json  checksums of every file; written last
     {root}/models/{name}/champion.json             {"version": K, "history": [...]}
 
-A version is published like a dataset version: its files first, `version.json` last and
-create-only, so it is never half-visible and never rewritten. Promote and rollback only
-rewrite `champion.json` (one atomic PUT / rename). Loading checks every file's sha256
-against `version.json`, so tampered or truncated weights are refused.
+A writer first claims the number K with a create-only `versions/K/.claim`, so no two
+writers ever put files in one version folder (a loser would otherwise delete or
+overwrite the winner's weights); then it writes the files, and `version.json` last and
+create-only, so a version is never half-visible and never rewritten. A claimed number is
+never reused, even if its writer died before publishing.
+
+Promote and rollback only rewrite `champion.json`, and only if it is still the file they
+read (If-Match on S3, a compare-and-swap under a lock on disk); on a conflict they read it
+again and retry, so concurrent promotions never lose history.
+
+File names in `version.json` are checked before they are read or written anywhere, and
+loading checks every file's sha256 against it, so tampered or truncated weights are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from cluster import names
 from cluster.errors import MedrayError, NotFoundError
-from cluster.storage import AlreadyExistsError, Storage
+from cluster.storage import AlreadyExistsError, Storage, WriteConflictError
 
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+CLAIM_FILE = ".claim"
+CLAIM_ATTEMPTS = 20
+"""Numbers a writer tries before giving up: each failed claim means another writer took one."""
+CHAMPION_ATTEMPTS = 20
 
 
 class RegistryError(MedrayError):
@@ -31,9 +46,15 @@ class RegistryError(MedrayError):
 
 
 def check_model_name(name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise RegistryError(f"model name '{name}' is not allowed: use 1-64 lowercase letters, digits, '.', '_', '-'")
-    return name
+    return names.check(names.DATASET, name, "model name", RegistryError,
+                       "use 1-64 lowercase letters, digits, '.', '_', '-', starting with a letter or digit")
+
+
+def check_file_name(name: str, model: str, version: int | None = None) -> str:
+    """A registry file is one plain name: it becomes a storage key and a local path."""
+    where = f"model '{model}'" + (f" version {version}" if version is not None else "")
+    return names.check(names.FILE, name, f"{where}: file name", RegistryError,
+                       "use 1-128 letters, digits, '.', '_' or '-', no folders")
 
 
 def _now() -> str:
@@ -76,7 +97,15 @@ class Registry:
         if not self.storage.exists(key):
             known = ", ".join(map(str, self.versions(name))) or "none"
             raise NotFoundError(f"model '{name}' has no version {version} (versions: {known})")
-        return self.storage.read_json(key)
+        info = self.storage.read_json(key)
+        files = info.get("files") if isinstance(info, dict) else None
+        if not isinstance(files, dict):
+            raise RegistryError(f"model '{name}' version {version}: {VERSION_FILE} lists no files")
+        for filename, digest in files.items():
+            check_file_name(filename, name, version)
+            if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise RegistryError(f"model '{name}' version {version}: '{filename}' has no valid sha256")
+        return info
 
     def champion(self, name: str) -> dict[str, Any] | None:
         key = f"{self._key(name)}/{CHAMPION_FILE}"
@@ -106,6 +135,7 @@ class Registry:
     def read_file(self, name: str, version: int, filename: str, info: dict[str, Any] | None = None) -> bytes:
         """One file of a version, checked against the sha256 recorded when it was written."""
         info = info or self.version_info(name, version)
+        check_file_name(filename, name, version)
         expected = info["files"].get(filename)
         if expected is None:
             raise NotFoundError(f"model '{name}' version {version} has no file '{filename}'")
@@ -119,21 +149,38 @@ class Registry:
 
     def download(self, name: str, version: int, local_dir: str | Path) -> Path:
         """Every file of a version into `local_dir`, each checksum verified."""
-        info = self.version_info(name, version)
+        info = self.version_info(name, version)  # every file name checked
         local = Path(local_dir)
         local.mkdir(parents=True, exist_ok=True)
         for filename in info["files"]:
-            (local / filename).write_bytes(self.read_file(name, version, filename, info))
+            target = local / filename
+            if target.resolve().parent != local.resolve():  # a plain name stays in; say so if not
+                raise RegistryError(f"model '{name}' version {version}: '{filename}' would be written outside "
+                                    f"{local}")
+            target.write_bytes(self.read_file(name, version, filename, info))
         return local
 
     # Writing ---------------------------------------------------------------------
+    def _claimed(self, name: str) -> int:
+        """The highest number any writer has claimed, published or not."""
+        numbers = [int(entry) for entry in self.storage.list_dir(f"{self._key(name)}/versions") if entry.isdigit()]
+        return max(numbers, default=0)
+
     def register(self, name: str, files: dict[str, Path], metadata: dict[str, Any]) -> int:
         """Publish a new immutable version from local files; returns its number."""
         check_model_name(name)
+        for filename in files:
+            check_file_name(filename, name)
+        if VERSION_FILE in files:
+            raise RegistryError(f"model '{name}': '{VERSION_FILE}' is the registry's own file")
         digests = {filename: _sha256(Path(path).read_bytes()) for filename, path in files.items()}
-        for _attempt in range(5):
-            version = (self.versions(name) or [0])[-1] + 1
+        for _attempt in range(CLAIM_ATTEMPTS):
+            version = self._claimed(name) + 1
             prefix = self._key(name, version)
+            try:
+                self.storage.write_json(f"{prefix}/{CLAIM_FILE}", {"claimed_at": _now()}, exclusive=True)
+            except AlreadyExistsError:
+                continue  # another writer holds this number; take the next
             uploaded = []
             try:
                 for filename, path in files.items():
@@ -145,41 +192,59 @@ class Registry:
                     exclusive=True,
                 )
                 return version
-            except AlreadyExistsError:
-                for key in uploaded:
-                    self.storage.delete(key)
             except BaseException:
+                # Only this writer's own files: the claim made the folder this writer's alone.
                 for key in uploaded:
                     self.storage.delete(key)
                 raise
         raise RegistryError(f"could not claim a new version of model '{name}': too many concurrent writers")
 
+    def _update_champion(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict:
+        """Rewrite champion.json as `change(current)` says, only if nobody rewrote it meanwhile."""
+        key = f"{self._key(name)}/{CHAMPION_FILE}"
+        for attempt in range(CHAMPION_ATTEMPTS):
+            try:
+                data, tag = self.storage.read_with_tag(key)
+                current = json.loads(data)
+            except NotFoundError:
+                current, tag = None, None
+            pointer = change(current)
+            try:
+                if tag is None:
+                    self.storage.write_json(key, pointer, exclusive=True)
+                else:
+                    self.storage.write_json(key, pointer, if_match=tag)
+                return pointer
+            except WriteConflictError:
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # spread the retries out
+        raise RegistryError(f"model '{name}': champion.json kept changing under other writers; try again")
+
     def promote(self, name: str, version: int, reason: str = "promoted") -> dict[str, Any]:
         """Point the champion at `version` (which must exist); the old pointer is kept for rollback."""
         self.version_info(name, version)
-        key = f"{self._key(name)}/{CHAMPION_FILE}"
-        current = self.storage.read_json(key) if self.storage.exists(key) else None
-        history = list(current.get("history", [])) if current else []
-        if current:
-            history.append({"version": current["version"], "since": current["since"]})
-        pointer = {"name": name, "version": version, "since": _now(), "reason": reason, "history": history}
-        self.storage.write_json(key, pointer)
-        return pointer
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            history = list(current.get("history", [])) if current else []
+            if current:
+                history.append({"version": current["version"], "since": current["since"]})
+            return {"name": name, "version": version, "since": _now(), "reason": reason, "history": history}
+
+        return self._update_champion(name, change)
 
     def rollback(self, name: str) -> dict[str, Any]:
         """Point the champion back at the version it replaced."""
-        key = f"{self._key(name)}/{CHAMPION_FILE}"
-        if not self.storage.exists(key):
-            raise RegistryError(f"model '{name}' has no champion to roll back")
-        current = self.storage.read_json(key)
-        history = list(current.get("history", []))
         existing = set(self.versions(name))
-        while history and history[-1]["version"] not in existing:
-            history.pop()
-        if not history:
-            raise RegistryError(f"model '{name}' has no earlier champion to roll back to")
-        previous = history.pop()
-        pointer = {"name": name, "version": previous["version"], "since": _now(),
-                   "reason": f"rolled back from version {current['version']}", "history": history}
-        self.storage.write_json(key, pointer)
-        return pointer
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RegistryError(f"model '{name}' has no champion to roll back")
+            history = list(current.get("history", []))
+            while history and history[-1]["version"] not in existing:
+                history.pop()
+            if not history:
+                raise RegistryError(f"model '{name}' has no earlier champion to roll back to")
+            previous = history.pop()
+            return {"name": name, "version": previous["version"], "since": _now(),
+                    "reason": f"rolled back from version {current['version']}", "history": history}
+
+        return self._update_champion(name, change)

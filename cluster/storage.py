@@ -4,17 +4,28 @@ Everything durable lives under one root URI. Callers speak in keys relative to t
 root (`datasets/ecg200/v1/manifest.json`); this module turns them into local paths or
 S3 objects. Writes that others read are atomic: a local file appears by rename, an S3
 object appears whole on PUT, and `exclusive=True` refuses to replace an existing one,
-which is how a version number is claimed without a lock.
+which is how a version number is claimed without a lock. `if_match=TAG` (a tag from
+`read_with_tag`) replaces a file only if nobody changed it since it was read: a
+compare-and-swap, for the few files that are updated in place.
+
+Every key is checked: a `..`, `.` or empty segment is refused, so no key, whatever a
+stored file says, reaches outside the root.
 
 S3 is written through boto3 (server-side encryption and conditional PUT have no
-pyarrow call) and read by Ray Data and Ray Train through `arrow_filesystem()`.
+pyarrow call). Ray Data, Ray Train and Ray Tune use `arrow_filesystem()`: on S3 it reads
+through pyarrow's S3 filesystem but sends every write (checkpoints, Tune's state)
+through boto3 with the same encryption headers, since pyarrow's S3 filesystem cannot
+ask for server-side encryption.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +39,20 @@ STORAGE_ENV = "MEDRAY_STORAGE"
 DEFAULT_ROOT = "~/.medray"
 
 
-class AlreadyExistsError(StorageError):
+class WriteConflictError(StorageError):
+    """A conditional write found the file changed (or created) by another writer."""
+
+
+class AlreadyExistsError(WriteConflictError):
     """An exclusive write found the key already taken."""
+
+
+def check_key(key: str) -> str:
+    """`key` without surrounding `/`, if every segment is a plain name."""
+    key = key.strip("/")
+    if key and (any(part in ("", ".", "..") for part in key.split("/")) or "\x00" in key):
+        raise StorageError(f"storage key {key!r} is not allowed: no empty, '.' or '..' parts")
+    return key
 
 
 def resolve_root(cli_root: str | None = None, config: StorageConfig | None = None) -> str:
@@ -93,7 +116,7 @@ class Storage:
         return self.root.startswith("s3://")
 
     def uri(self, key: str = "") -> str:
-        key = key.strip("/")
+        key = check_key(key)
         return f"{self.root}/{key}" if key else self.root
 
     def check(self) -> None:
@@ -102,7 +125,11 @@ class Storage:
 
     # Reading -----------------------------------------------------------------
     def read_bytes(self, key: str) -> bytes:
-        return self._backend.read_bytes(key.strip("/"))
+        return self._backend.read_bytes(check_key(key))
+
+    def read_with_tag(self, key: str) -> tuple[bytes, str]:
+        """The file and a tag for `write_bytes(..., if_match=tag)`; NotFoundError if absent."""
+        return self._backend.read_with_tag(check_key(key))
 
     def read_json(self, key: str) -> Any:
         data = self.read_bytes(key)
@@ -112,43 +139,47 @@ class Storage:
             raise StorageError(f"{self.uri(key)} is not valid JSON: {error}") from None
 
     def exists(self, key: str) -> bool:
-        return self._backend.exists(key.strip("/"))
+        return self._backend.exists(check_key(key))
 
     def list_dir(self, key: str = "") -> list[str]:
         """Names directly under `key` (files and sub-folders), sorted; [] if none."""
-        return self._backend.list_dir(key.strip("/"))
+        return self._backend.list_dir(check_key(key))
 
     def download_file(self, key: str, local_path: str | os.PathLike) -> None:
         Path(local_path).write_bytes(self.read_bytes(key))
 
     # Writing -----------------------------------------------------------------
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Write atomically; with `exclusive`, raise AlreadyExistsError if `key` exists."""
-        self._backend.write_bytes(key.strip("/"), data, exclusive=exclusive)
+    def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False, if_match: str | None = None) -> None:
+        """Write atomically. `exclusive`: AlreadyExistsError if `key` exists. `if_match`:
+        WriteConflictError unless the file is still the one `read_with_tag` tagged."""
+        if exclusive and if_match is not None:
+            raise ValueError("a write is either exclusive or conditional on a tag, not both")
+        self._backend.write_bytes(check_key(key), data, exclusive=exclusive, if_match=if_match)
 
-    def write_json(self, key: str, obj: Any, *, exclusive: bool = False) -> None:
+    def write_json(self, key: str, obj: Any, *, exclusive: bool = False, if_match: str | None = None) -> None:
         payload = json.dumps(obj, indent=2, sort_keys=False, default=str).encode() + b"\n"
-        self.write_bytes(key, payload, exclusive=exclusive)
+        self.write_bytes(key, payload, exclusive=exclusive, if_match=if_match)
 
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
         """Upload a local file (multipart on S3 for large files)."""
-        self._backend.put_file(key.strip("/"), Path(local_path))
+        self._backend.put_file(check_key(key), Path(local_path))
 
     def delete(self, key: str) -> None:
         """Remove one file; a missing one is not an error."""
-        self._backend.delete(key.strip("/"))
+        self._backend.delete(check_key(key))
 
     def delete_prefix(self, key: str) -> None:
         """Remove everything under `key` (used to clean up a failed, unpublished write)."""
-        key = key.strip("/")
+        key = check_key(key)
         if not key:
             raise StorageError("refusing to delete the whole storage root")
         self._backend.delete_prefix(key)
 
     # For Ray Data / Ray Train ------------------------------------------------
     def arrow_filesystem(self):
-        """A `pyarrow.fs.FileSystem` and the root's path inside it."""
-        return self._backend.arrow_filesystem()
+        """A `pyarrow.fs.FileSystem` and the root's path inside it. On S3 its writes ask
+        for the configured server-side encryption, as every other write does."""
+        return self._backend.arrow_filesystem(), self._backend.arrow_base()
 
     def download_dir(self, key: str, local_dir: str | os.PathLike) -> Path:
         """Copy everything under `key` into `local_dir` (e.g. a checkpoint)."""
@@ -171,8 +202,8 @@ class Storage:
         raise NotFoundError(f"'{uri_or_path}' is not under the storage root {self.root}")
 
     def arrow_path(self, key: str = "") -> str:
-        _, base = self.arrow_filesystem()
-        key = key.strip("/")
+        base = self._backend.arrow_base()
+        key = check_key(key)
         return f"{base}/{key}" if key else base
 
     def __repr__(self) -> str:
@@ -182,13 +213,15 @@ class Storage:
 class _Backend:
     def check(self) -> None: ...
     def read_bytes(self, key: str) -> bytes: ...
+    def read_with_tag(self, key: str) -> tuple[bytes, str]: ...
     def exists(self, key: str) -> bool: ...
     def list_dir(self, key: str) -> list[str]: ...
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool) -> None: ...
+    def write_bytes(self, key: str, data: bytes, *, exclusive: bool, if_match: str | None) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, key: str) -> None: ...
     def arrow_filesystem(self): ...
+    def arrow_base(self) -> str: ...
 
 
 class _LocalBackend(_Backend):
@@ -211,6 +244,10 @@ class _LocalBackend(_Backend):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"file://{self._path(key)} does not exist") from None
+
+    def read_with_tag(self, key: str) -> tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -238,14 +275,28 @@ class _LocalBackend(_Backend):
         finally:
             staged.unlink(missing_ok=True)
 
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool) -> None:
+    def write_bytes(self, key: str, data: bytes, *, exclusive: bool, if_match: str | None = None) -> None:
         final = self._path(key)
         staged = self._stage(final)
         with open(staged, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        self._publish(staged, final, exclusive)
+        if if_match is None:
+            self._publish(staged, final, exclusive)
+            return
+        # Compare and swap: the check and the rename happen under one lock, which every
+        # conditional writer of this file takes; the kernel drops it if a writer dies.
+        with open(final.parent / f".{final.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(final.read_bytes()).hexdigest() if final.exists() else None
+                if current != if_match:
+                    staged.unlink(missing_ok=True)
+                    raise WriteConflictError(f"file://{final} was changed by another writer")
+                self._publish(staged, final, exclusive=False)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def put_file(self, key: str, path: Path) -> None:
         final = self._path(key)
@@ -262,7 +313,10 @@ class _LocalBackend(_Backend):
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
 
-        return pafs.LocalFileSystem(), str(self.base)
+        return pafs.LocalFileSystem()
+
+    def arrow_base(self) -> str:
+        return str(self.base)
 
 
 # botocore error codes, grouped by what the user has to do about them.
@@ -271,6 +325,9 @@ _CREDENTIAL_CODES = {
     "InvalidToken", "403", "Forbidden", "UnrecognizedClientException",
 }
 _MISSING_BUCKET_CODES = {"NoSuchBucket"}
+# "ConditionalRequestConflict": AWS's answer when two conditional writes of a key overlap.
+_CONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_CLIENT_LOCK = threading.Lock()
 
 
 class _S3Backend(_Backend):
@@ -281,24 +338,33 @@ class _S3Backend(_Backend):
         self.config = config
         self.endpoint = S3Endpoint.from_env()
         self._client = None
+        self._arrow = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Travels to Ray workers inside `arrow_filesystem()`; each process makes its own client.
+        return {**self.__dict__, "_client": None, "_arrow": None}
 
     @property
     def client(self):
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self.endpoint.url,
-                region_name=self.endpoint.region,
-                config=Config(
-                    retries={"max_attempts": self.config.max_attempts, "mode": "standard"},
-                    connect_timeout=self.config.connect_timeout_s,
-                    read_timeout=60,
-                ),
-            )
+        with _CLIENT_LOCK:  # pyarrow calls the filesystem from several threads
+            if self._client is None:
+                self._client = self._new_client()
         return self._client
+
+    def _new_client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint.url,
+            region_name=self.endpoint.region,
+            config=Config(
+                retries={"max_attempts": self.config.max_attempts, "mode": "standard"},
+                connect_timeout=self.config.connect_timeout_s,
+                read_timeout=60,
+            ),
+        )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
@@ -332,7 +398,7 @@ class _S3Backend(_Backend):
                     f"S3 at {where} refused the credentials for bucket '{self.bucket}' ({code}); "
                     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role"
                 )
-            if code in ("PreconditionFailed", "412"):
+            if code in _CONDITION_CODES:
                 return AlreadyExistsError(f"{self._uri(key)} already exists")
             return StorageError(f"S3 request for {self._uri(key) if key else self.bucket} failed: {code}")
         return error
@@ -352,6 +418,10 @@ class _S3Backend(_Backend):
     def read_bytes(self, key: str) -> bytes:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), key=key)
         return response["Body"].read()
+
+    def read_with_tag(self, key: str) -> tuple[bytes, str]:
+        response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), key=key)
+        return response["Body"].read(), response["ETag"]
 
     def exists(self, key: str) -> bool:
         try:
@@ -377,7 +447,7 @@ class _S3Backend(_Backend):
             raise translated from None
         return sorted(name for name in names if name and not name.startswith("."))
 
-    def _encryption_args(self) -> dict[str, str]:
+    def encryption_args(self) -> dict[str, str]:
         sse = self.config.server_side_encryption
         if sse == "none":
             return {}
@@ -386,17 +456,23 @@ class _S3Backend(_Backend):
             args["SSEKMSKeyId"] = self.config.kms_key_id
         return args
 
-    def write_bytes(self, key: str, data: bytes, *, exclusive: bool) -> None:
-        extra = {"IfNoneMatch": "*"} if exclusive else {}
-        self._call(
-            self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
-            **self._encryption_args(), **extra, key=key,
-        )
+    def write_bytes(self, key: str, data: bytes, *, exclusive: bool, if_match: str | None = None) -> None:
+        extra = {"IfNoneMatch": "*"} if exclusive else {"IfMatch": if_match} if if_match is not None else {}
+        try:
+            self._call(
+                self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
+                **self.encryption_args(), **extra, key=key,
+            )
+        except (AlreadyExistsError, NotFoundError):
+            if if_match is None:
+                raise
+            # 412: changed since it was read; 404: deleted since.
+            raise WriteConflictError(f"{self._uri(key)} was changed by another writer") from None
 
     def put_file(self, key: str, path: Path) -> None:
         self._call(
             self.client.upload_file, str(path), self.bucket, self._key(key),
-            ExtraArgs=self._encryption_args(), key=key,
+            ExtraArgs=self.encryption_args(), key=key,
         )
 
     def delete(self, key: str) -> None:
@@ -411,17 +487,23 @@ class _S3Backend(_Backend):
                 self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects})
 
     def arrow_filesystem(self):
-        import pyarrow.fs as pafs
+        if self._arrow is None:
+            import pyarrow.fs as pafs
 
-        options: dict[str, Any] = {
-            "region": self.endpoint.region,
-            "connect_timeout": self.config.connect_timeout_s,
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.config.max_attempts),
-        }
-        if self.endpoint.url:
-            parsed = urlparse(self.endpoint.url)
-            options["endpoint_override"] = parsed.netloc
-            options["scheme"] = parsed.scheme or "https"
-        base = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        return pafs.S3FileSystem(**options), base
+            from cluster.arrow_s3 import EncryptingS3Handler
+
+            options: dict[str, Any] = {
+                "region": self.endpoint.region,
+                "connect_timeout": self.config.connect_timeout_s,
+                "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.config.max_attempts),
+            }
+            if self.endpoint.url:
+                parsed = urlparse(self.endpoint.url)
+                options["endpoint_override"] = parsed.netloc
+                options["scheme"] = parsed.scheme or "https"
+            self._arrow = pafs.PyFileSystem(EncryptingS3Handler(pafs.S3FileSystem(**options), self))
+        return self._arrow
+
+    def arrow_base(self) -> str:
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
 

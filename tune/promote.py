@@ -24,7 +24,7 @@ from cluster.config import GateRule, MedrayConfig
 from cluster.errors import ConfigError
 from cluster.registry import Registry
 from cluster.storage import Storage
-from train.data.dataset import read_manifest
+from train.data.dataset import describe_source, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         "",
         "## Data",
         f"- dataset: `{manifest['name']}` v{manifest['version']} ({manifest['description']})",
-        f"- source: {manifest['source'].get('uri')}, sha256 `{manifest['source'].get('sha256')}`",
+        f"- source: {describe_source(manifest['source'])}",
         f"- license: {manifest['license']}",
         "- rows: " + ", ".join(f"{s} {manifest['splits'][s]['rows']}" for s in ("train", "val", "test")),
         "",

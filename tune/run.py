@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from cluster.config import MedrayConfig, validate_config
 from cluster.errors import ConfigError, MedrayError, NotFoundError
+from cluster.names import check_run_name
 from cluster.storage import Storage
 from tune.spaces import apply_params, base_point, check_space, space_for, to_tune
 
@@ -77,8 +78,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: s
     from train.job import plan_training, training_datasets
     from train.loop import build_trainer
 
-    storage = Storage(root)
     config = apply_params(base, params)
+    storage = Storage(root, config.storage)  # the search's encryption and retry settings, here too
     plan = plan_training(config, storage)
     filesystem, _ = storage.arrow_filesystem()
     trainer = build_trainer(
@@ -209,6 +210,8 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
     from cluster.runtime import check_placement, ensure_ray
 
     if resume:
+        # Resuming unpickles Tune's state from runs/NAME/: the name must stay inside runs/.
+        check_run_name(resume, "--resume")
         key = f"runs/{resume}/{SEARCH_FILE}"
         if not storage.exists(key):
             raise NotFoundError(f"no search named '{resume}' in {storage.uri('runs')}")

@@ -1,7 +1,12 @@
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from cluster.errors import NotFoundError
-from cluster.registry import Registry, RegistryError
+from cluster.registry import Registry, RegistryError, check_model_name
+from cluster.storage import Storage
 
 
 def files(tmp_path, tag):
@@ -65,3 +70,114 @@ def test_bad_references(storage, tmp_path):
         registry.resolve("m")
     with pytest.raises(RegistryError, match="not allowed"):
         registry.resolve("../x")
+
+
+# Concurrent writers ------------------------------------------------------------------
+class Rendezvous(Storage):
+    """Real storage whose first write of each thread under `prefix` waits for the other
+    threads' first writes: every writer has read the registry before any of them writes,
+    the interleaving that loses data if writers can clash."""
+
+    def __init__(self, root, barrier, prefix):
+        super().__init__(root)
+        self.barrier, self.prefix, self.seen = barrier, prefix, threading.local()
+
+    def _meet(self, key):
+        if key.startswith(self.prefix) and not getattr(self.seen, "met", False):
+            self.seen.met = True
+            self.barrier.wait(timeout=30)
+
+    def write_bytes(self, key, data, **kwargs):
+        self._meet(key)
+        super().write_bytes(key, data, **kwargs)
+
+    def put_file(self, key, local_path):
+        self._meet(key)
+        super().put_file(key, local_path)
+
+
+def in_threads(functions):
+    with ThreadPoolExecutor(len(functions)) as pool:
+        return [future.result(timeout=120) for future in [pool.submit(f) for f in functions]]
+
+
+def test_concurrent_registers_never_touch_each_others_files(storage, tmp_path):
+    barrier = threading.Barrier(3)
+    writers = [Registry(Rendezvous(storage.root, barrier, "models/m/")) for _ in range(3)]
+    tags = ["a", "b", "c"]
+    versions = in_threads([lambda r=r, t=t: (t, r.register("m", files(tmp_path, t), {"tag": t}))
+                           for r, t in zip(writers, tags)])
+    registry = Registry(storage)
+    assert sorted(v for _, v in versions) == [1, 2, 3] == registry.versions("m")
+    for tag, version in versions:  # each version holds its own writer's weights, and loads
+        assert registry.version_info("m", version)["tag"] == tag
+        assert registry.read_file("m", version, "weights.pt") == f"weights-{tag}".encode()
+        folder = registry.download("m", version, tmp_path / f"out-{version}")
+        assert (folder / "model_card.md").read_text() == f"# model {tag}\n"
+
+
+def test_concurrent_promotions_keep_every_promotion_in_history(storage, tmp_path):
+    registry = Registry(storage)
+    for tag in "abcd":
+        registry.register("m", files(tmp_path, tag), {})
+    registry.promote("m", 1)
+    barrier = threading.Barrier(3)
+    promoters = [Registry(Rendezvous(storage.root, barrier, "models/m/champion.json")) for _ in range(3)]
+    in_threads([lambda r=r, v=v: r.promote("m", v) for r, v in zip(promoters, (2, 3, 4))])
+    pointer = registry.champion("m")
+    history = [entry["version"] for entry in pointer["history"]]
+    assert history[0] == 1 and sorted(history[1:] + [pointer["version"]]) == [2, 3, 4]
+    # Rolling back walks the same history, one step each.
+    assert [registry.rollback("m")["version"] for _ in range(3)] == history[::-1]
+
+
+def test_concurrent_first_promotions_keep_both(storage, tmp_path):
+    registry = Registry(storage)
+    for tag in "ab":
+        registry.register("m", files(tmp_path, tag), {})
+    barrier = threading.Barrier(2)
+    promoters = [Registry(Rendezvous(storage.root, barrier, "models/m/champion.json")) for _ in range(2)]
+    in_threads([lambda r=r, v=v: r.promote("m", v) for r, v in zip(promoters, (1, 2))])
+    pointer = registry.champion("m")
+    assert sorted([pointer["version"], *(e["version"] for e in pointer["history"])]) == [1, 2]
+
+
+def test_a_claimed_but_unpublished_number_is_skipped(storage, tmp_path):
+    registry = Registry(storage)
+    storage.write_json("models/m/versions/1/.claim", {"claimed_at": "x"}, exclusive=True)  # a writer that died
+    assert registry.register("m", files(tmp_path, "a"), {}) == 2
+    assert registry.versions("m") == [2]
+
+
+# Stored file names ---------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["../../../../escape.txt", "/etc/passwd", "sub/weights.pt", ".hidden", "nl\n"])
+def test_a_version_file_name_that_escapes_is_refused(storage, tmp_path, bad):
+    registry = Registry(storage)
+    registry.register("m", files(tmp_path, "a"), {})
+    info = storage.read_json("models/m/versions/1/version.json")
+    info["files"][bad] = hashlib.sha256(b"evil").hexdigest()
+    storage.write_json("models/m/versions/2/version.json", {**info, "version": 2})
+    target = tmp_path / "deep" / "a" / "b" / "c" / "out"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(RegistryError, match="file name .* is not allowed"):
+        registry.download("m", 2, target)
+    with pytest.raises(RegistryError, match="file name .* is not allowed"):
+        registry.read_file("m", 2, "weights.pt")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "deep" / "escape.txt").exists()
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file() and p not in before) == []
+
+
+def test_register_refuses_file_names_that_are_not_plain(storage, tmp_path):
+    source = tmp_path / "w.pt"
+    source.write_bytes(b"w")
+    for bad in ("../w.pt", "a/w.pt", "version.json"):
+        with pytest.raises(RegistryError):
+            Registry(storage).register("m", {bad: source}, {})
+    assert Registry(storage).versions("m") == []
+
+
+@pytest.mark.parametrize("name", ["nl\n", "UPPER", "-dash", ".dot", "a" * 65, "a/b", ""])
+def test_model_name_rule_matches_the_whole_name(name):
+    with pytest.raises(RegistryError, match="model name"):
+        check_model_name(name)
+    assert check_model_name("breast-cancer_v2.1") == "breast-cancer_v2.1"

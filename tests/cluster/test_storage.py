@@ -1,11 +1,13 @@
+import json
 import os
+import pickle
 
 import boto3
 import pytest
 
 from cluster.config import StorageConfig
 from cluster.errors import ConfigError, NotFoundError, StorageError
-from cluster.storage import AlreadyExistsError, Storage, normalize_root, resolve_root
+from cluster.storage import AlreadyExistsError, Storage, WriteConflictError, normalize_root, resolve_root
 from conftest import start_moto
 
 
@@ -109,3 +111,67 @@ def test_missing_credentials_are_one_clear_message(monkeypatch, s3_endpoint, tmp
 def test_refuses_to_delete_the_root(local_storage):
     with pytest.raises(StorageError):
         local_storage.delete_prefix("")
+
+
+@pytest.mark.parametrize("key", ["../escape.txt", "a/../../escape.txt", "a//b", "./a", "a/./b"])
+def test_keys_that_could_leave_the_root_are_refused(storage, key, tmp_path):
+    for call in (lambda: storage.write_bytes(key, b"x"), lambda: storage.read_bytes(key),
+                 lambda: storage.exists(key), lambda: storage.put_file(key, __file__),
+                 lambda: storage.delete(key), lambda: storage.arrow_path(key)):
+        with pytest.raises(StorageError, match="is not allowed"):
+            call()
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_conditional_write_replaces_only_what_was_read(storage):
+    storage.write_json("m/champion.json", {"v": 1})
+    data, tag = storage.read_with_tag("m/champion.json")
+    assert json.loads(data) == {"v": 1}
+    storage.write_json("m/champion.json", {"v": 2}, if_match=tag)
+    with pytest.raises(WriteConflictError):  # the tag is of a file that is gone now
+        storage.write_json("m/champion.json", {"v": 3}, if_match=tag)
+    assert storage.read_json("m/champion.json") == {"v": 2}
+    _, tag = storage.read_with_tag("m/champion.json")
+    storage.delete("m/champion.json")
+    with pytest.raises(WriteConflictError):  # deleted since it was read
+        storage.write_json("m/champion.json", {"v": 4}, if_match=tag)
+    assert not storage.exists("m/champion.json")
+    assert storage.list_dir("m") == []  # the lock file of the local backend is never listed
+
+
+def objects_encryption(bucket, prefix):
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {key: (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId"))
+            for key in keys for head in [s3.head_object(Bucket=bucket, Key=key)]}
+
+
+def test_arrow_filesystem_writes_ask_for_the_configured_encryption(s3_bucket, tmp_path):
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    import pyarrow as pa
+
+    storage = Storage(f"s3://{s3_bucket}/root", StorageConfig(server_side_encryption="aws:kms", kms_key_id="k-1"))
+    # Ray ships the filesystem to its workers: it must survive pickling and still encrypt.
+    fs = pickle.loads(pickle.dumps(storage.arrow_filesystem()[0]))
+    fs.create_dir(storage.arrow_path("run/empty"))
+    with fs.open_output_stream(storage.arrow_path("run/a.bin")) as out:
+        out.write(b"a" * 100)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), storage.arrow_path("run/t.parquet"), filesystem=fs)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "weights.pt").write_bytes(b"w" * 1000)
+    pafs.copy_files(str(tmp_path / "ckpt"), storage.arrow_path("run/ckpt"),
+                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    fs.copy_file(storage.arrow_path("run/a.bin"), storage.arrow_path("run/copy.bin"))
+    fs.move(storage.arrow_path("run/copy.bin"), storage.arrow_path("run/moved.bin"))
+    assert pq.read_table(storage.arrow_path("run/t.parquet"), filesystem=fs).column("x").to_pylist() == [1, 2, 3]
+    assert storage.read_bytes("run/ckpt/weights.pt") == b"w" * 1000
+    found = objects_encryption(s3_bucket, "root/run/")
+    assert set(found) == {"root/run/empty/", "root/run/a.bin", "root/run/t.parquet", "root/run/ckpt/weights.pt",
+                          "root/run/moved.bin"}
+    assert set(found.values()) == {("aws:kms", "k-1")}
+    fs.delete_dir(storage.arrow_path("run/ckpt"))
+    fs.delete_file(storage.arrow_path("run/moved.bin"))
+    assert set(objects_encryption(s3_bucket, "root/run/")) == {"root/run/empty/", "root/run/a.bin",
+                                                               "root/run/t.parquet"}

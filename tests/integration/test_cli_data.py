@@ -108,3 +108,51 @@ def test_bad_options_and_unknown_dataset(tmp_path):
     result = medray("data", "describe", "w@v7", env=env, check=False)
     assert "has no version v7 (versions: v1)" in result.stderr
 
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("sep", "--sep '||' is not allowed: use one character"),
+    ("folder", "the csv source is a folder"),
+    ("undecodable", "the table is not UTF-8 text"),
+])
+def test_csv_mistakes_end_with_one_line_and_status_2(tmp_path, case, expected):
+    table = tmp_path / "patients_John_Doe_MRN1234.csv"
+    rows = b"a,b,y\n" + b"1,2,0\n3,4,1\n" * 2000
+    # The bad byte lies beyond the first block the reader decodes: the whole file is checked.
+    table.write_bytes(rows + b"5,\xff\xfe,0\n" if case == "undecodable" else rows)
+    source = str(tmp_path) if case == "folder" else str(table)
+    extra = ["--sep", "||"] if case == "sep" else []
+    result = medray("data", "import", "csv", source, "--name", "t", "--target", "y", *extra,
+                    env={"MEDRAY_STORAGE": str(tmp_path / "store")}, check=False)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("medray: error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "John_Doe" not in result.stderr
+
+
+def test_import_records_the_source_label_and_no_file_name(tmp_path):
+    folder = tmp_path / "patients_John_Doe_MRN1234"
+    folder.mkdir()
+    (folder / "patients_John_Doe_MRN1234.csv").write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    env = {"MEDRAY_STORAGE": str(tmp_path / "store")}
+    manifest = json.loads(medray("data", "import", "csv", str(folder / "patients_John_Doe_MRN1234.csv"), "--name",
+                                 "t", "--target", "y", "--source-label", "ward 3 export", "--json", env=env).stdout)
+    assert manifest["source"]["label"] == "ward 3 export" and len(manifest["source"]["sha256"]) == 64
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert b"John_Doe" not in stored and b"MRN1234" not in stored and str(tmp_path).encode() not in stored
+
+
+def test_storage_settings_of_the_config_apply_with_storage_on_the_command_line(s3_bucket, tmp_path):
+    import boto3
+
+    from cluster.cli import _storage, build_parser
+    from cluster.config import load_config
+
+    (tmp_path / "c.yaml").write_text("storage:\n  server_side_encryption: aws:kms\n  kms_key_id: key-7\n"
+                                     "  max_attempts: 9\n")
+    args = build_parser().parse_args(["train", str(tmp_path / "c.yaml"), "--storage", f"s3://{s3_bucket}/cli"])
+    storage = _storage(args, load_config(args.config, args.overrides))
+    assert storage.root == f"s3://{s3_bucket}/cli" and storage.config.max_attempts == 9
+    storage.write_bytes("x.bin", b"x")
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key="cli/x.bin")
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", "key-7")

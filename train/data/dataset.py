@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster import names
 from cluster.errors import MedrayError, NotFoundError
 from cluster.storage import AlreadyExistsError, Storage
 
@@ -35,7 +36,8 @@ SPLITS = ("train", "val", "test")
 LABEL_COLUMN = "label"
 ROWS_PER_FILE = 50_000
 MANIFEST_FORMAT = 1
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# What `_write_payload` names a Parquet file; a manifest listing anything else is refused.
+_PAYLOAD_PATH = re.compile(r"(train|val|test)/part-\d{5}-[0-9a-f]{12}\.parquet")
 
 
 class DataImportError(MedrayError):
@@ -65,19 +67,24 @@ class ImportedDataset:
     """Feature schema: `{"column", "shape", "dtype"}` for image/signal,
     `{"features": [{"name", "type", "categories"?}]}` for tabular."""
     source: dict[str, Any]
-    """Where it came from: `kind`, `uri`, `sha256` (or per-file `files`), `options`."""
+    """Where it came from: `kind`, `uri`, `sha256` (or per-file `files`), `options`. What
+    of it is stored is decided by `importers.provenance`: never a local path or file name."""
     license: str
     description: str = ""
     notes: list[str] = field(default_factory=list)
 
 
+def describe_source(source: dict[str, Any]) -> str:
+    """A manifest's source in one line: the user's label, a public URL, the sha256 (the
+    manifest holds no local path or file name to show)."""
+    parts = [f"'{source['label']}'" if source.get("label") else None, source.get("uri"),
+             f"sha256 {source.get('sha256')}"]
+    return ", ".join(part for part in parts if part)
+
+
 def check_name(name: str) -> str:
-    if not _NAME_PATTERN.match(name or ""):
-        raise MedrayError(
-            f"dataset name '{name}' is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return names.check(names.DATASET, name, "dataset name", MedrayError,
+                       "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -249,7 +256,20 @@ def read_manifest(storage: Storage, ref: str) -> dict[str, Any]:
         version = versions[-1]
     elif version not in versions:
         raise NotFoundError(f"dataset '{name}' has no version v{version} (versions: {', '.join(f'v{v}' for v in versions)})")
-    return storage.read_json(f"{dataset_key(name, version)}/manifest.json")
+    manifest = storage.read_json(f"{dataset_key(name, version)}/manifest.json")
+    _check_payload_paths(manifest, f"{name}@v{version}")
+    return manifest
+
+
+def _check_payload_paths(manifest: Any, ref: str) -> None:
+    """Readers join each listed path to the version's folder: only payload names may pass."""
+    try:
+        entries = [entry["path"] for split in SPLITS for entry in manifest["splits"][split]["files"]]
+    except (KeyError, TypeError):
+        raise MedrayError(f"dataset {ref}: manifest.json does not list its files per split") from None
+    for path in entries:
+        if not (isinstance(path, str) and _PAYLOAD_PATH.fullmatch(path)):
+            raise MedrayError(f"dataset {ref}: manifest.json lists a file path {path!r} that is not allowed")
 
 
 def _split_table(split: Split) -> pa.Table:

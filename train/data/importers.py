@@ -1,8 +1,15 @@
-"""One entry point for every import kind: source -> validated, versioned dataset on storage."""
+"""One entry point for every import kind: source -> validated, versioned dataset on storage.
+
+What the manifest says about the source is decided here, once for every kind: its
+sha256, the options, the label the user gave (`--source-label`) and, for the public
+datasets medray downloads, their URL. Never a local path, an s3:// key or a file or
+folder name: those often carry a patient's name or record number.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +43,44 @@ class ImportRequest:
     sep: str = ","
     grayscale: bool = True
     license: str | None = None
+    source_label: str | None = None
+    """The user's name for the source, stored instead of its path or file name."""
     data: DataConfig = field(default_factory=DataConfig)
+
+
+# A label is one line of ordinary text.
+_LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+# The source fields that say nothing about where a local file was or what it was called.
+_KEPT_FIELDS = ("kind", "sha256", "options", "flag", "files", "dicom_files")
+
+
+def public_uri(uri: object) -> bool:
+    """A download URL of a public dataset medray knows (no patient data in it)."""
+    from train.data.medmnist import MEDMNIST_URL
+    from train.data.ucr import UCR_URL
+
+    prefixes = (MEDMNIST_URL.split("{", 1)[0], UCR_URL.split("{", 1)[0], "sklearn://")
+    return isinstance(uri, str) and uri.startswith(prefixes)
+
+
+def provenance(source: dict[str, Any], label: str | None) -> dict[str, Any]:
+    """The stored record of an importer's `source`: see the module docstring."""
+    record = {key: source[key] for key in _KEPT_FIELDS if key in source}
+    if isinstance(record.get("files"), dict):  # per-file checksums are keyed by file name
+        record["files"] = len(record["files"])
+    if public_uri(source.get("uri")):
+        record["uri"] = source["uri"]
+        if "dataset" in source:
+            record["dataset"] = source["dataset"]
+    if label is not None:
+        record["label"] = label
+    return record
+
+
+def check_label(label: str | None) -> str | None:
+    if label is not None and not _LABEL.fullmatch(label):
+        raise DataImportError("--source-label must be 1-200 characters of text on one line")
+    return label
 
 
 def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
@@ -64,7 +108,7 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
         if request.missing is not None:
             options.missing = request.missing
         path = local_source(request.source, staging)
-        return import_csv(path, options, uri=request.source if "://" in request.source else None)
+        return import_csv(path, options)
     if request.kind == "sklearn":
         from train.data.tabular import import_sklearn
 
@@ -90,11 +134,14 @@ def _local(source: str, staging: Path) -> str:
 def import_dataset(storage: Storage, request: ImportRequest) -> dict[str, Any]:
     """Read, validate and publish; returns the new version's manifest."""
     check_name(request.name)
+    check_label(request.source_label)
     storage.check()  # an unusable storage fails before minutes of parsing
     with tempfile.TemporaryDirectory(prefix="medray-import-") as scratch:
         staging = Path(scratch)
-        log.info("reading %s source %s", request.kind, request.source)
+        log.info("reading the %s source%s", request.kind,
+                 f" '{request.source_label}'" if request.source_label else "")
         dataset = read_source(request, staging)
+        dataset.source = provenance(dataset.source, request.source_label)
         if request.license:
             dataset.license = request.license
         log.info("validating and writing %s", request.name)

@@ -48,14 +48,15 @@ MEDMNIST_INFO: dict[str, dict] = {
 }
 
 
-def _resolve(source: str, size: int) -> tuple[Path, str, str | None]:
-    """(local file, source URI, flag) for a path or a MedMNIST flag name."""
+def _resolve(source: str, size: int) -> tuple[Path, str | None, str | None]:
+    """(local file, source URI, flag) for a path or a MedMNIST flag name. A local file has
+    no URI: its path or name may identify a patient, so only its sha256 is recorded."""
     path = Path(source).expanduser()
     if path.suffix == ".npz" or path.exists():
         if not path.is_file():
             raise DataImportError(f"source '{source}' does not exist")
         flag = path.stem.split("_")[0].lower()
-        return path, str(path.resolve()), flag if flag in MEDMNIST_INFO else None
+        return path, None, flag if flag in MEDMNIST_INFO else None
     flag = source.lower()
     if flag not in MEDMNIST_INFO:
         raise DataImportError(

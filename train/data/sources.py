@@ -7,14 +7,19 @@ prepared offline is used exactly as a finished download would be.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 from tqdm import tqdm
+
+from cluster import names
+from cluster.console import CONSOLE
 
 from train.data.dataset import DataImportError
 
@@ -37,7 +42,8 @@ def download(url: str, destination: Path) -> Path:
         request = urllib.request.Request(url, headers={"User-Agent": "medray"})
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, leave=False,
+                      file=CONSOLE.terminal_err) as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
@@ -51,9 +57,25 @@ def download(url: str, destination: Path) -> Path:
     return destination
 
 
+def _file_name(name: str, what: str) -> str:
+    """A name that stays inside the folder it is joined to (no `..`, no `/`)."""
+    return names.check(names.FILE, name, what, DataImportError,
+                       "it must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+def _local_name(name: str, origin: str) -> str:
+    """A file name for a source fetched from `origin`: its own name if that is a plain one,
+    else one made from the origin (same origin, same name: the cache still works)."""
+    if names.allowed(names.FILE, name):
+        return name
+    suffix = Path(name).suffix
+    suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix) else ""
+    return f"source-{hashlib.sha256(origin.encode()).hexdigest()[:16]}{suffix}"
+
+
 def cached_or_download(filename: str, url: str) -> Path:
     """The file from the sources folder, downloading it there first if it is missing."""
-    cached = sources_dir() / filename
+    cached = sources_dir() / _file_name(filename, "the download's file name")
     if cached.is_file():
         log.info("using %s", cached)
         return cached
@@ -68,13 +90,12 @@ def local_source(source: str, staging: Path) -> Path:
         bucket_root, _, key = source.removeprefix("s3://").partition("/")
         if not key:
             raise DataImportError(f"source '{source}' names a bucket, not an object")
-        local = staging / "source" / Path(key).name
+        local = staging / "source" / _local_name(Path(key).name, source)
         local.parent.mkdir(parents=True, exist_ok=True)
         Storage(f"s3://{bucket_root}").download_file(key, local)
         return local
     if source.startswith(("http://", "https://")):
-        name = Path(source.split("?", 1)[0]).name or "download"
-        return cached_or_download(name, source)
+        return cached_or_download(_local_name(Path(source.split("?", 1)[0]).name, source), source)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataImportError(f"source '{source}' does not exist")

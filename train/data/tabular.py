@@ -2,7 +2,8 @@
 
 Numeric columns become float64 (missing markers become nulls); categorical columns stay
 text. An optional group column (e.g. a patient id) keeps each group inside one split and
-is then dropped: identifiers are never copied into the dataset.
+is then dropped: identifiers are never copied into the dataset. Messages say "the table",
+not its file name, which may carry a patient's name.
 """
 
 from __future__ import annotations
@@ -51,48 +52,69 @@ def _canonical(value: str) -> str:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def _read_csv(path: Path, options: TableOptions) -> pd.DataFrame:
-    try:
-        with open(path, newline="") as handle:
-            first = next(csv.reader(handle, delimiter=options.sep), None)
-    except UnicodeDecodeError:
-        raise DataImportError(f"'{path}' is not a text table") from None
-    if first is None:
-        raise DataImportError(f"'{path}' is empty")
-    if options.columns is not None and len(first) != len(options.columns):
+def check_sep(sep: str) -> str:
+    """One character that can separate fields (`\\t`, as typed in a shell, means a tab)."""
+    sep = "\t" if sep == "\\t" else sep
+    if len(sep) != 1 or sep in "\"\r\n" or sep.isalnum():
         raise DataImportError(
-            f"'{path}' line 1 has {len(first)} fields but {len(options.columns)} column names were given"
+            f"--sep {sep!r} is not allowed: use one character such as ',', ';', '|' or '\\t' (not a letter, "
+            "digit, quote or line break)"
         )
+    return sep
+
+
+def _read_csv(path: Path, options: TableOptions) -> pd.DataFrame:
+    sep = check_sep(options.sep)
+    if path.is_dir():
+        raise DataImportError("the csv source is a folder; give the table's file")
     try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            first = next(csv.reader(handle, delimiter=sep), None)
+        if first is None:
+            raise DataImportError("the table is empty")
+        if options.columns is not None and len(first) != len(options.columns):
+            raise DataImportError(
+                f"the table's line 1 has {len(first)} fields but {len(options.columns)} column names were given"
+            )
         return pd.read_csv(
-            path, sep=options.sep, header=None if options.columns else 0, names=options.columns,
+            path, sep=sep, header=None if options.columns else 0, names=options.columns, encoding="utf-8",
             dtype=str, keep_default_na=False, na_values=options.missing, skipinitialspace=True,
         )
+    except UnicodeDecodeError:
+        raise DataImportError("the table is not UTF-8 text; save it as UTF-8 CSV") from None
+    except csv.Error as error:  # e.g. NUL bytes: a binary file
+        raise DataImportError(f"the table is not a text table ({str(error).split(':')[0]})") from None
     except pd.errors.EmptyDataError:
-        raise DataImportError(f"'{path}' holds no rows") from None
+        raise DataImportError("the table holds no rows") from None
     except pd.errors.ParserError as error:
-        raise DataImportError(f"'{path}' is not a well-formed table: {str(error).strip()}") from None
+        # pandas names the line and field counts, not cell values.
+        raise DataImportError(f"the table is not well-formed: {str(error).strip()}") from None
+    except ValueError as error:  # e.g. duplicate column names
+        raise DataImportError(f"the table cannot be read as given: {str(error).strip()}") from None
+    except OSError as error:
+        raise DataImportError(f"the table cannot be read ({error.strerror or type(error).__name__})") from None
 
 
-def _numeric(frame: pd.DataFrame, column: str, path: Path, header_lines: int) -> pd.Series:
+def _numeric(frame: pd.DataFrame, column: str, header_lines: int) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         # The value itself is not shown: it may be a patient's record.
         raise DataImportError(
-            f"'{path}' column '{column}', row {row + 1} (line {row + 1 + header_lines}): value is not a number; "
+            f"the table's column '{column}', row {row + 1} (line {row + 1 + header_lines}): value is not a number; "
             "mark the column with --categorical, or leave it out with --drop"
         )
     return values.astype("float64")
 
 
-def _labels(target: pd.Series, options: TableOptions, path: Path, header_lines: int) -> tuple[np.ndarray, list[str]]:
+def _labels(target: pd.Series, options: TableOptions, header_lines: int) -> tuple[np.ndarray, list[str]]:
     missing = target.isna().to_numpy()
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
         raise DataImportError(
-            f"'{path}' column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): the target is missing"
+            f"the table's column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): "
+            "the target is missing"
         )
     texts = target.astype(str).map(_canonical)
     if options.classes is not None:
@@ -101,7 +123,7 @@ def _labels(target: pd.Series, options: TableOptions, path: Path, header_lines: 
         if unknown.any():
             row = int(np.flatnonzero(unknown.to_numpy())[0])
             raise DataImportError(
-                f"'{path}' column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): "
+                f"the table's column '{options.target}', row {row + 1} (line {row + 1 + header_lines}): "
                 f"label is not one of the given classes {classes}"
             )
     else:
@@ -142,39 +164,38 @@ def tabular_dataset(
     )
 
 
-def import_csv(source: Path, options: TableOptions, uri: str | None = None) -> ImportedDataset:
+def import_csv(source: Path, options: TableOptions) -> ImportedDataset:
     frame = _read_csv(source, options)
     header_lines = 0 if options.columns else 1
     named = [options.target, *options.categorical, *options.drop, *([options.group] if options.group else [])]
     absent = [name for name in named if name not in frame.columns]
     if absent:
         raise DataImportError(
-            f"'{source}' has no column(s) {', '.join(repr(a) for a in absent)} (columns: {', '.join(frame.columns)})"
+            f"the table has no column(s) {', '.join(repr(a) for a in absent)} (columns: {', '.join(frame.columns)})"
         )
     if frame.empty:
-        raise DataImportError(f"'{source}' holds no rows")
-    labels, classes = _labels(frame[options.target], options, source, header_lines)
+        raise DataImportError("the table holds no rows")
+    labels, classes = _labels(frame[options.target], options, header_lines)
     groups = None
     if options.group:
         if frame[options.group].isna().any():
-            raise DataImportError(f"'{source}' column '{options.group}': some rows have no group value")
+            raise DataImportError(f"the table's column '{options.group}': some rows have no group value")
         groups = frame[options.group].to_numpy(dtype=str)
     feature_names = [c for c in frame.columns if c not in {options.target, options.group, *options.drop}]
     if not feature_names:
-        raise DataImportError(f"'{source}' has no feature columns besides the target")
+        raise DataImportError("the table has no feature columns besides the target")
     features = pd.DataFrame({
         name: frame[name].astype("string").str.strip().astype(object).where(frame[name].notna(), None)
-        if name in options.categorical else _numeric(frame, name, source, header_lines)
+        if name in options.categorical else _numeric(frame, name, header_lines)
         for name in feature_names
     })
     splits = three_way_split(labels, options.val_fraction, options.test_fraction, options.seed, groups)
     option_record = {k: v for k, v in vars(options).items() if v not in (None, [], "")}
     return tabular_dataset(
         features, labels, classes, options.categorical, splits,
-        source={"kind": "csv", "uri": uri or str(source.resolve()), "sha256": sha256_file(source),
-                "options": option_record},
+        source={"kind": "csv", "sha256": sha256_file(source), "options": option_record},
         license="as stated by the data owner (recorded at import with --license)",
-        description=f"Table {source.name}, target '{options.target}'",
+        description=f"Table with target '{options.target}'",
     )
 
 
@@ -191,7 +212,7 @@ SKLEARN_DATASETS = {
 
 def import_sklearn(name: str, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> ImportedDataset:
     if name not in SKLEARN_DATASETS:
-        raise DataImportError(f"'{name}' is not a scikit-learn dataset medray knows ({', '.join(SKLEARN_DATASETS)})")
+        raise DataImportError(f"{name!r} is not a scikit-learn dataset medray knows ({', '.join(SKLEARN_DATASETS)})")
     info = SKLEARN_DATASETS[name]
     import sklearn.datasets
 

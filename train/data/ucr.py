@@ -20,11 +20,20 @@ from train.data.splits import holdout_split
 
 UCR_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{dataset}.zip"
 _SEPARATOR = re.compile(r"[\s,]+")
+# Archive names ("ECG200", "NonInvasiveFetalECGThorax1"); a name becomes part of a URL and
+# of file paths in the sources folder, so nothing that could be a path passes.
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 # Readable class names where the archive documents them; other datasets keep the labels.
 UCR_CLASS_NAMES = {
     "ECG200": {"-1": "myocardial_infarction", "1": "normal"},
 }
+
+
+def check_dataset_name(name: str, what: str = "UCR dataset name") -> str:
+    if not _DATASET_NAME.fullmatch(name):
+        raise DataImportError(f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_' or '-'")
+    return name
 
 
 def _find_files(folder: Path, dataset: str | None) -> tuple[str, Path, Path]:
@@ -102,13 +111,15 @@ def _is_number(token: str) -> bool:
 
 
 def import_ucr(source: str, dataset: str | None = None, val_fraction: float = 0.15, seed: int = 0) -> ImportedDataset:
+    if dataset is not None:
+        check_dataset_name(dataset, "--dataset")
     folder = Path(source).expanduser()
     if folder.is_dir():
-        uri_base = str(folder.resolve())
+        uri_base = None  # a local folder is not recorded: its path or file names may identify patients
     elif folder.exists():
         raise DataImportError(f"'{source}' is a file; give the folder holding {{DATASET}}_TRAIN.txt and _TEST.txt")
     else:
-        dataset = dataset or source
+        dataset = dataset or check_dataset_name(source, "source (neither a folder nor a UCR dataset name)")
         folder, uri_base = _download(dataset), UCR_URL.format(dataset=dataset)
     dataset, train_path, test_path = _find_files(folder, dataset)
     train_x, train_labels = read_ucr_file(train_path)
@@ -146,7 +157,7 @@ def import_ucr(source: str, dataset: str | None = None, val_fraction: float = 0.
             "options": {"val_fraction": val_fraction, "seed": seed},
         },
         license="UCR archive: free for research use with citation (Dau et al. 2019)",
-        description=f"UCR time-series classification: {dataset}",
+        description=f"UCR time-series classification: {dataset}" if uri_base else "UCR-format time series",
     )
 
 

@@ -1,5 +1,6 @@
 """Each importer on small hand-made sources, and every kind of bad input."""
 
+import json
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cluster.config import DataConfig
-from train.data.dataset import DataImportError, list_datasets, read_manifest
+from train.data.dataset import DataImportError, list_datasets, read_manifest, sha256_file
 from train.data.importers import ImportRequest, import_dataset
 from train.data.loading import read_split_arrays
 
@@ -310,11 +311,13 @@ def test_images_resize_matches_pillow(local_storage, tmp_path):
 def test_images_corrupt_file_is_named(local_storage, tmp_path):
     folder = image_folder(tmp_path / "imgs", with_dicom=False)
     (folder / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
-    with pytest.raises(DataImportError, match="broken.png' is corrupt"):
+    # Named by place, never by file name (file names often carry patient names).
+    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in path order\) in class folder 'benign' is corrupt"):
         run(local_storage, kind="images", source=str(folder), name="imgs")
     (folder / "benign" / "broken.png").unlink()
     (folder / "benign" / "bad.dcm").write_bytes(b"not dicom at all")
-    with pytest.raises(DataImportError, match="bad.dcm' is not a readable DICOM"):
+    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in path order\) in class folder 'benign' is corrupt "
+                                              r"or not an image \(only PNG, JPEG and DICOM"):
         run(local_storage, kind="images", source=str(folder), name="imgs")
     assert list_datasets(local_storage) == {}
 
@@ -366,3 +369,135 @@ def test_bad_dataset_names_are_refused(local_storage):
 
     with pytest.raises(MedrayError, match="dataset name '../etc'"):
         run(local_storage, kind="sklearn", source="breast_cancer", name="../etc")
+
+
+# what is stored about the source ----------------------------------------------------
+IDENTIFYING = "patients_John_Doe_MRN1234"
+
+
+def identifying_source(kind, tmp_path):
+    """A source of each kind whose folder and file names carry a patient's name."""
+    folder = tmp_path / IDENTIFYING
+    folder.mkdir()
+    if kind == "medmnist":
+        write_npz(folder / f"{IDENTIFYING}.npz")
+        return {"source": str(folder / f"{IDENTIFYING}.npz")}, folder / f"{IDENTIFYING}.npz"
+    if kind == "ucr":
+        write_ucr(folder, name=IDENTIFYING)
+        return {"source": str(folder), "dataset": IDENTIFYING}, None
+    if kind == "csv":
+        clinical_table().to_csv(folder / f"{IDENTIFYING}.csv", index=False)
+        return ({"source": str(folder / f"{IDENTIFYING}.csv"), "target": "outcome", "drop": ["patient"],
+                 "categorical": ["smoker"]}, folder / f"{IDENTIFYING}.csv")
+    image_folder(folder / "scans")
+    for path in sorted((folder / "scans").rglob("img*")):
+        path.rename(path.with_name(f"{IDENTIFYING}_{path.name}"))
+    return {"source": str(folder / "scans"), "data": DataConfig(image_size=8)}, None
+
+
+def model_card_for(manifest):
+    from cluster.config import MedrayConfig
+    from tune.promote import model_card
+
+    split = {"auroc": 0.9, "auroc_ci": [0.8, 0.95], "per_class": {}}
+    metrics = {"test": split, "val": split, "threshold": 0.5, "temperature": 1.0, "classes": manifest["classes"]}
+    conformal = {"target": 0.9, "quantile": 0.5, "test_coverage": 0.9, "test_mean_set_size": 1.1}
+    return model_card("m", MedrayConfig(), manifest, metrics, [], conformal, {"checkpoint": "runs/r/c"})
+
+
+@pytest.mark.parametrize("kind", ["medmnist", "ucr", "csv", "images"])
+def test_no_source_path_or_file_name_is_stored(local_storage, tmp_path, kind):
+    fields, single_file = identifying_source(kind, tmp_path)
+    manifest = run(local_storage, kind=kind, name="d", source_label="cohort A (2024)", **fields)
+    assert manifest["source"]["label"] == "cohort A (2024)"
+    assert "uri" not in manifest["source"]
+    if single_file is not None:
+        assert manifest["source"]["sha256"] == sha256_file(single_file)
+    card = model_card_for(manifest)
+    assert "cohort A (2024)" in card and manifest["source"]["sha256"] in card
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    for text in (json.dumps(manifest), card, stored.decode("latin-1")):
+        assert "John_Doe" not in text and "MRN1234" not in text and str(tmp_path) not in text
+
+
+def test_a_public_download_keeps_its_url(local_storage, tmp_path, monkeypatch):
+    from train.data.medmnist import MEDMNIST_URL
+
+    monkeypatch.setenv("MEDRAY_DATA_SOURCES", str(tmp_path / "sources"))
+    (tmp_path / "sources").mkdir()
+    write_npz(tmp_path / "sources" / "breastmnist.npz")  # where a finished download lands
+    manifest = run(local_storage, kind="medmnist", source="breastmnist", name="b", source_label="MedMNIST v2")
+    assert manifest["source"]["uri"] == MEDMNIST_URL.format(filename="breastmnist.npz")
+    assert manifest["source"]["flag"] == "breastmnist" and manifest["source"]["label"] == "MedMNIST v2"
+
+
+@pytest.mark.parametrize("label", ["two\nlines", "", "x" * 201])
+def test_a_source_label_is_one_line_of_text(local_storage, label):
+    with pytest.raises(DataImportError, match="--source-label"):
+        run(local_storage, kind="sklearn", source="breast_cancer", name="w", source_label=label)
+
+
+# names that become paths or URLs ------------------------------------------------------
+@pytest.mark.parametrize("name", ["nl\n", "../etc", "UPPER", ".hidden", "a" * 65, "a/b", ""])
+def test_dataset_name_rule_matches_the_whole_name(local_storage, name):
+    from cluster.errors import MedrayError
+
+    with pytest.raises(MedrayError, match="dataset name"):
+        run(local_storage, kind="sklearn", source="breast_cancer", name=name)
+    with pytest.raises(MedrayError, match="dataset name"):
+        read_manifest(local_storage, f"{name}@v1")
+    assert list_datasets(local_storage) == {}
+
+
+@pytest.mark.parametrize("fields", [{"source": "../x"}, {"source": "ECG200", "dataset": "../x"},
+                                    {"source": "a/b"}, {"source": "nl\n"}])
+def test_ucr_names_are_checked_before_any_url_or_path_is_built(local_storage, tmp_path, monkeypatch, fields):
+    sources = tmp_path / "sources" / "inner"
+    sources.mkdir(parents=True)
+    monkeypatch.setenv("MEDRAY_DATA_SOURCES", str(sources))
+    # What a traversing name would reach: a UCR pair just outside the sources folder.
+    write_ucr(tmp_path / "sources", name="x")
+    monkeypatch.chdir(tmp_path / "sources" / "inner")
+    with pytest.raises(DataImportError, match="is not allowed"):
+        run(local_storage, kind="ucr", name="u", **fields)
+    assert list_datasets(local_storage) == {} and list(sources.iterdir()) == []
+
+
+def test_odd_download_names_stay_inside_the_sources_folder(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from train.data import sources
+
+    served = tmp_path / "served"
+    (served / "sub").mkdir(parents=True)
+    (served / "my table.csv").write_text("a,y\n1,0\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MEDRAY_DATA_SOURCES", str(tmp_path / "cache"))
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        table = sources.local_source(f"{base}/my%20table.csv?sig=1", tmp_path)
+        listing = sources.local_source(f"{base}/sub/..", tmp_path)  # a name of ".."
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert table.parent == listing.parent == tmp_path / "cache" and table != listing
+    assert table.suffix == ".csv" and table.read_text() == "a,y\n1,0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "served"]
+    with pytest.raises(DataImportError, match="is not allowed"):
+        sources.cached_or_download("../escape.zip", f"{base}/x.zip")
+
+
+def test_manifest_paths_outside_the_version_are_refused(local_storage):
+    from cluster.errors import MedrayError
+
+    run(local_storage, kind="sklearn", source="breast_cancer", name="w")
+    manifest = local_storage.read_json("datasets/w/v1/manifest.json")
+    manifest["splits"]["train"]["files"][0]["path"] = "../../../models/m/versions/1/weights.pt"
+    local_storage.write_json("datasets/w/v1/manifest.json", manifest)
+    with pytest.raises(MedrayError, match="file path .* is not allowed"):
+        read_manifest(local_storage, "w")
