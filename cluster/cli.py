@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except MedrayError as error:
-        print(f"medray: error: {console.one_line(error, expected=True)}", file=out.terminal_err)
+        print(f"medray: error: {error}", file=out.terminal_err)
         return 2
     except BrokenPipeError:  # `medray … | head` closed the pipe; not an error
         out.terminal_err.close()
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug, or a failure inside Ray: one line here, the traceback in the log
         if out.verbose:
             raise
-        print(f"medray: failed: {console.one_line(error, expected=False)}", file=out.terminal_err)
+        print(f"medray: failed: {console.one_line(error)}", file=out.terminal_err)
         return 1
     return 0
 

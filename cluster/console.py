@@ -102,20 +102,30 @@ def setup(command: str, verbose: bool) -> Console:
     return console
 
 
-def one_line(error: BaseException, expected: bool) -> str:
-    """The first line of an error's message for the terminal; the whole of it (and for an
-    unexpected error, the traceback) goes to the log file, whose path the line then names."""
+def one_line(error: BaseException) -> str:
+    """An unexpected error (a bug, or a failure inside Ray) for the terminal: its type and
+    first line; the traceback goes to the log file, whose path the line then names.
+    (A `MedrayError` is written for the user and printed whole.)"""
     import traceback
 
-    text = str(error).strip() or type(error).__name__
-    first = text.splitlines()[0] if expected else f"{type(error).__name__}: {text.splitlines()[0]}"
+    text = str(error).strip()
+    first = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
     if CONSOLE.log_file is None:
         return first
-    if expected:
-        CONSOLE.log_file.write(f"error: {text}\n")
-    else:
-        traceback.print_exception(error, file=CONSOLE.log_file)
-    return first if expected and first == text else f"{first} (details: {CONSOLE.log_path})"
+    traceback.print_exception(error, file=CONSOLE.log_file)
+    return f"{first} (details: {CONSOLE.log_path})"
+
+
+def summarized(text: str) -> str:
+    """A long message from Ray (a worker's traceback) as its first line, with the whole of
+    it in the log file when there is one."""
+    lines = str(text).strip().splitlines() or [""]
+    if len(lines) == 1:
+        return lines[0]
+    if CONSOLE.log_file is None:
+        return str(text).strip()
+    CONSOLE.log_file.write(str(text).strip() + "\n")
+    return f"{lines[0]} (details: {CONSOLE.log_path})"
 
 
 # Training progress -------------------------------------------------------------------

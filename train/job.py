@@ -113,7 +113,9 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     )
     result = trainer.fit()
     if result.error:
-        raise MedrayError(f"training failed: {result.error}")
+        from cluster.console import summarized
+
+        raise MedrayError(f"training failed: {summarized(result.error)}")
     best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
     return finish_run(storage, plan.run_name, storage.key_of(best.path), storage.key_of(result.checkpoint.path),
                       config)

@@ -83,3 +83,14 @@ def test_every_kth_epoch_line_and_the_last(caplog, monkeypatch):
         for epoch in range(25):
             console.render_progress({"epoch": epoch, "epochs": 25, "stopped_early": False})
     assert [int(r.getMessage().split()[1].split("/")[0]) for r in caplog.records] == [1, 10, 20, 25]
+
+
+def test_a_long_ray_error_is_summarized_with_the_rest_in_the_log(tmp_path, monkeypatch):
+    log_path = tmp_path / "medray.log"
+    with open(log_path, "w") as log_file:
+        monkeypatch.setattr(console.CONSOLE, "log_file", log_file)
+        monkeypatch.setattr(console.CONSOLE, "log_path", log_path)
+        assert console.summarized("one line only") == "one line only"
+        assert console.summarized("TrainingFailedError: worker 0\n  File x\nValueError: y") == \
+            f"TrainingFailedError: worker 0 (details: {log_path})"
+    assert "ValueError: y" in log_path.read_text()
