@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -117,3 +118,14 @@ def encoded(image: np.ndarray, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+def peak_bytes(call) -> int:
+    """The peak Python memory `call()` allocated: what a decoder spent on a hostile file."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak

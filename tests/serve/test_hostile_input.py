@@ -6,7 +6,6 @@ Each answer is a valid prediction or one InputError naming the field, never the 
 import base64
 import dataclasses
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydicom import uid
 
-from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb
+from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, peak_bytes
 from serve.model import InputError, ServedModel
 from serve.schemas import MAX_JSON_DEPTH, parse_json_body
 from train.data.preprocess import Preprocessor
@@ -179,16 +178,6 @@ def test_booleans_are_not_pixel_or_signal_values(models, real_inputs):
 
 
 # Rows 5-8: image files ---------------------------------------------------------------
-def peak_bytes(call) -> int:
-    tracemalloc.start()
-    try:
-        call()
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return peak
-
-
 def test_a_png_bomb_is_refused_before_decoding_even_sixteen_at_once(models):
     model = models["ultrasound"]
     bomb = png_bomb(14000, 14000)

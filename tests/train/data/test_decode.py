@@ -3,7 +3,6 @@ right pixels; everything hostile is refused with ImageRefused, from the header, 
 the pixels cost anything; arbitrary bytes never raise anything else."""
 
 import io
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom import uid
 
-from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, rle_frame
+from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, rle_frame, peak_bytes
 from train.data.decode import PIXEL_FLOOR, DecodeLimits, ImageRefused, decode_image
 
 RNG = np.random.default_rng(7)
@@ -21,16 +20,6 @@ IMAGE = RNG.integers(0, 256, (20, 20), dtype=np.uint8)
 
 def pillow_reference(data: bytes, size: int, mode: str = "L") -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert(mode).resize((size, size), Image.Resampling.BILINEAR))
-
-
-def peak_bytes(call) -> int:
-    tracemalloc.start()
-    try:
-        call()
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return peak
 
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
