@@ -1,8 +1,9 @@
 """Build the Serve application from the registry's champions, and run it.
 
 `medray serve up|update|status|down` call the functions here. Updating redeploys the same
-application with each model's new champion in its `user_config`: Serve then calls
-`reconfigure()` on the live replicas instead of replacing them, so no request is dropped.
+application with each model's new champion in its `user_config`. `serve.run` gives each
+call a new code version, so Serve replaces the replicas one by one (new before old)
+rather than calling `reconfigure()` in place; no request is dropped either way.
 
 The API token never enters Serve's config: the ingress is told where to read it on its
 node (see serve/deployments.py). `serve up` puts this shell's MEDRAY_API_TOKEN in a 0600
@@ -122,7 +123,7 @@ def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = Non
 
 
 def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:
-    """Roll every served model to its current champion, in place. The ingress keeps the
+    """Roll every served model to its current champion, no request dropped. The ingress keeps the
     auth it runs with, whatever this shell's MEDRAY_API_TOKEN says."""
     current = status()
     if current["status"] == "NOT_RUNNING":
