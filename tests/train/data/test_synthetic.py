@@ -52,3 +52,15 @@ def test_without_sources_or_network_every_demo_dataset_is_a_stand_in(tmp_path):
     requests, synthetic = demo_requests(tmp_path / "empty", tmp_path / "scratch", allow_download=False)
     assert sorted(synthetic) == sorted(m.dataset for m in MODELS)
     assert {r.name for r in requests} == {"wdbc"} | {f"{m.dataset}_synthetic" for m in MODELS}
+
+
+def test_the_table_names_stand_ins_and_sets_only_real_results_beside_published_ones():
+    from cluster.demo import results_table
+
+    row = {"model": "image:breastmnist_cnn", "test_auroc": 0.9, "test_auroc_ci": [0.85, 0.95],
+           "test_accuracy": 0.88, "promotion": "v1", "published": "AUC 0.901 (MedMNIST v2)"}
+    table = results_table([{**row, "dataset": "breastmnist", "synthetic": False},
+                           {**row, "dataset": "breastmnist_synthetic", "synthetic": True}]).splitlines()
+    assert "SYNTHETIC" not in table[1] and table[1].endswith("AUC 0.901 (MedMNIST v2)")
+    assert table[2].startswith("breastmnist_synthetic (SYNTHETIC)") and "MedMNIST" not in table[2]
+    assert len({line.index("image:") for line in table[1:]}) == 1  # columns stay aligned
