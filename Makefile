@@ -8,12 +8,15 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Re-install only when the dependency lists change.
+# Re-install only when the dependency lists change. pip's own output (build warnings,
+# index notes) goes to a log, shown only if the install fails.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (first run only; pip's log: $(VENV)/install.log)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/install.log 2>&1 && \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' >> $(VENV)/install.log 2>&1 || \
+	  { tail -n 40 $(VENV)/install.log; exit 1; }
+	@touch $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=12
