@@ -82,7 +82,6 @@ def setup(command: str, verbose: bool) -> Console:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
-        terminal.addFilter(_OwnRecords())
         try:
             folder = log_dir()
             folder.mkdir(parents=True, exist_ok=True)
@@ -93,6 +92,7 @@ def setup(command: str, verbose: bool) -> Console:
             logging.getLogger("medray").warning("cannot write a log file in %s (%s); showing all output",
                                                 log_dir(), error.strerror or error)
         else:
+            terminal.addFilter(_OwnRecords())
             to_file = logging.StreamHandler(console.log_file)
             to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             root.addHandler(to_file)
