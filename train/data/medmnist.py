@@ -156,7 +156,7 @@ def write_synthetic_medmnist(flag: str, path: Path, sizes: dict[str, int] | None
     arrays = {}
     for split in SPLITS:
         labels = rng.integers(0, len(classes), sizes[split])
-        radius = 3.5 + 1.5 * labels + rng.normal(0, 1.2, len(labels))
+        radius = 3.5 + 3.0 * labels + rng.normal(0, 1.0, len(labels))
         centre = 14 + rng.normal(0, 2, (len(labels), 2))
         blobs = np.exp(-((yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2)
                        / (2 * radius[:, None, None] ** 2))

@@ -182,9 +182,9 @@ def write_synthetic_ucr(dataset: str, folder: Path, seed: int = 0) -> Path:
         which = rng.integers(0, len(shape["labels"]), n)
         shift = rng.normal(0, 0.03, (n, 1))
         spike = np.exp(-((t - 0.3 - shift) ** 2) / (2 * 0.02 ** 2))
-        wave = np.exp(-((t - 0.6 - 0.08 * which[:, None] - shift) ** 2) / (2 * (0.06 + 0.03 * which[:, None]) ** 2))
-        series = rng.uniform(0.7, 1.3, (n, 1)) * (2.5 * spike + (1.0 - 0.6 * which[:, None]) * wave)
-        series += rng.normal(0, 0.25, series.shape)
+        wave = np.exp(-((t - 0.6 - 0.03 * which[:, None] - shift) ** 2) / (2 * (0.06 + 0.01 * which[:, None]) ** 2))
+        series = rng.uniform(0.7, 1.3, (n, 1)) * (2.5 * spike + (1.0 - 0.25 * which[:, None]) * wave)
+        series += rng.normal(0, 0.35, series.shape)
         labels = np.asarray([float(shape["labels"][k]) for k in which])
         np.savetxt(folder / f"{dataset}_{split}.txt", np.column_stack([labels, series]), fmt="%.5f")
     return folder
