@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_commands = serve.add_subparsers(dest="serve_command", required=True, metavar="ACTION")
     for action, handler, text in (
         ("up", _serve_up, "deploy the champions (starts a local Ray if none) and print the URL"),
-        ("update", _serve_update, "roll every served model to its current champion, no request dropped"),
+        ("update", _serve_update, "roll every served model to its current champion, in place"),
         ("status", _serve_status, "deployments, replicas and the version each serves"),
         ("down", _serve_down, "stop serving (and the local Ray `serve up` started)"),
     ):

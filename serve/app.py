@@ -1,9 +1,9 @@
 """Build the Serve application from the registry's champions, and run it.
 
 `medray serve up|update|status|down` call the functions here. Updating redeploys the same
-application with each model's new champion in its `user_config`. `serve.run` gives each
-call a new code version, so Serve replaces the replicas one by one (new before old)
-rather than calling `reconfigure()` in place; no request is dropped either way.
+application, with the same code version (`_pinned`), and each model's new champion in its
+`user_config`: Serve then calls `reconfigure()` on the live replicas instead of replacing
+them, so no request is dropped.
 
 The API token never enters Serve's config: the ingress is told where to read it on its
 node (see serve/deployments.py). `serve up` puts this shell's MEDRAY_API_TOKEN in a 0600
@@ -13,6 +13,7 @@ MEDRAY_API_TOKEN (a Kubernetes Secret on KubeRay) is named instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], 
     autoscaling = serve_cfg.autoscaling.model_dump()
     models = {}
     for name, version in sorted(versions.items()):
-        models[name] = ModelServer.options(
+        models[name] = _pinned(ModelServer.options(
             name=f"model-{name}",
             autoscaling_config=autoscaling,
             max_ongoing_requests=serve_cfg.max_ongoing_requests,
@@ -70,12 +71,32 @@ def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], 
                          "max_batch_size": serve_cfg.max_batch_size,
                          "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
                          "threads": max(1, int(serve_cfg.replica_cpus))},
-        ).bind()
-    return Ingress.options(
+        )).bind()
+    return _pinned(Ingress.options(
         ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=max(256, serve_cfg.max_ongoing_requests * max(1, len(models))),
-    ).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes,
+    )).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes,
                     "auth": dict(auth or {})})
+
+
+def code_version() -> str:
+    """What the serving code is: a hash of the modules replicas run."""
+    digest = hashlib.sha256()
+    for module in ("deployments.py", "model.py", "schemas.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _pinned(deployment):
+    """The deployment with a fixed code version. `serve.run` gives every deployment without
+    one a random version on each call, so `serve update` would restart every replica, the
+    ingress's too, all at once (on a small node with nothing left over, a gap of several
+    seconds with no replica). With the code version fixed, a new champion in `user_config`
+    is what Serve calls a lightweight update: `reconfigure()` on the live replicas.
+    (`options(version=...)` was removed from Serve's API; the attribute is what
+    `serve.run` reads.)"""
+    deployment._version = code_version()
+    return deployment
 
 
 def bind_host(config: MedrayConfig, token: str | None) -> str:
@@ -123,7 +144,7 @@ def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = Non
 
 
 def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:
-    """Roll every served model to its current champion, no request dropped. The ingress keeps the
+    """Roll every served model to its current champion, in place. The ingress keeps the
     auth it runs with, whatever this shell's MEDRAY_API_TOKEN says."""
     current = status()
     if current["status"] == "NOT_RUNNING":

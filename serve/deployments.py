@@ -1,11 +1,11 @@
 """The Ray Serve layer: a FastAPI ingress and one autoscaling deployment per model.
 
 `ModelServer` holds one `ServedModel` (serve/model.py) and batches predictions with
-`@serve.batch`. Which registry version it serves comes in its `user_config`, applied by
-`reconfigure()`: a new version is loaded beside the old one and swapped in one
-assignment, and requests already holding the old one finish with it. (`medray serve
-update` goes through `serve.run`, which gives each call a new code version, so there
-Serve starts new replicas rather than reconfiguring live ones.) The ingress checks the token (in ASGI middleware, from the headers
+`@serve.batch`. Which registry version it serves comes in its `user_config`, so a new
+champion reaches live replicas through `reconfigure()` (serve/app.py pins the code
+version so that Serve does not restart them instead): the new version is loaded beside
+the old one and swapped in one assignment, and requests already holding the old one
+finish with it. The ingress checks the token (in ASGI middleware, from the headers
 alone, before any route or body parser runs) and the body size, turns every request problem
 into a 4xx that names the field, and never logs or echoes request bodies.
 

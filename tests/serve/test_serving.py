@@ -119,9 +119,15 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(s
 
 
 def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_path):
+    from ray import serve
+
     from serve.app import update, status
     from tests_serve_support import register_second_ultrasound
 
+    def replica_pid():
+        return serve.get_deployment_handle("model-ultrasound", app_name="medray").pid.remote().result(timeout_s=30)
+
+    pid = replica_pid()
     registry = served["registry"]
     image = real_inputs["images"][0].tolist()
     register_second_ultrasound(served["storage"], tmp_path)
@@ -150,6 +156,7 @@ def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_pat
     versions = [v for _, v in results]
     assert versions[0] == 1 and versions[-1] == 2 and 2 in versions
     assert status()["deployments"]["model-ultrasound"]["version"] == 2
+    assert replica_pid() == pid  # reconfigured in place: the same live replica, not a restart
 
 
 def test_a_killed_replica_is_replaced_without_losing_a_request(served, real_inputs):
