@@ -130,23 +130,13 @@ class EncryptingS3Handler(pafs.FileSystemHandler):
         self._call(self.backend.client.put_object, Bucket=bucket, Key=f"{key.rstrip('/')}/", Body=b"",
                    **self.backend.encryption_args())
 
-    def _delete_under(self, bucket: str, prefix: str, keep: str | None = None) -> int:
-        client = self.backend.client
-        deleted = 0
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            objects = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] != keep]
-            if objects:
-                self._call(client.delete_objects, Bucket=bucket, Delete={"Objects": objects})
-                deleted += len(objects)
-        return deleted
-
     def delete_dir(self, path: str) -> None:
         bucket, key = _split(path)
         if not key:
             raise PermissionError("refusing to delete a whole bucket")
         if self.native.get_file_info(path).type != pafs.FileType.Directory:
             raise FileNotFoundError(f"{path} is not a directory")
-        self._delete_under(bucket, f"{key.rstrip('/')}/")
+        self.backend.delete_under(bucket, f"{key.rstrip('/')}/")
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
         bucket, key = _split(path)
@@ -157,7 +147,7 @@ class EncryptingS3Handler(pafs.FileSystemHandler):
                 return
             raise FileNotFoundError(f"{path} is not a directory")
         prefix = f"{key.rstrip('/')}/"
-        self._delete_under(bucket, prefix, keep=prefix)
+        self.backend.delete_under(bucket, prefix, keep=prefix)
 
     def delete_root_dir_contents(self) -> None:
         raise PermissionError("refusing to empty the root of S3")

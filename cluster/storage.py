@@ -479,12 +479,18 @@ class _S3Backend(_Backend):
         self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key), key=key)
 
     def delete_prefix(self, key: str) -> None:
-        prefix = self._key(key).rstrip("/") + "/"
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        self.delete_under(self.bucket, self._key(key).rstrip("/") + "/")
+
+    def delete_under(self, bucket: str, prefix: str, keep: str | None = None) -> int:
+        """Delete every object whose key starts with `prefix` (but `keep`); returns how many.
+        Also what the arrow filesystem Ray writes through deletes with (cluster/arrow_s3.py)."""
+        deleted = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] != keep]
             if objects:
-                self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects})
+                self._call(self.client.delete_objects, Bucket=bucket, Delete={"Objects": objects})
+                deleted += len(objects)
+        return deleted
 
     def arrow_filesystem(self):
         if self._arrow is None:

@@ -13,6 +13,7 @@ MEDRAY_API_TOKEN (a Kubernetes Secret on KubeRay) is named instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -79,6 +80,7 @@ def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], 
                     "auth": dict(auth or {})})
 
 
+@functools.cache
 def code_version() -> str:
     """What the serving code is: a hash of the modules replicas run."""
     digest = hashlib.sha256()
@@ -106,8 +108,10 @@ def bind_host(config: MedrayConfig, token: str | None) -> str:
     return "0.0.0.0" if token else "127.0.0.1"
 
 
+# Where `serve up` keeps what it must find again: its local Ray, this shell's token.
+MEDRAY_HOME = Path(os.environ.get("MEDRAY_HOME", "~/.medray")).expanduser()
 # Where `serve up` keeps this shell's token for a Ray on this machine (mode 0600).
-TOKEN_FILE = Path(os.environ.get("MEDRAY_HOME", "~/.medray")).expanduser() / "serve-token"
+TOKEN_FILE = MEDRAY_HOME / "serve-token"
 
 
 def token_auth(token: str | None, on_this_machine: bool) -> dict[str, str]:
@@ -233,7 +237,7 @@ def down() -> bool:
 
 # The local Ray `serve up` starts is its own, found again through this file: `ray.init("auto")`
 # would attach Serve to whatever Ray runs here, e.g. a training run's, which ends with it.
-LOCAL_STATE = Path(os.environ.get("MEDRAY_HOME", "~/.medray")).expanduser() / "serve-ray.json"
+LOCAL_STATE = MEDRAY_HOME / "serve-ray.json"
 _connected_to: str | None = None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from cluster.config import MedrayConfig
 from cluster.errors import ConfigError, MedrayError, NotFoundError
+from cluster.names import check_run_name
 from cluster.storage import Storage
 from train.data.dataset import read_manifest
 from train.data.loading import read_split, read_split_arrays
@@ -73,9 +73,7 @@ class TrainingPlan:
 def run_name(config: MedrayConfig, stem: str) -> str:
     """`train.name` if set (checked), else `{stem}-{UTC time}`: a folder under `runs/`."""
     if config.train.name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", config.train.name):
-            raise ConfigError(f"train.name '{config.train.name}' may hold only letters, digits, '.', '_' and '-'")
-        return config.train.name
+        return check_run_name(config.train.name, "train.name")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stem}-{stamp}"
 

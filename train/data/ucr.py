@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cluster import names
 from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
 from train.data.sources import cached_or_download, sources_dir
 from train.data.splits import holdout_split
@@ -31,9 +32,7 @@ UCR_CLASS_NAMES = {
 
 
 def check_dataset_name(name: str, what: str = "UCR dataset name") -> str:
-    if not _DATASET_NAME.fullmatch(name):
-        raise DataImportError(f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_' or '-'")
-    return name
+    return names.check(_DATASET_NAME, name, what, DataImportError, "use 1-64 letters, digits, '_' or '-'")
 
 
 def _find_files(folder: Path, dataset: str | None) -> tuple[str, Path, Path]:

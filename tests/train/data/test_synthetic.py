@@ -41,11 +41,14 @@ def test_stand_in_matches_the_real_dataset(imported, model):
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.dataset)
 def test_shipped_config_plans_on_the_stand_in_unchanged(imported, model):
-    storage, _, fake = imported
+    storage, real, fake = imported
     config = load_config(CONFIGS / model.config, [f"data.dataset={fake[model.dataset]['name']}"])
     plan = plan_training(config, storage)
-    assert plan.labels.classes[1] == config.data.positive_class  # the positive class is the real one
-    assert plan.model_config  # the model builds for the stand-in's input shape
+    real_plan = plan_training(load_config(CONFIGS / model.config, [f"data.dataset={model.dataset}"]), storage)
+    assert plan.labels.classes == real_plan.labels.classes  # merged and ordered as for the real data
+    assert plan.labels.classes[1] == config.data.positive_class
+    assert plan.preprocessor.input_shape == real_plan.preprocessor.input_shape
+    assert plan.model_config == real_plan.model_config  # the same network is built
 
 
 def test_without_sources_or_network_every_demo_dataset_is_a_stand_in(tmp_path):
