@@ -24,9 +24,9 @@ def main() -> None:
 
     import ray
 
-    from cluster.storage import Storage
-    from train.data.importers import ImportRequest, import_dataset
-    from train.data.loading import read_split, split_paths
+    from medray.cluster.storage import Storage
+    from medray.train.data.importers import ImportRequest, import_dataset
+    from medray.train.data.loading import read_split, split_paths
 
     with tempfile.TemporaryDirectory() as scratch:
         storage = Storage(args.storage or scratch)

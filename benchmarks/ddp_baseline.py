@@ -56,14 +56,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args()
 
-    from cluster.config import load_config
-    from cluster.storage import Storage
-    from train.checkpoint import save_checkpoint
-    from train.data.loading import read_split_arrays
-    from train.job import plan_training
-    from train.models import build_model_from_config
-    from train.loop import AUGMENTERS
-    from train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+    from medray.cluster.config import load_config
+    from medray.cluster.storage import Storage
+    from medray.train.checkpoint import save_checkpoint
+    from medray.train.data.loading import read_split_arrays
+    from medray.train.job import plan_training
+    from medray.train.models import build_model_from_config
+    from medray.train.loop import AUGMENTERS
+    from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -27,9 +27,9 @@ def main() -> None:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from cluster.registry import Registry
-    from cluster.storage import Storage
-    from serve.model import InputError, ServedModel
+    from medray.cluster.registry import Registry
+    from medray.cluster.storage import Storage
+    from medray.serve.model import InputError, ServedModel
 
     torch.set_num_threads(args.threads)
     registry = Registry(Storage(args.storage))

@@ -76,8 +76,8 @@ def measure(url: str, body: dict, seconds: float) -> list[dict]:
 def ceiling(storage, model_name: str, image, seconds: float) -> dict:
     import torch
 
-    from cluster.registry import Registry
-    from serve.model import ServedModel
+    from medray.cluster.registry import Registry
+    from medray.serve.model import ServedModel
 
     torch.set_num_threads(1)
     registry = Registry(storage)
@@ -106,8 +106,8 @@ def wait_http(url: str, seconds: float = 60) -> None:
 
 
 def autoscaling_run(config_overrides: list[str], storage, model: str, body: dict, step_seconds: float) -> dict:
-    from cluster.config import load_config
-    from serve.app import deploy
+    from medray.cluster.config import load_config
+    from medray.serve.app import deploy
 
     config = load_config(None, config_overrides + [
         "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=3",
@@ -170,9 +170,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from cluster.config import load_config
-    from cluster.storage import Storage
-    from serve.app import deploy, down
+    from medray.cluster.config import load_config
+    from medray.cluster.storage import Storage
+    from medray.serve.app import deploy, down
 
     storage = Storage.from_cli(args.storage)
     image = np.load(args.images)["test_images"][0]

@@ -52,7 +52,7 @@ def overrides(epochs: int, extra: list[str]) -> list[str]:
 
 
 def load(extra: list[str]):
-    from cluster.config import load_config
+    from medray.cluster.config import load_config
 
     return load_config(CONFIG_FILE if CONFIG_FILE.is_file() else None, extra)
 
@@ -174,8 +174,8 @@ def latest_progress(storage, run_uri: str) -> dict:
 
 
 def run_ray(storage, config_overrides: list[str], workers: int, round_index: int) -> dict:
-    from train.data.dataset import read_manifest
-    from train.job import run_training
+    from medray.train.data.dataset import read_manifest
+    from medray.train.job import run_training
 
     config = load([*config_overrides, f"scaling.num_workers={workers}",
                    f"train.name=bench-ray-{workers}w-{round_index}"])
@@ -219,8 +219,8 @@ def main() -> None:
     import ray
     import torch
 
-    from cluster.storage import Storage
-    from train.data.importers import ImportRequest, import_dataset
+    from medray.cluster.storage import Storage
+    from medray.train.data.importers import ImportRequest, import_dataset
 
     torch.set_num_threads(1)
     config_overrides = overrides(epochs, args.overrides)
@@ -229,7 +229,7 @@ def main() -> None:
         storage = Storage(args.storage or f"file://{scratch}")
         import_dataset(storage, ImportRequest(kind="medmnist", source=args.source, name=DATASET))
         started = time.perf_counter()
-        from cluster.runtime import RAY_TUNING
+        from medray.cluster.runtime import RAY_TUNING
 
         for key, value in RAY_TUNING.items():  # the settings `medray` starts Ray with
             os.environ.setdefault(key, value)

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_search(storage, overrides: list[str], name: str) -> dict:
-    from cluster.config import load_config
-    from tune.run import _concurrency, run_search
+    from medray.cluster.config import load_config
+    from medray.tune.run import _concurrency, run_search
 
     config = load_config(ROOT / "train/configs/breastmnist_cnn.yaml", [*overrides, f"train.name={name}"])
     started = time.perf_counter()
@@ -50,9 +50,9 @@ def main() -> None:
     parser.add_argument("--source", default=str(ROOT.parent / "shared/data/breastmnist.npz"))
     args = parser.parse_args()
 
-    from cluster.runtime import ensure_ray
-    from cluster.storage import Storage
-    from train.data.importers import ImportRequest, import_dataset
+    from medray.cluster.runtime import ensure_ray
+    from medray.cluster.storage import Storage
+    from medray.train.data.importers import ImportRequest, import_dataset
 
     common = [f"tune.num_samples={args.samples}", f"optim.epochs={args.epochs}", "train.patience=0",
               "scaling.num_workers=1", "eval.bootstrap=0"]

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from cluster.errors import MedrayError
+from medray.cluster.errors import MedrayError
 
 log = logging.getLogger("medray")
 
@@ -44,15 +44,15 @@ def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> N
 def _storage(args: argparse.Namespace, config=None):
     """The root from --storage, else the config, else the environment; the config's
     storage settings (encryption, KMS key, retries) apply whichever gives the root."""
-    from cluster.storage import Storage
+    from medray.cluster.storage import Storage
 
     return Storage.from_cli(args.storage, config.storage if config is not None else None)
 
 
 # data ----------------------------------------------------------------------------
 def _data_import(args: argparse.Namespace) -> None:
-    from cluster.config import DataConfig, validate_config
-    from train.data.importers import ImportRequest, import_dataset
+    from medray.cluster.config import DataConfig, validate_config
+    from medray.train.data.importers import ImportRequest, import_dataset
 
     data = validate_config(
         {k: v for k, v in {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
@@ -70,7 +70,7 @@ def _data_import(args: argparse.Namespace) -> None:
 
 
 def describe_text(manifest: dict[str, Any]) -> str:
-    from train.data.dataset import describe_source
+    from medray.train.data.dataset import describe_source
 
     splits = manifest["splits"]
     quality = manifest["quality"]
@@ -103,7 +103,7 @@ def describe_text(manifest: dict[str, Any]) -> str:
 
 
 def _data_list(args: argparse.Namespace) -> None:
-    from train.data.dataset import list_datasets, read_manifest
+    from medray.train.data.dataset import list_datasets, read_manifest
 
     storage = _storage(args)
     storage.check()
@@ -131,7 +131,7 @@ def _data_list(args: argparse.Namespace) -> None:
 
 
 def _data_describe(args: argparse.Namespace) -> None:
-    from train.data.dataset import read_manifest
+    from medray.train.data.dataset import read_manifest
 
     manifest = read_manifest(_storage(args), args.ref)
     _emit(args, manifest, lambda: describe_text(manifest))
@@ -139,7 +139,7 @@ def _data_describe(args: argparse.Namespace) -> None:
 
 # train / evaluate ----------------------------------------------------------------
 def _load(args: argparse.Namespace):
-    from cluster.config import load_config
+    from medray.cluster.config import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -147,7 +147,7 @@ def _load(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from train.job import run_training
+    from medray.train.job import run_training
 
     config = _load(args)
     storage = _storage(args, config)
@@ -175,7 +175,7 @@ def result_text(summary: dict[str, Any]) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from train.job import evaluate_checkpoint
+    from medray.train.job import evaluate_checkpoint
 
     config = _load(args)
     storage = _storage(args, config)
@@ -187,7 +187,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _tune(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tune.run import run_search, trial_table
+    from medray.tune.run import run_search, trial_table
 
     if not args.config and not args.resume:
         raise MedrayError("give a CONFIG to start a search, or --resume NAME to continue one")
@@ -196,12 +196,12 @@ def _tune(args: argparse.Namespace) -> None:
     storage = _storage(args, config)
     summary = run_search(config, storage, Path(args.config).stem if args.config else None, resume=args.resume)
     if args.promote:
-        from tune.promote import promote_checkpoint
+        from medray.tune.promote import promote_checkpoint
 
         best = summary["best"]
         if not best["checkpoint"]:
             raise MedrayError(f"the best trial {best['trial']} left no checkpoint to promote")
-        from tune.spaces import apply_params
+        from medray.tune.spaces import apply_params
 
         saved = storage.read_json(f"runs/{summary['search']}/search.json")
         best_config = apply_params(saved["base"], best["config"])
@@ -220,7 +220,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _load_config(path, overrides):
-    from cluster.config import load_config
+    from medray.cluster.config import load_config
 
     return load_config(path, overrides)
 
@@ -235,7 +235,7 @@ def promotion_text(promotion: dict[str, Any]) -> str:
 
 
 def _registry(args: argparse.Namespace):
-    from cluster.registry import Registry
+    from medray.cluster.registry import Registry
 
     storage = _storage(args)
     storage.check()
@@ -295,7 +295,7 @@ def _serve_config(args: argparse.Namespace):
 
 def _serve_up(args: argparse.Namespace) -> None:
     config, storage = _serve_config(args)
-    from serve.app import connect, deploy
+    from medray.serve.app import connect, deploy
 
     storage.check()
     connect(config, start=True)
@@ -307,7 +307,7 @@ def _serve_up(args: argparse.Namespace) -> None:
 
 def _serve_update(args: argparse.Namespace) -> None:
     config, storage = _serve_config(args)
-    from serve.app import connect, update
+    from medray.serve.app import connect, update
 
     connect(config, start=False)
     updated = update(config, storage)
@@ -317,7 +317,7 @@ def _serve_update(args: argparse.Namespace) -> None:
 
 def _serve_status(args: argparse.Namespace) -> None:
     config, _ = _serve_config(args)
-    from serve.app import connect, status
+    from medray.serve.app import connect, status
 
     connect(config, start=False)
     current = status()
@@ -335,7 +335,7 @@ def _serve_status(args: argparse.Namespace) -> None:
 
 def _serve_down(args: argparse.Namespace) -> None:
     config, _ = _serve_config(args)
-    from serve.app import connect, down
+    from medray.serve.app import connect, down
 
     connect(config, start=False)
     stopped_ray = down()
@@ -344,7 +344,7 @@ def _serve_down(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from serve.client import predict_file
+    from medray.serve.client import predict_file
 
     url = args.url or os.environ.get("MEDRAY_SERVE_URL") or "http://127.0.0.1:8000"
     answer = predict_file(url, args.name, args.file, explain=args.explain,
@@ -354,7 +354,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 # cluster jobs ----------------------------------------------------------------------
 def _submit(args: argparse.Namespace) -> None:
-    from cluster.jobs import submit
+    from medray.cluster.jobs import submit
 
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [args.config, *(args.overrides or [])], None  # `submit serve key=value`
@@ -378,7 +378,7 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _jobs(args: argparse.Namespace) -> None:
-    from cluster import jobs
+    from medray.cluster import jobs
 
     if args.action == "list":
         rows = jobs.list_jobs(args.address)
@@ -400,7 +400,7 @@ def _jobs(args: argparse.Namespace) -> None:
 
 # demo ----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
-    from cluster.demo import run_demo
+    from medray.cluster.demo import run_demo
 
     summary = run_demo(args.storage, quick=args.quick, report_dir=args.report)
     _emit(args, summary, lambda: summary["text"])
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides or []) + extra
-    from cluster import console
+    from medray.cluster import console
 
     # Commands that run Ray keep the terminal for medray's own lines; the rest print little.
     out = console.setup(args.command, verbose=args.verbose or args.command not in RAY_COMMANDS)

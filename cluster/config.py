@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cluster.errors import ConfigError
+from medray.cluster.errors import ConfigError
 
 
 class Section(BaseModel):

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import MedrayError
-from cluster.storage import Storage
-from train.data.importers import ImportRequest, import_dataset
-from train.data.medmnist import write_synthetic_medmnist
-from train.data.sources import sources_dir
-from train.data.tabular import KNOWN_TABLES, write_synthetic_cleveland
-from train.data.ucr import write_synthetic_ucr
+from medray.cluster.errors import MedrayError
+from medray.cluster.storage import Storage
+from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.medmnist import write_synthetic_medmnist
+from medray.train.data.sources import sources_dir
+from medray.train.data.tabular import KNOWN_TABLES, write_synthetic_cleveland
+from medray.train.data.ucr import write_synthetic_ucr
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
     """Run every stage; returns the results (and `text`, the table people read)."""
     import ray
 
-    from cluster import console
+    from medray.cluster import console
 
     stages = Stages(8)
     # Three models are trained: every 10th epoch line of each, not all 200.
@@ -203,8 +203,8 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
         storage.check()
         stages.next(f"storage {storage.root}" + (" (local S3 server on 127.0.0.1)" if services else ""))
 
-        from cluster.config import RayConfig
-        from cluster.runtime import ensure_ray
+        from medray.cluster.config import RayConfig
+        from medray.cluster.runtime import ensure_ray
 
         started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
         ensure_ray(RayConfig(), dashboard=True)
@@ -253,9 +253,9 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
 
 
 def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
-    from cluster.config import load_config
-    from train.job import run_training
-    from tune.promote import promote_checkpoint
+    from medray.cluster.config import load_config
+    from medray.train.job import run_training
+    from medray.tune.promote import promote_checkpoint
 
     overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=2", f"train.name=demo-{model.dataset}"]
     if quick:
@@ -268,10 +268,10 @@ def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick
 
 
 def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
-    from cluster.config import load_config
-    from tune.promote import promote_checkpoint
-    from tune.run import run_search
-    from tune.spaces import apply_params
+    from medray.cluster.config import load_config
+    from medray.tune.promote import promote_checkpoint
+    from medray.tune.run import run_search
+    from medray.tune.spaces import apply_params
 
     overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=1", "train.name=demo-search",
                  "tune.num_samples=" + ("2" if quick else "6"), "optim.epochs=" + ("2" if quick else "20"),
@@ -292,7 +292,7 @@ def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quic
 
 def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion: dict, config,
             tuned: bool = False) -> dict[str, Any]:
-    from train.data.preprocess import LabelMap
+    from medray.train.data.preprocess import LabelMap
 
     test = metrics.get("test", {})
     labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
@@ -328,11 +328,11 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     set holds more than one class), one confidently wrong, where there are such."""
     import httpx
 
-    from cluster.config import load_config
-    from serve.app import deploy
-    from train.data.dataset import read_manifest
-    from train.data.loading import read_split_arrays
-    from train.data.preprocess import LabelMap
+    from medray.cluster.config import load_config
+    from medray.serve.app import deploy
+    from medray.train.data.dataset import read_manifest
+    from medray.train.data.loading import read_split_arrays
+    from medray.train.data.preprocess import LabelMap
 
     served_names = sorted({r["dataset"] for r in results if r["version"]})
     label_maps = {r["dataset"]: LabelMap.from_dict(r["label_map"]) for r in results}

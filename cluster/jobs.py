@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.console import CONSOLE
-from cluster.errors import MedrayError, NotFoundError
-from cluster.runtime import FORWARDED_ENV, RAY_TUNING
+from medray.cluster.console import CONSOLE
+from medray.cluster.errors import MedrayError, NotFoundError
+from medray.cluster.runtime import FORWARDED_ENV, RAY_TUNING
 
 PROJECT = Path(__file__).resolve().parents[1]
 # What the cluster does not need from a checkout (the cluster has its own environment).

@@ -30,7 +30,7 @@ def check(rule: re.Pattern[str], value: object, what: str, error: type[Exception
 
 
 def check_run_name(name: object, what: str = "run name") -> str:
-    from cluster.errors import ConfigError
+    from medray.cluster.errors import ConfigError
 
     return check(RUN, name, what, ConfigError,
                  "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")

@@ -29,9 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster import names
-from cluster.errors import MedrayError, NotFoundError
-from cluster.storage import AlreadyExistsError, Storage, WriteConflictError
+from medray.cluster import names
+from medray.cluster.errors import MedrayError, NotFoundError
+from medray.cluster.storage import AlreadyExistsError, Storage, WriteConflictError
 
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from cluster.config import RayConfig, ScalingSection
-from cluster.errors import ConfigError
+from medray.cluster.config import RayConfig, ScalingSection
+from medray.cluster.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
         ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True,
                  configure_logging=True, logging_level=logging.WARNING, **options)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    from cluster.console import route_worker_output
+    from medray.cluster.console import route_worker_output
 
     route_worker_output()  # workers' progress lines are rendered, not printed raw
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.config import StorageConfig
-from cluster.errors import ConfigError, NotFoundError, StorageError
+from medray.cluster.config import StorageConfig
+from medray.cluster.errors import ConfigError, NotFoundError, StorageError
 
 STORAGE_ENV = "MEDRAY_STORAGE"
 DEFAULT_ROOT = "~/.medray"
@@ -496,7 +496,7 @@ class _S3Backend(_Backend):
         if self._arrow is None:
             import pyarrow.fs as pafs
 
-            from cluster.arrow_s3 import EncryptingS3Handler
+            from medray.cluster.arrow_s3 import EncryptingS3Handler
 
             options: dict[str, Any] = {
                 "region": self.endpoint.region,

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import MedrayConfig
-from cluster.errors import ConfigError, MedrayError, NotFoundError
-from cluster.registry import Registry
-from cluster.storage import Storage
-from serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer, proxy_options, refuse_open_beyond_loopback
+from medray.cluster.config import MedrayConfig
+from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
+from medray.cluster.registry import Registry
+from medray.cluster.storage import Storage
+from medray.serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer, proxy_options, refuse_open_beyond_loopback
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def connect(config: MedrayConfig, start: bool) -> None:
     global _connected_to
     import ray
 
-    from cluster.runtime import RAY_TUNING, ensure_ray
+    from medray.cluster.runtime import RAY_TUNING, ensure_ray
 
     if ray.is_initialized():
         return
@@ -316,7 +316,7 @@ def app_builder(args: dict[str, Any]):
     path, optional), `overrides` (list of key=value), `storage` (else MEDRAY_STORAGE), and
     where each node holds the API token: `token_env` (a variable's name) or `token_file`
     (a path). Naming neither serves an open API, which only starts on loopback."""
-    from cluster.config import load_config
+    from medray.cluster.config import load_config
 
     config = load_config(args.get("config"), list(args.get("overrides") or []))
     storage = Storage.from_cli(args.get("storage"), config.storage)

@@ -32,8 +32,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from cluster.errors import ConfigError
-from serve.schemas import InputError, ModelList, PredictRequest, PredictResponse, Problem, parse_json_body
+from medray.cluster.errors import ConfigError
+from medray.serve.schemas import InputError, ModelList, PredictRequest, PredictResponse, Problem, parse_json_body
 
 log = logging.getLogger("ray.serve")
 TOKEN_VARIABLE = "MEDRAY_API_TOKEN"
@@ -50,9 +50,9 @@ class ModelServer:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         import torch
 
-        from cluster.registry import Registry
-        from cluster.storage import Storage
-        from serve.model import ServedModel
+        from medray.cluster.registry import Registry
+        from medray.cluster.storage import Storage
+        from medray.serve.model import ServedModel
 
         torch.set_num_threads(max(1, int(user_config.get("threads", 1))))
         wanted = (user_config["storage"], user_config["name"], int(user_config["version"]))

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.registry import Registry
-from serve.schemas import InputError
-from train.checkpoint import ModelBundle, load_bundle
-from train.data.decode import DecodeLimits, ImageRefused, decode_image
-from train.evaluate import apply_temperature, prediction_sets
+from medray.cluster.registry import Registry
+from medray.serve.schemas import InputError
+from medray.train.checkpoint import ModelBundle, load_bundle
+from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image
+from medray.train.evaluate import apply_temperature, prediction_sets
 
 SERVED_FILES = ("weights.pt", "model.json", "data.json", "calibration.json")
 __all__ = ["InputError", "ServedModel"]  # InputError lives in serve.schemas, for the torch-free ingress

@@ -78,14 +78,14 @@ def s3_bucket(s3_endpoint) -> str:
 
 @pytest.fixture
 def s3_storage(s3_bucket):
-    from cluster.storage import Storage
+    from medray.cluster.storage import Storage
 
     return Storage(f"s3://{s3_bucket}/root")
 
 
 @pytest.fixture
 def local_storage(tmp_path):
-    from cluster.storage import Storage
+    from medray.cluster.storage import Storage
 
     return Storage(f"file://{tmp_path / 'store'}")
 
@@ -105,7 +105,7 @@ def ray_session(s3_endpoint):
     have their credentials."""
     import ray
 
-    from cluster.runtime import RAY_TUNING
+    from medray.cluster.runtime import RAY_TUNING
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for key, value in RAY_TUNING.items():  # as `medray` itself starts Ray

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.data.preprocess import LabelMap, Preprocessor
-from train.models import build_model_from_config
+from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.models import build_model_from_config
 
 WEIGHTS = "weights.pt"
 MODEL = "model.json"

@@ -16,14 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cluster.config import MedrayConfig
-from cluster.errors import ConfigError, MedrayError, NotFoundError
-from cluster.names import check_run_name
-from cluster.storage import Storage
-from train.data.dataset import read_manifest
-from train.data.loading import read_split, read_split_arrays
-from train.data.preprocess import LabelMap, Preprocessor
-from train.models import InputSpec, model_config_for
+from medray.cluster.config import MedrayConfig
+from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
+from medray.cluster.names import check_run_name
+from medray.cluster.storage import Storage
+from medray.train.data.dataset import read_manifest
+from medray.train.data.loading import read_split, read_split_arrays
+from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.models import InputSpec, model_config_for
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def plan_training(config: MedrayConfig, storage: Storage, config_name: str | Non
 
 def run_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
     """Train with Ray Train, then evaluate the best checkpoint; returns the result summary."""
-    from cluster.runtime import check_placement, ensure_ray
-    from train.loop import build_trainer
+    from medray.cluster.runtime import check_placement, ensure_ray
+    from medray.train.loop import build_trainer
 
     plan = plan_training(config, storage, config_name)
     ensure_ray(config.ray)
@@ -111,7 +111,7 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     )
     result = trainer.fit()
     if result.error:
-        from cluster.console import summarized
+        from medray.cluster.console import summarized
 
         raise MedrayError(f"training failed: {summarized(result.error)}")
     best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
@@ -135,7 +135,7 @@ def _best_checkpoint(result, metric: str, mode: str):
 
 def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, config: MedrayConfig) -> dict:
     """Evaluate the best checkpoint, write metrics + plots under the run, record the result."""
-    from train.checkpoint import PROGRESS
+    from medray.train.checkpoint import PROGRESS
 
     with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
         history = json.loads(storage.read_bytes(f"{latest_key}/{PROGRESS}")).get("history", [])
@@ -159,8 +159,8 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
 def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: Path, config: MedrayConfig,
                                history: list[dict] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on val (threshold, temperature) and test; write the report to out_dir."""
-    from train.checkpoint import load_bundle
-    from train.evaluate import evaluate_model_outputs, write_report
+    from medray.train.checkpoint import load_bundle
+    from medray.train.evaluate import evaluate_model_outputs, write_report
 
     with tempfile.TemporaryDirectory(prefix="medray-ckpt-") as local:
         bundle = load_bundle(storage.download_dir(checkpoint_key, local))

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cluster.console import emit_progress
-from train.checkpoint import load_train_state, save_checkpoint
-from train.data.preprocess import LabelMap, Preprocessor
-from train.models import build_model_from_config
-from train.steps import (augment_images, augment_signals, class_weights, epoch_metrics, predict, train_epoch,
+from medray.cluster.console import emit_progress
+from medray.train.checkpoint import load_train_state, save_checkpoint
+from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.models import build_model_from_config
+from medray.train.steps import (augment_images, augment_signals, class_weights, epoch_metrics, predict, train_epoch,
                          warmup_cosine)
 
 # `train.augment` applies these while training; tables have none.

@@ -122,7 +122,7 @@ def predict(
 def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
     """Validation loss (plain cross-entropy, comparable across class weightings),
     AUROC (macro one-vs-rest beyond two classes) and accuracy."""
-    from train.evaluate import auroc_with_ci
+    from medray.train.evaluate import auroc_with_ci
 
     if len(labels) == 0:
         return {"val_loss": None, "val_auroc": None, "val_accuracy": None}

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 
-from cluster.config import GateRule, MedrayConfig
-from cluster.errors import ConfigError
-from cluster.registry import Registry
-from cluster.storage import Storage
-from train.data.dataset import describe_source, read_manifest
+from medray.cluster.config import GateRule, MedrayConfig
+from medray.cluster.errors import ConfigError
+from medray.cluster.registry import Registry
+from medray.cluster.storage import Storage
+from medray.train.data.dataset import describe_source, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
 def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConfig,
                        source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate, gate and (if it passes) register the checkpoint; returns what happened."""
-    from train.evaluate import apply_temperature, conformal_quantile, set_coverage
-    from train.job import evaluate_stored_checkpoint
+    from medray.train.evaluate import apply_temperature, conformal_quantile, set_coverage
+    from medray.train.job import evaluate_stored_checkpoint
 
     source = {"checkpoint": storage.uri(checkpoint_key), **(source or {})}
     with tempfile.TemporaryDirectory(prefix="medray-promote-") as scratch:

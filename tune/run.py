@@ -16,11 +16,11 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from cluster.config import MedrayConfig, validate_config
-from cluster.errors import ConfigError, MedrayError, NotFoundError
-from cluster.names import check_run_name
-from cluster.storage import Storage
-from tune.spaces import apply_params, base_point, check_space, space_for, to_tune
+from medray.cluster.config import MedrayConfig, validate_config
+from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
+from medray.cluster.names import check_run_name
+from medray.cluster.storage import Storage
+from medray.tune.spaces import apply_params, base_point, check_space, space_for, to_tune
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SEARCH_FILE = "search.json"
 
 
 def search_name(config: MedrayConfig, config_name: str | None) -> str:
-    from train.job import run_name
+    from medray.train.job import run_name
 
     return run_name(config, f"tune-{config_name or config.model.family}")
 
@@ -36,8 +36,8 @@ def search_name(config: MedrayConfig, config_name: str | None) -> str:
 def _check_models(base: dict[str, Any], storage: Storage, space: dict[str, dict[str, Any]]) -> None:
     """Every preset x option value the space can draw builds a model for this dataset,
     so a bad combination fails here, once, rather than in every trial that draws it."""
-    from train.job import plan_training
-    from train.models import InputSpec, model_config_for
+    from medray.train.job import plan_training
+    from medray.train.models import InputSpec, model_config_for
 
     config = validate_config(base)
     plan = plan_training(config, storage)
@@ -75,8 +75,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: s
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from train.job import plan_training, training_datasets
-    from train.loop import build_trainer
+    from medray.train.job import plan_training, training_datasets
+    from medray.train.loop import build_trainer
 
     config = apply_params(base, params)
     storage = Storage(root, config.storage)  # the search's encryption and retry settings, here too
@@ -207,7 +207,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
 def run_search(config: MedrayConfig, storage: Storage, config_name: str | None = None,
                resume: str | None = None) -> dict[str, Any]:
     """Run (or resume) a search; returns the trial table and the best trial."""
-    from cluster.runtime import check_placement, ensure_ray
+    from medray.cluster.runtime import check_placement, ensure_ray
 
     if resume:
         # Resuming unpickles Tune's state from runs/NAME/: the name must stay inside runs/.
@@ -279,7 +279,7 @@ def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> di
     Read from the checkpoints rather than from Tune's results: across an interrupt and
     resume, Tune may never have received the last epochs a trial checkpointed (and a
     resumed trial that had already finished reports nothing new)."""
-    from train.checkpoint import PROGRESS
+    from medray.train.checkpoint import PROGRESS
 
     checkpoints = []
     for name in storage.list_dir(trial_key):

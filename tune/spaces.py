@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import MedrayConfig, validate_config
-from cluster.errors import ConfigError
+from medray.cluster.config import MedrayConfig, validate_config
+from medray.cluster.errors import ConfigError
 
 # Each entry: dotted key -> (kind, arguments). Kept as data so a YAML `tune.space` uses
 # the same form and both are validated by one function.
@@ -73,7 +73,7 @@ def base_point(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[s
     takes its preset's default), to be searched first: a search then never ends below
     the config it started from on the validation metric. None when some value lies
     outside the space, which then cannot draw the base config."""
-    from train.models import FAMILIES
+    from medray.train.models import FAMILIES
 
     model = base["model"]
     preset_defaults = FAMILIES[model["family"]].presets.get(model["preset"], {})

@@ -1,7 +1,7 @@
 import pytest
 
-from cluster.config import DataConfig, MedrayConfig, load_config, parse_overrides, validate_config
-from cluster.errors import ConfigError
+from medray.cluster.config import DataConfig, MedrayConfig, load_config, parse_overrides, validate_config
+from medray.cluster.errors import ConfigError
 
 
 def test_overrides_nest_and_read_yaml_scalars():

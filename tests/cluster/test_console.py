@@ -8,7 +8,7 @@ import sys
 
 from conftest import PROJECT
 
-from cluster import console
+from medray.cluster import console
 
 
 def medray_python(code: str, tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster.errors import NotFoundError
-from cluster.registry import Registry, RegistryError, check_model_name
-from cluster.storage import Storage
+from medray.cluster.errors import NotFoundError
+from medray.cluster.registry import Registry, RegistryError, check_model_name
+from medray.cluster.storage import Storage
 
 
 def files(tmp_path, tag):
@@ -41,7 +41,7 @@ def test_versions_are_immutable_and_numbers_never_reused(storage, tmp_path):
     before = registry.read_file("m", 1, "weights.pt")
     registry.register("m", files(tmp_path, "b"), {})
     assert registry.read_file("m", 1, "weights.pt") == before
-    from cluster.storage import AlreadyExistsError
+    from medray.cluster.storage import AlreadyExistsError
 
     with pytest.raises(AlreadyExistsError):
         storage.write_json("models/m/versions/1/version.json", {"hacked": True}, exclusive=True)

@@ -5,9 +5,9 @@ import pickle
 import boto3
 import pytest
 
-from cluster.config import StorageConfig
-from cluster.errors import ConfigError, NotFoundError, StorageError
-from cluster.storage import AlreadyExistsError, Storage, WriteConflictError, normalize_root, resolve_root
+from medray.cluster.config import StorageConfig
+from medray.cluster.errors import ConfigError, NotFoundError, StorageError
+from medray.cluster.storage import AlreadyExistsError, Storage, WriteConflictError, normalize_root, resolve_root
 from conftest import start_moto
 
 

@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from conftest import PROJECT
-from train.data.tabular import CLEVELAND_COLUMNS
+from medray.train.data.tabular import CLEVELAND_COLUMNS
 
 pytestmark = pytest.mark.integration
 
 
 def medray(*args, env=None, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], cwd=PROJECT, capture_output=True, text=True,
+        [sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, timeout=300,
     )
     if check and result.returncode != 0:
@@ -145,8 +145,8 @@ def test_import_records_the_source_label_and_no_file_name(tmp_path):
 def test_storage_settings_of_the_config_apply_with_storage_on_the_command_line(s3_bucket, tmp_path):
     import boto3
 
-    from cluster.cli import _storage, build_parser
-    from cluster.config import load_config
+    from medray.cluster.cli import _storage, build_parser
+    from medray.cluster.config import load_config
 
     (tmp_path / "c.yaml").write_text("storage:\n  server_side_encryption: aws:kms\n  kms_key_id: key-7\n"
                                      "  max_attempts: 9\n")

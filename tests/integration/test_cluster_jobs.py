@@ -84,7 +84,7 @@ def cluster(tmp_path_factory):
 
 
 def medray(cluster, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=PROJECT, env=cluster["env"],
+    result = subprocess.run([sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, env=cluster["env"],
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"medray {' '.join(args)} failed:\n{result.stderr[-3000:]}")

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from train.data.tabular import CLEVELAND_COLUMNS
-from train.data.importers import ImportRequest, import_dataset
-from train.data.loading import read_split
+from medray.train.data.tabular import CLEVELAND_COLUMNS
+from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.loading import read_split
 
 pytestmark = pytest.mark.integration
 

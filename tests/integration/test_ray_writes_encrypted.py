@@ -11,7 +11,7 @@ import sys
 import boto3
 import pytest
 
-from cluster.storage import Storage
+from medray.cluster.storage import Storage
 
 pytestmark = pytest.mark.integration
 

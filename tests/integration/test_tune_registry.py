@@ -32,7 +32,7 @@ def test_search_interrupt_resume_promote_rollback(s3_bucket):
     medray("data", "import", "sklearn", "breast_cancer", "--name", "wdbc", env=env)
 
     # Start the search and interrupt it (Ctrl-C) once the first trials have checkpoints.
-    process = subprocess.Popen([sys.executable, "-m", "cluster.cli", *SEARCH], cwd=PROJECT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "medray.cluster.cli", *SEARCH], cwd=PROJECT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and len(trial_checkpoints(s3, s3_bucket)) < 2 and process.poll() is None:
@@ -56,10 +56,10 @@ def test_search_interrupt_resume_promote_rollback(s3_bucket):
     assert "## Intended use" in card and "## Limitations" in card and "sha256" in card
 
     # A second version by hand-promoting the same best checkpoint, then rollback.
-    from cluster.config import load_config
-    from cluster.registry import Registry
-    from cluster.storage import Storage
-    from tune.promote import promote_checkpoint
+    from medray.cluster.config import load_config
+    from medray.cluster.registry import Registry
+    from medray.cluster.storage import Storage
+    from medray.tune.promote import promote_checkpoint
 
     storage = Storage(f"s3://{s3_bucket}/root")
     best = storage.key_of(resumed["best"]["checkpoint"])

@@ -18,8 +18,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from cluster.config import load_config
-from cluster.errors import ConfigError
+from medray.cluster.config import load_config
+from medray.cluster.errors import ConfigError
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,9 @@ PROTECTED = ["/v1/models", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-red
 def secured(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     import boto3
 
-    import serve.app
-    from cluster.storage import Storage
-    from serve.app import deploy, down
+    from medray.serve import app as serve_app
+    from medray.cluster.storage import Storage
+    from medray.serve.app import deploy, down
     from tests_serve_support import make_registry
 
     bucket = "medray-secured"
@@ -47,14 +47,14 @@ def secured(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     patch = pytest.MonkeyPatch()
     try:
         patch.setenv("MEDRAY_API_TOKEN", TOKEN)
-        patch.setattr(serve.app, "TOKEN_FILE", tmp_path_factory.mktemp("home") / "serve-token")
+        patch.setattr(serve_app, "TOKEN_FILE", tmp_path_factory.mktemp("home") / "serve-token")
         config = load_config(None, OVERRIDES)
         deployed = deploy(config, storage)
         with httpx.Client(base_url=deployed["url"], timeout=60) as client:
             yield {"storage": storage, "config": config, "client": client, "deployed": deployed,
-                   "token_file": serve.app.TOKEN_FILE}
+                   "token_file": serve_app.TOKEN_FILE}
         down()
-        assert not serve.app.TOKEN_FILE.exists()  # `serve down` leaves no token at rest
+        assert not serve_app.TOKEN_FILE.exists()  # `serve down` leaves no token at rest
     finally:
         patch.undo()
 
@@ -133,7 +133,7 @@ def test_the_token_is_read_on_the_node_and_never_stored_in_serves_config(secured
 
 
 def test_serve_update_from_a_shell_without_the_token_keeps_the_auth(secured, monkeypatch):
-    from serve.app import update
+    from medray.serve.app import update
 
     monkeypatch.delenv("MEDRAY_API_TOKEN")  # what `medray serve update` runs, from such a shell
     updated = update(secured["config"], secured["storage"])
@@ -232,8 +232,8 @@ def test_schemathesis_finds_no_5xx_and_no_echo_with_or_without_the_token(secured
 
 
 def test_an_open_ingress_refuses_to_start_beyond_loopback(secured, tmp_path):
-    from serve.app import app_builder
-    from serve.deployments import token_to_require
+    from medray.serve.app import app_builder
+    from medray.serve.deployments import token_to_require
 
     refusal = "refusing to serve without an API token while Serve's HTTP proxy listens on 0.0.0.0"
     with pytest.raises(ConfigError, match=refusal):

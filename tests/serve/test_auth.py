@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from cluster.errors import ConfigError
-from serve.deployments import BearerAuth, is_loopback, read_token
+from medray.cluster.errors import ConfigError
+from medray.serve.deployments import BearerAuth, is_loopback, read_token
 
 TOKEN = "0123456789abcdef-token"
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from pydicom import uid
 
 from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, peak_bytes
-from serve.model import InputError, ServedModel
-from serve.schemas import MAX_JSON_DEPTH, parse_json_body
-from train.data.preprocess import Preprocessor
+from medray.serve.model import InputError, ServedModel
+from medray.serve.schemas import MAX_JSON_DEPTH, parse_json_body
+from medray.train.data.preprocess import Preprocessor
 
 CANARY = 987654.321
 
@@ -36,7 +36,7 @@ def one_torch_thread():
 def models(tmp_path_factory, real_inputs):
     """The three served champions, from checkpoints saved without a fitted range (as
     every checkpoint before issue 11 was). Module-wide: no test changes them."""
-    from cluster.storage import Storage
+    from medray.cluster.storage import Storage
     from tests_serve_support import make_registry
 
     folder = tmp_path_factory.mktemp("hostile")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serve.model import InputError, ServedModel
-from train.checkpoint import load_bundle
+from medray.serve.model import InputError, ServedModel
+from medray.train.checkpoint import load_bundle
 
 CANARY = 987654.321
 
@@ -145,7 +145,7 @@ def test_a_null_feature_is_imputed_with_the_training_median(models, real_inputs)
 
 
 def test_a_tampered_version_is_not_served(local_storage, served_registry):
-    from cluster.registry import RegistryError
+    from medray.cluster.registry import RegistryError
 
     registry = served_registry(local_storage)
     local_storage.write_bytes("models/ecg/versions/1/weights.pt", b"tampered")

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.config import load_config
-from serve.model import ServedModel
+from medray.cluster.config import load_config
+from medray.serve.model import ServedModel
 from tests_serve_support import assert_same_answers
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,8 @@ PORT = 8311
 def served(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     import boto3
 
-    from cluster.storage import Storage
-    from serve.app import deploy, down
+    from medray.cluster.storage import Storage
+    from medray.serve.app import deploy, down
     from tests_serve_support import make_registry
 
     bucket = "medray-serving"
@@ -121,7 +121,7 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(s
 def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_path):
     from ray import serve
 
-    from serve.app import update, status
+    from medray.serve.app import update, status
     from tests_serve_support import register_second_ultrasound
 
     def replica_pid():
@@ -216,7 +216,7 @@ def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     env.pop("MEDRAY_API_TOKEN", None)
 
     def medray(*args):
-        return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=PROJECT, env=env,
+        return subprocess.run([sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, env=env,
                               capture_output=True, text=True, timeout=180)
 
     current = medray("serve", "status", "--json")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.registry import Registry
-from train.checkpoint import save_checkpoint
-from train.data.preprocess import LabelMap, Preprocessor
-from train.models import InputSpec, build_model
+from medray.cluster.registry import Registry
+from medray.train.checkpoint import save_checkpoint
+from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.models import InputSpec, build_model
 
 CALIBRATION = {"temperature": 1.5, "threshold": 0.4, "conformal": {"target": 0.9, "quantile": 0.6}}
 

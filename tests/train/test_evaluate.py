@@ -16,7 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from train.evaluate import (
+from medray.train.evaluate import (
     apply_temperature,
     auroc_with_ci,
     choose_threshold,

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cluster.errors import ConfigError
-from train.models import (
+from medray.cluster.errors import ConfigError
+from medray.train.models import (
     FAMILIES,
     InputSpec,
     ModelConfigError,

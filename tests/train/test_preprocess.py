@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.errors import ConfigError
-from train.data.preprocess import LabelMap, Preprocessor
+from medray.cluster.errors import ConfigError
+from medray.train.data.preprocess import LabelMap, Preprocessor
 
 
 def test_label_map_merges_and_orders_classes():

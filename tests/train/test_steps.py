@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from train.steps import (
+from medray.train.steps import (
     augment_images,
     augment_signals,
     class_weights,

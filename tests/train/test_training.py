@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import DataConfig, load_config
-from cluster.errors import ConfigError, NotFoundError
-from train.checkpoint import load_bundle, save_checkpoint
-from train.data.importers import ImportRequest, import_dataset
-from train.data.loading import read_split_arrays
-from train.job import evaluate_checkpoint, plan_training, run_training
+from medray.cluster.config import DataConfig, load_config
+from medray.cluster.errors import ConfigError, NotFoundError
+from medray.train.checkpoint import load_bundle, save_checkpoint
+from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.loading import read_split_arrays
+from medray.train.job import evaluate_checkpoint, plan_training, run_training
 
 CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 
@@ -112,7 +112,7 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
 
 def test_checkpoint_round_trip_gives_identical_outputs(wdbc, tmp_path):
     plan = plan_training(small(), wdbc)
-    from train.models import build_model_from_config
+    from medray.train.models import build_model_from_config
 
     torch.manual_seed(0)
     model = build_model_from_config("attention", plan.model_config)
@@ -149,7 +149,7 @@ def test_more_workers_than_the_cluster_has_is_refused(wdbc, ray_session):
 
 def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
     """Each YAML in train/configs validates and plans against its real dataset."""
-    from train.data.tabular import CLEVELAND_COLUMNS
+    from medray.train.data.tabular import CLEVELAND_COLUMNS
 
     sources = {
         "breastmnist": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"), name="breastmnist"),
@@ -176,8 +176,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
 @pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])
 def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, tmp_path, name):
     """The driver-side evaluation feeds bare arrays (not Ray batches) to the preprocessor."""
-    from train.job import evaluate_stored_checkpoint
-    from train.models import build_model_from_config
+    from medray.train.job import evaluate_stored_checkpoint
+    from medray.train.models import build_model_from_config
 
     request = {
         "breastmnist_cnn": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"),

@@ -2,10 +2,10 @@
 
 import pytest
 
-from cluster.config import MedrayConfig
-from cluster.errors import ConfigError
-from train.job import run_name
-from tune.run import run_search, search_name
+from medray.cluster.config import MedrayConfig
+from medray.cluster.errors import ConfigError
+from medray.train.job import run_name
+from medray.tune.run import run_search, search_name
 
 BAD_NAMES = ["nl\n", "../outside", "a/b", ".hidden", "x" * 101]
 

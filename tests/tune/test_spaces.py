@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import load_config
-from cluster.errors import ConfigError
-from train.models import InputSpec, model_config_for
-from tune.spaces import SPACES, apply_params, base_point, check_space
+from medray.cluster.config import load_config
+from medray.cluster.errors import ConfigError
+from medray.train.models import InputSpec, model_config_for
+from medray.tune.spaces import SPACES, apply_params, base_point, check_space
 
 CONFIGS = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
 SHAPES = {"cnn": ("image", (1, 28, 28)), "rnn": ("signal", (96, 1)), "attention": ("tabular", (13,))}
@@ -54,7 +54,7 @@ def test_base_point_takes_the_configs_own_values_that_the_space_can_draw():
     base = load_config(Path(__file__).parents[2] / "train/configs/breastmnist_cnn.yaml").model_dump(mode="json")
     point = base_point(SPACES["cnn"], base)
     # The config leaves dropout to the resnet preset, whose default is then the base value.
-    from train.models import FAMILIES
+    from medray.train.models import FAMILIES
 
     assert point == {"model.preset": "resnet", "optim.lr": 0.001, "optim.weight_decay": 0.0001,
                      "optim.batch_size": 32, "train.augment": True,
@@ -67,7 +67,7 @@ def test_base_point_takes_the_configs_own_values_that_the_space_can_draw():
 def test_the_searcher_holds_no_more_trials_than_the_concurrency_limit(searcher):
     from ray import tune
 
-    from tune.run import _searcher
+    from medray.tune.run import _searcher
 
     config = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml",
                          [f"tune.searcher={searcher}", "tune.max_concurrent_trials=2"])

@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster import names
-from cluster.errors import MedrayError, NotFoundError
-from cluster.storage import AlreadyExistsError, Storage
+from medray.cluster import names
+from medray.cluster.errors import MedrayError, NotFoundError
+from medray.cluster.storage import AlreadyExistsError, Storage
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
-from train.data.decode import DecodeLimits, ImageRefused, decode_image
-from train.data.splits import three_way_split
+from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
+from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image
+from medray.train.data.splits import three_way_split
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import DataConfig
-from cluster.storage import Storage
-from train.data.dataset import DataImportError, ImportedDataset, check_name, publish
+from medray.cluster.config import DataConfig
+from medray.cluster.storage import Storage
+from medray.train.data.dataset import DataImportError, ImportedDataset, check_name, publish
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ _KEPT_FIELDS = ("kind", "sha256", "options", "flag", "files", "dicom_files")
 
 def public_uri(uri: object) -> bool:
     """A download URL of a public dataset medray knows (no patient data in it)."""
-    from train.data.medmnist import MEDMNIST_URL
-    from train.data.ucr import UCR_URL
+    from medray.train.data.medmnist import MEDMNIST_URL
+    from medray.train.data.ucr import UCR_URL
 
     prefixes = (MEDMNIST_URL.split("{", 1)[0], UCR_URL.split("{", 1)[0], "sklearn://")
     return isinstance(uri, str) and uri.startswith(prefixes)
@@ -87,16 +87,16 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
     """Parse and check the source in memory; nothing is written to storage here."""
     data = request.data
     if request.kind == "medmnist":
-        from train.data.medmnist import import_medmnist
+        from medray.train.data.medmnist import import_medmnist
 
         return import_medmnist(_local(request.source, staging))
     if request.kind == "ucr":
-        from train.data.ucr import import_ucr
+        from medray.train.data.ucr import import_ucr
 
         return import_ucr(request.source, request.dataset, data.val_fraction, data.seed)
     if request.kind == "csv":
-        from train.data.sources import local_source
-        from train.data.tabular import TableOptions, import_csv
+        from medray.train.data.sources import local_source
+        from medray.train.data.tabular import TableOptions, import_csv
 
         if not request.target:
             raise DataImportError("a csv import needs --target COLUMN (the label column)")
@@ -110,11 +110,11 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
         path = local_source(request.source, staging)
         return import_csv(path, options)
     if request.kind == "sklearn":
-        from train.data.tabular import import_sklearn
+        from medray.train.data.tabular import import_sklearn
 
         return import_sklearn(request.source, data.val_fraction, data.test_fraction, data.seed)
     if request.kind == "images":
-        from train.data.images import import_image_folder
+        from medray.train.data.images import import_image_folder
 
         return import_image_folder(
             request.source, data.image_size, request.grayscale, data.val_fraction, data.test_fraction, data.seed
@@ -125,7 +125,7 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
 def _local(source: str, staging: Path) -> str:
     """s3:// and http(s):// sources are fetched first; names and paths pass through."""
     if "://" in source:
-        from train.data.sources import local_source
+        from medray.train.data.sources import local_source
 
         return str(local_source(source, staging))
     return source

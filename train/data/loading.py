@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from cluster.storage import Storage
-from train.data.dataset import LABEL_COLUMN, SPLITS, dataset_key, read_manifest, tensor_from_column
+from medray.cluster.storage import Storage
+from medray.train.data.dataset import LABEL_COLUMN, SPLITS, dataset_key, read_manifest, tensor_from_column
 
 
 def split_paths(storage: Storage, manifest: dict[str, Any], split: str) -> list[str]:

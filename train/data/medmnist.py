@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from train.data.dataset import SPLITS, DataImportError, ImportedDataset, Split, sha256_file, tensor_column
-from train.data.sources import cached_or_download
+from medray.train.data.dataset import SPLITS, DataImportError, ImportedDataset, Split, sha256_file, tensor_column
+from medray.train.data.sources import cached_or_download
 
 # The official MedMNIST+ record on Zenodo; 28x28 files are `{flag}.npz`,
 # larger sizes `{flag}_{size}.npz`.

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import ConfigError
+from medray.cluster.errors import ConfigError
 
 Batch = Mapping[str, Any]  # a Ray Data numpy batch, a pandas DataFrame, or a dict of arrays
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cluster import names
-from cluster.console import CONSOLE
+from medray.cluster import names
+from medray.cluster.console import CONSOLE
 
-from train.data.dataset import DataImportError
+from medray.train.data.dataset import DataImportError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def cached_or_download(filename: str, url: str) -> Path:
 def local_source(source: str, staging: Path) -> Path:
     """A local path for `source`: itself, an s3:// object copied to staging, or a URL download."""
     if source.startswith("s3://"):
-        from cluster.storage import Storage
+        from medray.cluster.storage import Storage
 
         bucket_root, _, key = source.removeprefix("s3://").partition("/")
         if not key:

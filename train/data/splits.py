@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from train.data.dataset import DataImportError
+from medray.train.data.dataset import DataImportError
 
 
 def _check_fraction(name: str, fraction: float) -> None:

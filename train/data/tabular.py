@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_file
-from train.data.splits import three_way_split
+from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_file
+from medray.train.data.splits import three_way_split
 
 
 @dataclass

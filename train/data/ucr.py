@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from cluster import names
-from train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
-from train.data.sources import cached_or_download, sources_dir
-from train.data.splits import holdout_split
+from medray.cluster import names
+from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
+from medray.train.data.sources import cached_or_download, sources_dir
+from medray.train.data.splits import holdout_split
 
 UCR_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{dataset}.zip"
 _SEPARATOR = re.compile(r"[\s,]+")

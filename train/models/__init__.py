@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from cluster.errors import ConfigError
+from medray.cluster.errors import ConfigError
 
 
 class ModelConfigError(ConfigError, ValueError):
@@ -120,7 +120,7 @@ def check_num_classes(config: Any) -> None:
 
 
 # The family modules import the names above, so they come after them.
-from train.models import attention, cnn, rnn  # noqa: E402
+from medray.train.models import attention, cnn, rnn  # noqa: E402
 
 # --- Inputs and the registry ----------------------------------------------------------
 

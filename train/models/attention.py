@@ -13,7 +13,7 @@ from numbers import Real
 import torch
 from torch import nn
 
-from train.models import (
+from medray.train.models import (
     ModelConfigError,
     apply_preset,
     check_fractions,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from train.models import (
+from medray.train.models import (
     ModelConfigError,
     apply_preset,
     check_fractions,

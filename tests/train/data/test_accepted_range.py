@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from train.data.preprocess import Preprocessor
+from medray.train.data.preprocess import Preprocessor
 
 
 def test_fit_stores_training_extremes_and_they_survive_the_checkpoint_json():

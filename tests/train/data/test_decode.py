@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom import uid
 
 from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, rle_frame, peak_bytes
-from train.data.decode import PIXEL_FLOOR, DecodeLimits, ImageRefused, decode_image
+from medray.train.data.decode import PIXEL_FLOOR, DecodeLimits, ImageRefused, decode_image
 
 RNG = np.random.default_rng(7)
 IMAGE = RNG.integers(0, 256, (20, 20), dtype=np.uint8)
@@ -191,8 +191,8 @@ def test_arbitrary_bytes_decode_or_raise_image_refused(data, mode):
     (lambda: png_bomb(5000, 5000), "pixel limit"),
 ])
 def test_a_hostile_file_on_import_is_named_by_place_not_by_name(tmp_path, hostile, message):
-    from train.data.dataset import DataImportError
-    from train.data.images import import_image_folder
+    from medray.train.data.dataset import DataImportError
+    from medray.train.data.images import import_image_folder
 
     for name in ("benign", "malignant"):
         (tmp_path / name).mkdir()

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cluster.config import DataConfig
-from train.data.dataset import DataImportError, list_datasets, read_manifest, sha256_file
-from train.data.importers import ImportRequest, import_dataset
-from train.data.loading import read_split_arrays
+from medray.cluster.config import DataConfig
+from medray.train.data.dataset import DataImportError, list_datasets, read_manifest, sha256_file
+from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.loading import read_split_arrays
 
 
 def write_npz(path, sizes=(20, 6, 8), shape=(8, 8), label_shape="flat", seed=0, **overrides):
@@ -187,7 +187,7 @@ def test_csv_with_header_categorical_missing_and_groups(local_storage, tmp_path)
 
 
 def test_csv_groups_never_span_splits(tmp_path):
-    from train.data.splits import three_way_split
+    from medray.train.data.splits import three_way_split
 
     labels = np.array([0, 1] * 50)
     groups = np.repeat(np.arange(25), 4)
@@ -365,7 +365,7 @@ def test_failed_upload_publishes_nothing(local_storage, tmp_path, monkeypatch):
 
 
 def test_bad_dataset_names_are_refused(local_storage):
-    from cluster.errors import MedrayError
+    from medray.cluster.errors import MedrayError
 
     with pytest.raises(MedrayError, match="dataset name '../etc'"):
         run(local_storage, kind="sklearn", source="breast_cancer", name="../etc")
@@ -396,8 +396,8 @@ def identifying_source(kind, tmp_path):
 
 
 def model_card_for(manifest):
-    from cluster.config import MedrayConfig
-    from tune.promote import model_card
+    from medray.cluster.config import MedrayConfig
+    from medray.tune.promote import model_card
 
     split = {"auroc": 0.9, "auroc_ci": [0.8, 0.95], "per_class": {}}
     metrics = {"test": split, "val": split, "threshold": 0.5, "temperature": 1.0, "classes": manifest["classes"]}
@@ -421,7 +421,7 @@ def test_no_source_path_or_file_name_is_stored(local_storage, tmp_path, kind):
 
 
 def test_a_public_download_keeps_its_url(local_storage, tmp_path, monkeypatch):
-    from train.data.medmnist import MEDMNIST_URL
+    from medray.train.data.medmnist import MEDMNIST_URL
 
     monkeypatch.setenv("MEDRAY_DATA_SOURCES", str(tmp_path / "sources"))
     (tmp_path / "sources").mkdir()
@@ -440,7 +440,7 @@ def test_a_source_label_is_one_line_of_text(local_storage, label):
 # names that become paths or URLs ------------------------------------------------------
 @pytest.mark.parametrize("name", ["nl\n", "../etc", "UPPER", ".hidden", "a" * 65, "a/b", ""])
 def test_dataset_name_rule_matches_the_whole_name(local_storage, name):
-    from cluster.errors import MedrayError
+    from medray.cluster.errors import MedrayError
 
     with pytest.raises(MedrayError, match="dataset name"):
         run(local_storage, kind="sklearn", source="breast_cancer", name=name)
@@ -468,7 +468,7 @@ def test_odd_download_names_stay_inside_the_sources_folder(tmp_path, monkeypatch
     import http.server
     import threading
 
-    from train.data import sources
+    from medray.train.data import sources
 
     served = tmp_path / "served"
     (served / "sub").mkdir(parents=True)
@@ -493,7 +493,7 @@ def test_odd_download_names_stay_inside_the_sources_folder(tmp_path, monkeypatch
 
 
 def test_manifest_paths_outside_the_version_are_refused(local_storage):
-    from cluster.errors import MedrayError
+    from medray.cluster.errors import MedrayError
 
     run(local_storage, kind="sklearn", source="breast_cancer", name="w")
     manifest = local_storage.read_json("datasets/w/v1/manifest.json")
