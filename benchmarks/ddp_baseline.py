@@ -62,7 +62,7 @@ def main() -> None:
     from medray.train.data.loading import read_split_arrays
     from medray.train.job import plan_training
     from medray.train.models import build_model_from_config
-    from medray.train.loop import AUGMENTERS
+    from medray.train.modalities import modality
     from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,8 +80,7 @@ def main() -> None:
 
     def rows_of(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         features, labels = read_split_arrays(storage, plan.manifest, split)
-        batch = features if plan.preprocessor.modality == "tabular" else {plan.preprocessor.column: features}
-        return (torch.from_numpy(plan.preprocessor.transform(batch)),
+        return (torch.from_numpy(plan.preprocessor.transform(features)),
                 torch.from_numpy(plan.labels.apply(labels)))
 
     train_x, train_y = rows_of("train")
@@ -99,7 +98,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim.label_smoothing)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    augmenter = AUGMENTERS.get(plan.preprocessor.modality) if train_cfg.augment else None
+    augmenter = modality(plan.preprocessor.modality).augment if train_cfg.augment else None
     seed = train_cfg.seed * 1000 + rank
     generator = torch.Generator().manual_seed(seed)
 

@@ -18,9 +18,13 @@ from medray.cluster.errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
+    """Base for every config section: unknown keys are errors, not silently ignored.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    A number given where a string is expected is that string: YAML and the override
+    parser read `data.positive_class=1` as the int 1, but Pima's classes are "0" and "1"
+    (the same goes for class_groups' names and a run named 2024). Bools stay refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, coerce_numbers_to_str=True)
 
 
 class StorageConfig(Section):
@@ -49,7 +53,8 @@ class StorageConfig(Section):
 
 
 class DataConfig(Section):
-    """Which dataset a job reads, and how datasets are imported and split."""
+    """Which dataset a job reads and how its classes are used. How a dataset is split and
+    sized is fixed when it is imported (`ImportOptions` in train/data/importers.py)."""
 
     dataset: str | None = None
     """`NAME` or `NAME@vN` on storage; the latest version when no version is given."""
@@ -59,14 +64,10 @@ class DataConfig(Section):
     positive_class: str | None = None
     """For two classes: the one sensitivity is measured for (made label 1)."""
 
-    val_fraction: float = Field(0.15, ge=0.0, lt=0.9)
-    """Share of rows carved for validation when the source has no validation split."""
-    test_fraction: float = Field(0.2, ge=0.0, lt=0.9)
-    """Share of rows held out for testing when the source has no test split."""
-    seed: int = 0
-    """Seeds every split, so re-importing the same source gives the same rows."""
-    image_size: int = Field(64, ge=8, le=1024)
-    """Side length images are resized to by the `images` importer."""
+
+IMPORT_FLAGS = {"data.val_fraction": "--val-fraction", "data.test_fraction": "--test-fraction",
+                "data.seed": "--seed", "data.image_size": "--size"}
+"""Keys training configs once took that only an import reads: named in the refusal."""
 
 
 class ModelConfig(Section):
@@ -259,29 +260,38 @@ class MedrayConfig(Section):
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are read as YAML scalars."""
-    nested: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form key=value")
-        parts = key.strip().split(".")
+        try:
+            dotted[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            dotted[key.strip()] = raw
+    return nest(dotted)
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """`{"optim.lr": 1e-3}` -> `{"optim": {"lr": 1e-3}}` (overrides, a search's draws)."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
         node = nested
-        for part in parts[:-1]:
+        for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
+                raise ConfigError(f"'{key}': '{part}' is a value, not a section")
+        node[leaf] = value
     return nested
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it, section by section (neither is changed)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -303,7 +313,11 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel]) ->
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and key in IMPORT_FLAGS:
+            lines.append(f"config key '{key}' is not a training setting: it belongs to the import "
+                         f"(`medray data import ... {IMPORT_FLAGS[key]}`), which fixes a dataset's splits "
+                         "and image size once for every run")
+        elif item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(model, item["loc"]))
             lines.append(f"unknown config key '{key}'; allowed here: {allowed}")
         else:
@@ -319,17 +333,36 @@ def validate_config(raw: dict[str, Any], model: type[BaseModel] = MedrayConfig) 
         raise ConfigError(describe_validation_error(error, model)) from None
 
 
+# The configs the package ships (package data of medray.train), named as in the repository:
+# `train/configs/wdbc_attention.yaml` is the same file from any folder, from an installed
+# wheel and in a job on a cluster, where only the package travels.
+SHIPPED_CONFIGS = Path("train/configs")
+
+
+def config_file(path: str | os.PathLike) -> Path:
+    """`path` when it is a file; else, for `train/configs/NAME.yaml`, the package's copy."""
+    given = Path(path)
+    if given.is_file() or given.parent != SHIPPED_CONFIGS:
+        return given
+    from importlib.resources import files
+
+    return Path(str(files("medray.train").joinpath("configs", given.name)))
+
+
 def load_config(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike | BaseModel | None = None,
     overrides: list[str] | None = None,
     model: type[BaseModel] = MedrayConfig,
 ) -> Any:
-    """Read YAML (optional), apply `key=value` overrides, validate once."""
+    """Read YAML (optional), apply `key=value` overrides, validate once. `path` may also
+    be a config already loaded (the Python API's callers pass one), overridden in turn."""
     raw: dict[str, Any] = {}
-    if path is not None:
-        config_path = Path(path)
+    if isinstance(path, BaseModel):
+        raw = path.model_dump(mode="json")
+    elif path is not None:
+        config_path = config_file(path)
         if not config_path.is_file():
-            raise ConfigError(f"config file '{config_path}' does not exist")
+            raise ConfigError(f"config file '{path}' does not exist")
         try:
             loaded = yaml.safe_load(config_path.read_text())
         except yaml.YAMLError as error:
@@ -337,5 +370,5 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file '{config_path}' must hold a mapping of sections")
         raw = loaded or {}
-    raw = _merge(raw, parse_overrides(overrides or []))
+    raw = merge(raw, parse_overrides(overrides or []))
     return validate_config(raw, model)

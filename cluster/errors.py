@@ -19,3 +19,11 @@ class StorageError(MedrayError):
 
 class NotFoundError(MedrayError):
     """A dataset, version, run or model that does not exist."""
+
+
+class InputError(ValueError):
+    """A request the model cannot take; the API answers 422 with this message, which
+    names the field and the problem and never the submitted value (it may be patient data).
+
+    It lives in this bottom layer because the modality modules (`medray.train.modalities`)
+    raise it while decoding requests and serving's torch-free ingress catches it."""

@@ -4,11 +4,9 @@
     {root}/models/{name}/versions/{K}/version.json  checksums of every file; written last
     {root}/models/{name}/champion.json             {"version": K, "history": [...]}
 
-A writer first claims the number K with a create-only `versions/K/.claim`, so no two
-writers ever put files in one version folder (a loser would otherwise delete or
-overwrite the winner's weights); then it writes the files, and `version.json` last and
-create-only, so a version is never half-visible and never rewritten. A claimed number is
-never reused, even if its writer died before publishing.
+A version is published as every numbered version is (`cluster/versions.py`): the number
+K claimed with a create-only `versions/K/.claim`, then the files, then `version.json`
+last and create-only, so a version is never half-visible and never rewritten.
 
 Promote and rollback only rewrite `champion.json`, and only if it is still the file they
 read (If-Match on S3, a compare-and-swap under a lock on disk); on a conflict they read it
@@ -31,13 +29,11 @@ from typing import Any, Callable
 
 from medray.cluster import names
 from medray.cluster.errors import MedrayError, NotFoundError
-from medray.cluster.storage import AlreadyExistsError, Storage, WriteConflictError
+from medray.cluster.storage import Storage, WriteConflictError
+from medray.cluster.versions import publish_version, published_numbers
 
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"
-CLAIM_FILE = ".claim"
-CLAIM_ATTEMPTS = 20
-"""Numbers a writer tries before giving up: each failed claim means another writer took one."""
 CHAMPION_ATTEMPTS = 20
 
 
@@ -46,8 +42,7 @@ class RegistryError(MedrayError):
 
 
 def check_model_name(name: str) -> str:
-    return names.check(names.DATASET, name, "model name", RegistryError,
-                       "use 1-64 lowercase letters, digits, '.', '_', '-', starting with a letter or digit")
+    return names.check_versioned_name(name, "model name", RegistryError)
 
 
 def check_file_name(name: str, model: str, version: int | None = None) -> str:
@@ -65,14 +60,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse_model_ref(ref: str) -> tuple[str, int | None]:
-    """`NAME` or `NAME@K` -> (name, version or None for the champion)."""
-    name, _, version = ref.partition("@")
-    if version and not re.fullmatch(r"v?\d+", version):
-        raise RegistryError(f"model reference '{ref}' is not NAME or NAME@K")
-    return check_model_name(name), int(version.lstrip("v")) if version else None
-
-
 class Registry:
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -86,11 +73,7 @@ class Registry:
         return [name for name in self.storage.list_dir("models") if self.versions(name)]
 
     def versions(self, name: str) -> list[int]:
-        found = []
-        for entry in self.storage.list_dir(f"{self._key(name)}/versions"):
-            if entry.isdigit() and self.storage.exists(f"{self._key(name, int(entry))}/{VERSION_FILE}"):
-                found.append(int(entry))
-        return sorted(found)
+        return published_numbers(self.storage, f"{self._key(name)}/versions", VERSION_FILE)
 
     def version_info(self, name: str, version: int) -> dict[str, Any]:
         key = f"{self._key(name, version)}/{VERSION_FILE}"
@@ -121,7 +104,7 @@ class Registry:
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """`NAME@K`, or `NAME` for its champion."""
-        name, version = parse_model_ref(ref)
+        name, version = names.parse_versioned(ref, "model", RegistryError)
         if version is not None:
             self.version_info(name, version)
             return name, version
@@ -161,11 +144,6 @@ class Registry:
         return local
 
     # Writing ---------------------------------------------------------------------
-    def _claimed(self, name: str) -> int:
-        """The highest number any writer has claimed, published or not."""
-        numbers = [int(entry) for entry in self.storage.list_dir(f"{self._key(name)}/versions") if entry.isdigit()]
-        return max(numbers, default=0)
-
     def register(self, name: str, files: dict[str, Path], metadata: dict[str, Any]) -> int:
         """Publish a new immutable version from local files; returns its number."""
         check_model_name(name)
@@ -174,30 +152,12 @@ class Registry:
         if VERSION_FILE in files:
             raise RegistryError(f"model '{name}': '{VERSION_FILE}' is the registry's own file")
         digests = {filename: _sha256(Path(path).read_bytes()) for filename, path in files.items()}
-        for _attempt in range(CLAIM_ATTEMPTS):
-            version = self._claimed(name) + 1
-            prefix = self._key(name, version)
-            try:
-                self.storage.write_json(f"{prefix}/{CLAIM_FILE}", {"claimed_at": _now()}, exclusive=True)
-            except AlreadyExistsError:
-                continue  # another writer holds this number; take the next
-            uploaded = []
-            try:
-                for filename, path in files.items():
-                    self.storage.put_file(f"{prefix}/{filename}", path)
-                    uploaded.append(f"{prefix}/{filename}")
-                self.storage.write_json(
-                    f"{prefix}/{VERSION_FILE}",
-                    {"name": name, "version": version, "created_at": _now(), "files": digests, **metadata},
-                    exclusive=True,
-                )
-                return version
-            except BaseException:
-                # Only this writer's own files: the claim made the folder this writer's alone.
-                for key in uploaded:
-                    self.storage.delete(key)
-                raise
-        raise RegistryError(f"could not claim a new version of model '{name}': too many concurrent writers")
+        version, _ = publish_version(
+            self.storage, f"{self._key(name)}/versions", files, VERSION_FILE,
+            lambda version: {"name": name, "version": version, "created_at": _now(), "files": digests, **metadata},
+            f"model '{name}'", RegistryError,
+        )
+        return version
 
     def _update_champion(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict:
         """Rewrite champion.json as `change(current)` says, only if nobody rewrote it meanwhile."""

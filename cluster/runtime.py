@@ -51,7 +51,7 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
         # Local workers inherit this process's environment, credentials included.
         options: dict = {}
         if dashboard:
-            port = _free_port()
+            port = free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             options = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
         # "local": a Ray of its own, even when another (e.g. `medray serve up`'s) runs here.
@@ -63,10 +63,18 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
     route_worker_output()  # workers' progress lines are rendered, not printed raw
 
 
-def _free_port() -> int:
+def free_port(preferred: int | None = None) -> int:
+    """A TCP port free on 127.0.0.1: `preferred` when it is free, else one the OS picks.
+    Free when asked only: the caller binds it next, before another process can."""
     import socket
 
     with socket.socket() as sock:
+        if preferred is not None:
+            try:
+                sock.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:  # taken: a failed bind leaves the socket unbound, so ask the OS
+                pass
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -254,7 +254,7 @@ def connect(config: MedrayConfig, start: bool) -> None:
     global _connected_to
     import ray
 
-    from medray.cluster.runtime import RAY_TUNING, ensure_ray
+    from medray.cluster.runtime import RAY_TUNING, ensure_ray, free_port
 
     if ray.is_initialized():
         return
@@ -272,7 +272,7 @@ def connect(config: MedrayConfig, start: bool) -> None:
     if not start:
         raise NotFoundError("nothing is being served here: no Ray started by `medray serve up` is running "
                             "(set RAY_ADDRESS for a cluster)")
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--block",
                "--include-dashboard=false", "--disable-usage-stats"] + (
         [f"--num-cpus={config.ray.num_cpus}"] if config.ray.num_cpus else [])
@@ -301,14 +301,6 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def app_builder(args: dict[str, Any]):

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from medray.cluster.errors import InputError  # defined below train and serve: the modality modules raise it
+
 MAX_JSON_DEPTH = 32
 """Arrays and objects nest at most this deep; the deepest body the API takes (an RGB
 image as (H, W, C) arrays inside `instances`) is 5."""
@@ -21,11 +23,6 @@ MAX_INT_DIGITS = 320
 int parsing is quadratic in the digits."""
 
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
-
-
-class InputError(ValueError):
-    """A request the model cannot take; the API answers 422 with this message, which
-    names the field and the problem and never the submitted value (it may be patient data)."""
 
 
 def parse_json_body(body: bytes) -> Any:

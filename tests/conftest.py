@@ -1,44 +1,28 @@
-"""Shared fixtures: real local S3 (moto's server in a subprocess), a real local Ray,
-and the real datasets kept in ../shared/data."""
+"""Shared fixtures: real local S3 (moto's server, started by cluster/local_s3.py), a
+real local Ray, the real datasets kept in ../shared/data, and registries of champions to
+serve. Helpers that are not fixtures live in tests/support/."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+from medray.cluster.local_s3 import LocalS3
+from support.project import SHARED_DATA
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """moto's S3-protocol server on 127.0.0.1, ready to answer."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("moto server did not start")
+def pytest_collection_modifyitems(items):
+    """Everything under tests/integration/ starts Ray or a local S3 server: marked so, so
+    `make test-fast` (-m "not integration") leaves it out."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +35,13 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A running S3 server; the AWS variables point every client at it."""
-    process, url = start_moto()
+    server = LocalS3.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                              "AWS_DEFAULT_REGION", "AWS_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    os.environ.pop("AWS_REGION", None)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    os.environ.update(server.client_env("testing"))
+    os.environ.pop("AWS_REGION", None)  # it would win over AWS_DEFAULT_REGION
+    yield server.url
+    server.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -116,3 +98,23 @@ def ray_session(s3_endpoint):
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_inputs(shared_data):
+    """A few real test cases of each modality, in the form a client sends them."""
+    from sklearn.datasets import load_breast_cancer
+
+    images = np.load(shared_data / "breastmnist.npz")["test_images"][:6]
+    ecg = np.loadtxt(shared_data / "ECG200_TEST.txt")[:6, 1:]
+    cancer = load_breast_cancer()
+    return {"images": images, "signals": ecg, "records": cancer.data[:6], "feature_names": list(cancer.feature_names),
+            "all_records": cancer.data}
+
+
+@pytest.fixture
+def served_registry(tmp_path, real_inputs):
+    """A factory: the three champions, registered into the given storage."""
+    from support.serving import make_registry
+
+    return lambda storage: make_registry(storage, tmp_path, real_inputs)

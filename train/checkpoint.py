@@ -5,6 +5,9 @@
     data.json         dataset reference, preprocessing statistics, label map (class names)
     train_state.pt    optimiser/scheduler state, epoch, history: to resume training
     progress.json     epoch, metrics and history so far, readable without torch
+
+A registry version holds the first three (`MODEL_FILES`) and `calibration.json`, which
+promotion fits on val. Only this module spells these names.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ MODEL = "model.json"
 DATA = "data.json"
 TRAIN_STATE = "train_state.pt"
 PROGRESS = "progress.json"
+MODEL_FILES = (WEIGHTS, MODEL, DATA)
+"""What rebuilds the model for prediction, without training state."""
+CALIBRATION = "calibration.json"
+"""Temperature, threshold and conformal quantile, written beside MODEL_FILES by promotion."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,7 +93,7 @@ def load_bundle(directory: str | Path) -> ModelBundle:
     model_info = json.loads((directory / MODEL).read_text())
     data_info = json.loads((directory / DATA).read_text())
     model = build_model_from_config(model_info["family"], model_info["config"])
-    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_weights(directory))
     model.eval()
     progress_file = directory / PROGRESS
     return ModelBundle(
@@ -98,6 +105,11 @@ def load_bundle(directory: str | Path) -> ModelBundle:
         dataset=data_info["dataset"],
         progress=json.loads(progress_file.read_text()) if progress_file.exists() else {},
     )
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The saved state_dict, on the CPU; weights_only: a checkpoint cannot run code."""
+    return torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

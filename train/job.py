@@ -14,9 +14,9 @@ import logging
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from medray.cluster.config import MedrayConfig
+from medray.cluster.config import MedrayConfig, OptimConfig, TrainConfig
 from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.names import check_run_name
 from medray.cluster.storage import Storage
@@ -28,6 +28,28 @@ from medray.train.models import InputSpec, model_config_for
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "medray_result.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    """What every Ray Train worker needs, typed; it is pickled to each worker process."""
+
+    family: str
+    model_config: dict[str, Any]
+    """`dataclasses.asdict` of the family's model config (what `build_model_from_config` takes)."""
+    preprocessor: Preprocessor
+    labels: LabelMap
+    dataset: str
+    """`NAME@vN`, recorded in every checkpoint."""
+    optim: OptimConfig
+    train: TrainConfig
+    mixed_precision: Literal["auto", "bf16", "off"]
+    threads_per_worker: float
+    train_rows: int
+    train_class_counts: tuple[int, ...]
+    """Per training class, for `optim.class_weights`."""
+    progress: bool = True
+    """Rank 0 announces each epoch (a search reports per trial instead)."""
 
 
 @dataclasses.dataclass
@@ -49,25 +71,16 @@ class TrainingPlan:
             counts[self.labels.index[source_index]] += count
         return counts
 
-    def worker_config(self, progress: bool = True) -> dict[str, Any]:
-        """What every worker needs, as plain data (it travels to other processes).
-        `progress`: rank 0 announces each epoch (a search reports per trial instead)."""
+    def worker_plan(self, progress: bool = True) -> WorkerPlan:
+        """What this run's workers are handed (each gets a pickled copy)."""
         config = self.config
-        return {
-            "progress": progress,
-            "family": config.model.family,
-            "model_config": self.model_config,
-            "preprocessing": self.preprocessor.to_dict(),
-            "labels": self.labels.to_dict(),
-            "dataset": self.dataset_ref,
-            "optim": config.optim.model_dump(),
-            "train": config.train.model_dump(),
-            "metric_mode": config.train.metric_mode,
-            "mixed_precision": config.scaling.mixed_precision,
-            "threads_per_worker": config.scaling.cpus_per_worker,
-            "train_rows": self.manifest["splits"]["train"]["rows"],
-            "train_class_counts": self.train_class_counts(),
-        }
+        return WorkerPlan(
+            family=config.model.family, model_config=self.model_config, preprocessor=self.preprocessor,
+            labels=self.labels, dataset=self.dataset_ref, optim=config.optim, train=config.train,
+            mixed_precision=config.scaling.mixed_precision,
+            threads_per_worker=config.scaling.cpus_per_worker, train_rows=self.manifest["splits"]["train"]["rows"],
+            train_class_counts=tuple(self.train_class_counts()), progress=progress,
+        )
 
 
 def run_name(config: MedrayConfig, stem: str) -> str:
@@ -105,10 +118,8 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     datasets = training_datasets(storage, plan)
     log.info("training %s/%s on %s with %d worker(s); run %s", config.model.family, config.model.preset,
              plan.dataset_ref, config.scaling.num_workers, storage.uri(f"runs/{plan.run_name}"))
-    trainer = build_trainer(
-        plan.worker_config(), datasets, plan.run_name, storage.arrow_path("runs"), filesystem,
-        config.scaling.model_dump(), config.train.keep_checkpoints,
-    )
+    trainer = build_trainer(plan.worker_plan(), datasets, plan.run_name, storage.arrow_path("runs"), filesystem,
+                            config.scaling)
     result = trainer.fit()
     if result.error:
         from medray.cluster.console import summarized

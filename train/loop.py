@@ -8,6 +8,7 @@ from the latest checkpoint's epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -17,15 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from medray.cluster.config import ScalingSection
 from medray.cluster.console import emit_progress
-from medray.train.checkpoint import load_train_state, save_checkpoint
+from medray.train.checkpoint import load_train_state, load_weights, save_checkpoint
 from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.job import WorkerPlan
 from medray.train.models import build_model_from_config
-from medray.train.steps import (augment_images, augment_signals, class_weights, epoch_metrics, predict, train_epoch,
-                         warmup_cosine)
-
-# `train.augment` applies these while training; tables have none.
-AUGMENTERS = {"image": augment_images, "signal": augment_signals}
+from medray.train.modalities import modality
+from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
 
 class ShardFeed:
@@ -74,8 +74,8 @@ def _improved(value: float | None, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def train_loop_per_worker(plan: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. `plan` is `TrainingPlan.worker_config()`."""
+def train_loop_per_worker(plan: WorkerPlan) -> None:
+    """Runs on every Ray Train worker (bound to its plan by `build_trainer`)."""
     import logging
 
     import ray.train
@@ -85,23 +85,22 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    optim, train_cfg = plan["optim"], plan["train"]
-    torch.set_num_threads(max(1, int(plan["threads_per_worker"])))
-    torch.manual_seed(train_cfg["seed"])  # same initial weights on every worker
+    optim, train_cfg = plan.optim, plan.train
+    torch.set_num_threads(max(1, int(plan.threads_per_worker)))
+    torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
     device = ray.train.torch.get_device()
-    mixed_precision = plan["mixed_precision"] == "bf16" or (
-        plan["mixed_precision"] == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    mixed_precision = plan.mixed_precision == "bf16" or (
+        plan.mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
-    preprocessor = Preprocessor.from_dict(plan["preprocessing"])
-    labels = LabelMap.from_dict(plan["labels"])
-    model = build_model_from_config(plan["family"], plan["model_config"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
-    per_worker_batch = max(1, optim["batch_size"] // world)
-    steps_per_epoch = max(1, math.ceil(plan["train_rows"] / world / per_worker_batch))
+    preprocessor, labels = plan.preprocessor, plan.labels
+    model = build_model_from_config(plan.family, plan.model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    per_worker_batch = max(1, optim.batch_size // world)
+    steps_per_epoch = max(1, math.ceil(plan.train_rows / world / per_worker_batch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        steps_per_epoch * optim["epochs"], int(round(steps_per_epoch * optim["warmup_epochs"]))))
-    weights = class_weights(plan["train_class_counts"]).to(device) if optim["class_weights"] else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim["label_smoothing"])
+        steps_per_epoch * optim.epochs, int(round(steps_per_epoch * optim.warmup_epochs))))
+    weights = class_weights(list(plan.train_class_counts)).to(device) if optim.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim.label_smoothing)
 
     start_epoch, history, best, stale = 0, [], None, 0
     resumed_from = None
@@ -109,7 +108,7 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_train_state(directory)
-            model.load_state_dict(torch.load(f"{directory}/weights.pt", map_location="cpu", weights_only=True))
+            model.load_state_dict(load_weights(directory))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
@@ -117,24 +116,24 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     nodes = _worker_nodes()
 
-    seed = train_cfg["seed"] * 1000 + rank
+    seed = train_cfg.seed * 1000 + rank
     train_feed = ShardFeed(ray.train.get_dataset_shard("train"), preprocessor, labels, per_worker_batch,
-                           train_cfg["cache_data"], shuffle=True, seed=seed)
+                           train_cfg.cache_data, shuffle=True, seed=seed)
     # Validation is not split (see build_trainer): every worker scores all of it, so each
     # computes the same metrics and early-stopping decision without a gather.
     val_feed = ShardFeed(ray.train.get_dataset_shard("val"), preprocessor, labels, 512,
-                         train_cfg["cache_data"], shuffle=False, seed=seed)
-    augmenter = AUGMENTERS.get(preprocessor.modality) if train_cfg["augment"] else None
+                         train_cfg.cache_data, shuffle=False, seed=seed)
+    augmenter = modality(preprocessor.modality).augment if train_cfg.augment else None
     generator = torch.Generator().manual_seed(seed)
-    metric, mode, patience = train_cfg["metric"], plan["metric_mode"], train_cfg["patience"]
+    metric, mode, patience = train_cfg.metric, train_cfg.metric_mode, train_cfg.patience
 
-    for epoch in range(start_epoch, optim["epochs"]):
+    for epoch in range(start_epoch, optim.epochs):
         started = time.perf_counter()
         batches = train_feed.epoch(epoch)
         if augmenter:
             batches = ((augmenter(x, generator), y) for x, y in batches)
         loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
-                                     optim["grad_clip"], mixed_precision)
+                                     optim.grad_clip, mixed_precision)
         train_loss = _mean_across_workers(loss_sum, seen, device)
         logits, targets = predict(model, val_feed.epoch(epoch), device, mixed_precision)
         metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
@@ -145,18 +144,18 @@ def train_loop_per_worker(plan: dict[str, Any]) -> None:
         else:
             stale += 1
         stop = bool(patience) and stale >= patience
-        metrics["stopped_early"] = stop and epoch + 1 < optim["epochs"]
+        metrics["stopped_early"] = stop and epoch + 1 < optim.epochs
         history.append({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
                                                     "epoch_seconds", "worker_nodes")}, "finished_at": time.time()})
-        if rank == 0 and plan.get("progress", True):
+        if rank == 0 and plan.progress:
             emit_progress({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
                                                        "epoch_seconds", "resumed_from_epoch", "stopped_early")},
-                           "epochs": optim["epochs"]})
+                           "epochs": optim.epochs})
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
                 save_checkpoint(
-                    directory, model, plan["family"], preprocessor, labels, plan["dataset"],
+                    directory, model, plan.family, preprocessor, labels, plan.dataset,
                     progress={"epoch": epoch, "metrics": metrics, "history": history},
                     train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "epoch": epoch, "history": history, "best": best, "stale": stale},
@@ -194,28 +193,29 @@ def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (float("nan") if v is None and k.startswith("val_") else v) for k, v in metrics.items()}
 
 
-def build_trainer(plan: dict[str, Any], datasets: dict[str, Any], run_name: str, storage_path: str,
-                  storage_filesystem, scaling: dict[str, Any], keep_checkpoints: int, callbacks=None):
+def build_trainer(plan: WorkerPlan, datasets: dict[str, Any], run_name: str, storage_path: str,
+                  storage_filesystem, scaling: ScalingSection, callbacks=None):
     """The TorchTrainer for one training run (also what each Tune trial builds)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=plan,
+        # The plan is bound here rather than passed as `train_loop_config`, which Ray
+        # types as a dict: the worker gets the typed plan itself.
+        functools.partial(train_loop_per_worker, plan),
         scaling_config=ScalingConfig(
-            num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
-            resources_per_worker={"CPU": scaling["cpus_per_worker"], **({"GPU": 1} if scaling["use_gpu"] else {})},
-            placement_strategy=scaling["placement_strategy"],
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            placement_strategy=scaling.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=keep_checkpoints, checkpoint_score_attribute=plan["train"]["metric"],
-                checkpoint_score_order=plan["metric_mode"],
+                num_to_keep=plan.train.keep_checkpoints, checkpoint_score_attribute=plan.train.metric,
+                checkpoint_score_order=plan.train.metric_mode,
             ),
-            failure_config=FailureConfig(max_failures=scaling["max_failures"]),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
             callbacks=callbacks,
         ),
         datasets=datasets,

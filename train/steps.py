@@ -1,5 +1,6 @@
-"""Pure training pieces: one epoch of updates, one pass of evaluation, the schedule,
-augmentation. No Ray here; `train/loop.py` feeds these with Ray Data shards."""
+"""Pure training pieces: one epoch of updates, one pass of evaluation, the schedule.
+No Ray here; `train/loop.py` feeds these with Ray Data shards. Augmentation is each
+modality's (`medray.train.modalities`)."""
 
 from __future__ import annotations
 
@@ -29,42 +30,6 @@ def class_weights(counts: list[int]) -> torch.Tensor:
     counts_t = torch.tensor(counts, dtype=torch.float32)
     weights = torch.where(counts_t > 0, counts_t.sum() / (len(counts) * counts_t.clamp(min=1)), torch.zeros(()))
     return weights
-
-
-def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to `max_shift` pixels (B, C, H, W)."""
-    batch = images.shape[0]
-    flip = torch.rand(batch, generator=generator) < 0.5
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    padded = nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
-    height, width = images.shape[-2:]
-    shifts = torch.randint(0, 2 * max_shift + 1, (batch, 2), generator=generator)
-    return torch.stack([
-        padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts.tolist())
-    ])
-
-
-def augment_signals(
-    signals: torch.Tensor,
-    generator: torch.Generator,
-    max_scale: float = 0.1,
-    max_shift: int = 3,
-    noise_std: float = 0.05,
-) -> torch.Tensor:
-    """Random amplitude scaling by up to ±`max_scale`, time shifts of up to `max_shift`
-    steps (edges repeated) and gaussian noise of `noise_std` (inputs are standardised,
-    so that is a fraction of the signal's spread), per series of (B, L, C)."""
-    batch, length, channels = signals.shape
-    # One gain per series (all leads together): amplitude varies with electrode contact.
-    gain = 1 + max_scale * (2 * torch.rand(batch, 1, 1, generator=generator) - 1)
-    signals = signals * gain.to(signals.dtype)
-    if max_shift:
-        padded = nn.functional.pad(signals.transpose(1, 2), (max_shift, max_shift), mode="replicate")
-        starts = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
-        steps = starts[:, None] + torch.arange(length)  # (B, L) indices into the padded series
-        signals = torch.gather(padded, 2, steps[:, None, :].expand(batch, channels, length)).transpose(1, 2)
-    noise = torch.randn(signals.shape, generator=generator).to(signals.dtype)
-    return signals + noise_std * noise
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -24,26 +24,30 @@ from medray.cluster.config import GateRule, MedrayConfig
 from medray.cluster.errors import ConfigError
 from medray.cluster.registry import Registry
 from medray.cluster.storage import Storage
+from medray.train.checkpoint import CALIBRATION, MODEL_FILES, PROGRESS
 from medray.train.data.dataset import describe_source, read_manifest
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("weights.pt", "model.json", "data.json")
-
 
 def check_gate(metrics: dict[str, Any], rules: list[GateRule]) -> list[dict[str, Any]]:
-    """Every rule with its value and verdict; an unknown metric is a config error."""
+    """Every rule with its value and verdict; a metric that is not computed, or is not a
+    number (a per-class table, a flag), is a config error. An undefined value (None)
+    fails its rule."""
     verdicts = []
     for rule in rules:
         split, _, name = rule.metric.partition(".")
-        if split not in ("val", "test") or name not in metrics.get(split, {}):
-            known = ", ".join(f"{s}.{k}" for s in ("val", "test") for k, v in metrics[s].items()
-                              if isinstance(v, (int, float)) and not isinstance(v, bool))
+        value = metrics[split].get(name) if split in ("val", "test") else None
+        if split not in ("val", "test") or name not in metrics[split] or not (value is None or _is_number(value)):
+            known = ", ".join(f"{s}.{k}" for s in ("val", "test") for k, v in metrics[s].items() if _is_number(v))
             raise ConfigError(f"gate metric '{rule.metric}' is not computed; choose one of: {known}")
-        value = metrics[split][name]
         passed = value is not None and (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
         verdicts.append({"metric": rule.metric, "value": value, "min": rule.min, "max": rule.max, "passed": passed})
     return verdicts
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _code_version() -> str:
@@ -154,7 +158,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
         conformal = {"target": config.promote.coverage, "quantile": quantile,
                      "test_coverage": on_test["coverage"], "test_mean_set_size": on_test["mean_set_size"]}
         files = _version_files(storage, checkpoint_key, folder, report, metrics, conformal)
-        history = json.loads((folder / "checkpoint" / "progress.json").read_text()).get("history") or [{}]
+        history = json.loads((folder / "checkpoint" / PROGRESS).read_text()).get("history") or [{}]
         finished = history[-1].get("finished_at")
         if finished:
             source.setdefault("trained_at", datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"))
@@ -182,11 +186,11 @@ def _headline(split: dict[str, Any]) -> dict[str, Any]:
 def _version_files(storage: Storage, checkpoint_key: str, folder: Path, report: dict, metrics: dict,
                    conformal: dict) -> dict[str, Path]:
     checkpoint = storage.download_dir(checkpoint_key, folder / "checkpoint")
-    files = {name: checkpoint / name for name in CHECKPOINT_FILES}
-    calibration = folder / "calibration.json"
+    files = {name: checkpoint / name for name in MODEL_FILES}
+    calibration = folder / CALIBRATION
     calibration.write_text(json.dumps({"temperature": metrics["temperature"], "threshold": metrics["threshold"],
                                        "conformal": conformal}, indent=2))
-    files["calibration.json"] = calibration
+    files[CALIBRATION] = calibration
     for name in report["files"]:
         files[name] = folder / "report" / name
     return files

@@ -83,9 +83,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: s
     plan = plan_training(config, storage)
     filesystem, _ = storage.arrow_filesystem()
     trainer = build_trainer(
-        plan.worker_config(progress=False), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
-        storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling.model_dump(),
-        config.train.keep_checkpoints, callbacks=[TuneReportCallback()],
+        plan.worker_plan(progress=False), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
+        storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling, callbacks=[TuneReportCallback()],
     )
     trainer.fit()
 

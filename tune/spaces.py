@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medray.cluster.config import MedrayConfig, validate_config
+from medray.cluster.config import MedrayConfig, merge, nest, validate_config
 from medray.cluster.errors import ConfigError
 
 # Each entry: dotted key -> (kind, arguments). Kept as data so a YAML `tune.space` uses
@@ -93,18 +93,6 @@ def base_point(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[s
     return point
 
 
-def nest(params: dict[str, Any]) -> dict[str, Any]:
-    """`{"optim.lr": 1e-3}` -> `{"optim": {"lr": 1e-3}}`."""
-    nested: dict[str, Any] = {}
-    for key, value in params.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> MedrayConfig:
     """The base config (as a dict) with one trial's sampled values, validated."""
     preset = params.get("model.preset")
@@ -113,15 +101,7 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> MedrayConfig:
         # `dims`); a trial on another preset starts from that preset's defaults plus
         # whatever options the trial itself drew.
         base = {**base, "model": {**base["model"], "options": {}}}
-    merged = _merge(base, nest(params))
-    return validate_config(merged)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return validate_config(merge(base, nest(params)))
 
 
 def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> None:

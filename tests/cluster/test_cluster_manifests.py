@@ -317,9 +317,9 @@ def test_commands_are_found_where_they_are_run():
 
 
 def parse_like_main(argv: list[str]):
-    """cluster/cli.py main()'s parsing: options anywhere, and leftover arguments allowed
+    """medray/cli main()'s parsing: options anywhere, and leftover arguments allowed
     only as key=value overrides of a command that takes overrides."""
-    from medray.cluster.cli import build_parser
+    from medray.cli import build_parser
 
     parser = build_parser()
     errors = io.StringIO()

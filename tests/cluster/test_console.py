@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import PROJECT
+from support.project import PROJECT
 
 from medray.cluster import console
 
@@ -24,11 +24,11 @@ def log_file_of(stderr: str) -> str:
 
 
 def test_an_unexpected_error_is_one_line_with_its_traceback_in_the_log(tmp_path):
-    code = ("import sys, cluster.cli as cli\n"
+    code = ("import sys, medray.cli as cli, medray.cli.train as train_commands\n"
             "def boom(args):\n"
             "    print('noise from a library')\n"
             "    raise RuntimeError('the first line\\nand a second one')\n"
-            "cli._evaluate = boom\n"
+            "train_commands.evaluate = boom\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")
     result = medray_python(code, tmp_path, "evaluate", "some-run")
     assert result.returncode == 1
@@ -41,7 +41,7 @@ def test_an_unexpected_error_is_one_line_with_its_traceback_in_the_log(tmp_path)
 
 
 def test_a_user_error_is_one_line_and_status_2(tmp_path):
-    result = medray_python("import sys, cluster.cli as cli; sys.exit(cli.main(sys.argv[1:]))", tmp_path,
+    result = medray_python("import sys, medray.cli as cli; sys.exit(cli.main(sys.argv[1:]))", tmp_path,
                            "train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = result.stderr.splitlines()[1:]
@@ -49,7 +49,7 @@ def test_a_user_error_is_one_line_and_status_2(tmp_path):
 
 
 def test_commands_without_ray_keep_no_log_file(tmp_path):
-    result = medray_python("import sys, cluster.cli as cli; sys.exit(cli.main(sys.argv[1:]))", tmp_path,
+    result = medray_python("import sys, medray.cli as cli; sys.exit(cli.main(sys.argv[1:]))", tmp_path,
                            "data", "list", "--json")
     assert result.returncode == 0 and "medray: log:" not in result.stderr
     assert json.loads(result.stdout)["datasets"] == []

@@ -1,26 +1,13 @@
 """`medray data …` as a user runs it, against a local S3-protocol server."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import PROJECT
 from medray.train.data.tabular import CLEVELAND_COLUMNS
+from support.project import medray
 
 pytestmark = pytest.mark.integration
-
-
-def medray(*args, env=None, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"medray {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 @pytest.fixture
@@ -145,13 +132,14 @@ def test_import_records_the_source_label_and_no_file_name(tmp_path):
 def test_storage_settings_of_the_config_apply_with_storage_on_the_command_line(s3_bucket, tmp_path):
     import boto3
 
-    from medray.cluster.cli import _storage, build_parser
+    from medray.api import open_storage
+    from medray.cli import build_parser
     from medray.cluster.config import load_config
 
     (tmp_path / "c.yaml").write_text("storage:\n  server_side_encryption: aws:kms\n  kms_key_id: key-7\n"
                                      "  max_attempts: 9\n")
     args = build_parser().parse_args(["train", str(tmp_path / "c.yaml"), "--storage", f"s3://{s3_bucket}/cli"])
-    storage = _storage(args, load_config(args.config, args.overrides))
+    storage = open_storage(args.storage, load_config(args.config, args.overrides))  # as `medray train` opens it
     assert storage.root == f"s3://{s3_bucket}/cli" and storage.config.max_attempts == 9
     storage.write_bytes("x.bin", b"x")
     head = boto3.client("s3").head_object(Bucket=s3_bucket, Key="cli/x.bin")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_cli_data import medray
+from support.project import medray
 
 pytestmark = pytest.mark.integration
 

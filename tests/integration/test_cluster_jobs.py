@@ -1,7 +1,8 @@
 """A real multi-node Ray cluster on this machine (`ray start --head` plus a worker node with
 its own resources): jobs submitted through the Jobs API spread training over both nodes,
 survive the worker node being killed (resumed from the latest checkpoint), and can be
-listed, inspected and stopped."""
+listed, inspected and stopped; medray installed from its wheel into a fresh venv works
+from any folder and submits a job that ships only the installed package."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, free_port
+from medray.cluster.runtime import free_port
+from support.project import PROJECT
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +31,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            "MEDRAY_STORAGE": f"file://{tmp_path / 'store'}",
+           # What `medray submit` builds from this checkout stays in the test's folder.
+           "MEDRAY_WHEEL_CACHE": str(tmp_path / "wheels"),
            # Ray's token authentication, on for every node and client as on a real cluster.
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
@@ -84,7 +88,7 @@ def cluster(tmp_path_factory):
 
 
 def medray(cluster, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, env=cluster["env"],
+    result = subprocess.run([sys.executable, "-m", "medray.cli", *args], cwd=PROJECT, env=cluster["env"],
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"medray {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -166,9 +170,62 @@ def test_jobs_list_status_logs_and_stop(cluster):
     assert stopped["status"] == "STOPPED"
     assert json.loads(medray(cluster, "jobs", "status", job, "--address", address, "--json").stdout)["status"] == \
         "STOPPED"
-    assert "cluster.cli train" in medray(cluster, "jobs", "status", job, "--address", address).stdout + \
+    assert "medray.cli train" in medray(cluster, "jobs", "status", job, "--address", address).stdout + \
         json.dumps(listed)
     missing = medray(cluster, "jobs", "logs", "raysubmit_nope", "--address", address, check=False)
     assert missing.returncode == 2 and "no job 'raysubmit_nope'" in missing.stderr
     unreachable = medray(cluster, "jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", check=False)
     assert unreachable.returncode == 2 and "cannot reach the Ray Jobs API" in unreachable.stderr
+
+
+def test_a_wheel_install_works_from_any_folder_and_ships_only_its_package(cluster, tmp_path):
+    import sysconfig
+
+    from medray.cluster.jobs import build_wheel
+
+    # A fresh venv with medray from the wheel; the dependencies through a .pth line naming
+    # this venv's site-packages. A path line does not run that folder's own .pth files, so
+    # the editable install there stays off: `medray` can only be the wheel's.
+    wheel = build_wheel(PROJECT, tmp_path / "dist")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                    "--quiet", str(wheel)], check=True, capture_output=True)
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "medray-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    # An empty folder but for a train.py and a serve.py that refuse to be imported.
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    for name in ("train.py", "serve.py"):
+        (folder / name).write_text('raise SystemExit("shadow")\n')
+    store = tmp_path / "wheel-store"
+    env = {**{k: v for k, v in cluster["env"].items() if k != "PYTHONPATH"}, "MEDRAY_STORAGE": f"file://{store}"}
+
+    def run(*argv: str | Path) -> str:
+        result = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{argv[1:]} failed:\n{result.stderr[-3000:]}"
+        return result.stdout
+
+    # The import line of an installed medray, and what a job from this install carries:
+    # the installed medray folder, none of the rest of site-packages.
+    imported = json.loads(run(python, "-c", "import json, medray, medray.train.evaluate, medray.serve.model; "
+                                            "from medray.cluster.jobs import runtime_env; "
+                                            "print(json.dumps([medray.__file__, runtime_env()]))"))
+    assert Path(imported[0]) == site / "medray" / "__init__.py"
+    shipped = imported[1]
+    assert shipped["py_modules"] == [str(site / "medray")] and "working_dir" not in shipped
+    size = sum(f.stat().st_size for f in (site / "medray").rglob("*") if f.is_file())
+    assert 100_000 < size < 50_000_000, size
+    assert "submit" in run(venv / "bin" / "medray", "--help")
+    run(venv / "bin" / "medray", "data", "import", "sklearn", "breast_cancer", "--name", "wdbc")
+
+    # The config is the one the package ships (no train/configs/ here), found on the cluster too.
+    submitted = json.loads(run(venv / "bin" / "medray", "submit", "train", "train/configs/wdbc_attention.yaml",
+                               "optim.epochs=2", "train.patience=0", "eval.bootstrap=20", "scaling.num_workers=1",
+                               "train.name=from-wheel", "--address", cluster["address"], "--json"))
+    assert submitted["status"] == "SUCCEEDED" and submitted["entrypoint"].startswith("python -m medray.cli train")
+    summary = json.loads((store / "runs" / "from-wheel" / "medray_result.json").read_text())
+    assert summary["run"].endswith("/wheel-store/runs/from-wheel") and summary["metrics"]["test"]["auroc"] > 0.8  # 0.96

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PROJECT
+from support.project import PROJECT
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_quick_demo_without_sources_or_network(tmp_path):
                http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
                no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
     report_dir = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "medray.cluster.cli", "demo", "--quick", "--json", "--report",
+    result = subprocess.run([sys.executable, "-m", "medray.cli", "demo", "--quick", "--json", "--report",
                              str(report_dir)], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import PROJECT
-from test_cli_data import medray
+from support.project import PROJECT
+from support.project import medray
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_search_interrupt_resume_promote_rollback(s3_bucket):
     medray("data", "import", "sklearn", "breast_cancer", "--name", "wdbc", env=env)
 
     # Start the search and interrupt it (Ctrl-C) once the first trials have checkpoints.
-    process = subprocess.Popen([sys.executable, "-m", "medray.cluster.cli", *SEARCH], cwd=PROJECT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "medray.cli", *SEARCH], cwd=PROJECT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and len(trial_checkpoints(s3, s3_bucket)) < 2 and process.poll() is None:

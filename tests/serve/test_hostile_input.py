@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydicom import uid
 
-from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, peak_bytes
+from support.hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, peak_bytes
 from medray.serve.model import InputError, ServedModel
 from medray.serve.schemas import MAX_JSON_DEPTH, parse_json_body
 from medray.train.data.preprocess import Preprocessor
+from medray.train.modalities.image import decode_limits
 
 CANARY = 987654.321
 
@@ -37,7 +38,7 @@ def models(tmp_path_factory, real_inputs):
     """The three served champions, from checkpoints saved without a fitted range (as
     every checkpoint before issue 11 was). Module-wide: no test changes them."""
     from medray.cluster.storage import Storage
-    from tests_serve_support import make_registry
+    from support.serving import make_registry
 
     folder = tmp_path_factory.mktemp("hostile")
     registry = make_registry(Storage(f"file://{folder / 'store'}"), folder, real_inputs)
@@ -183,7 +184,7 @@ def test_a_png_bomb_is_refused_before_decoding_even_sixteen_at_once(models):
     bomb = png_bomb(14000, 14000)
     with pytest.raises(InputError, match=r"^file is larger than the 16777216-pixel limit$"):
         model.decode_file(bomb)
-    assert model.decode_limits.max_pixels == 4096 * 4096  # 64 x 28 x 28 is under the floor
+    assert decode_limits(model.bundle.preprocessor).max_pixels == 4096 * 4096  # 64 x 28 x 28 is under the floor
     sixteen = [base64.b64encode(bomb).decode()] * 16
     assert peak_bytes(lambda: pytest.raises(InputError, model.decode, sixteen)) < 5_000_000
     with pytest.raises(InputError, match=r"^instances\[0\] is larger than the 16777216-pixel limit$"):

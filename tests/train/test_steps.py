@@ -3,13 +3,9 @@ import math
 import numpy as np
 import torch
 
-from medray.train.steps import (
-    augment_images,
-    augment_signals,
-    class_weights,
-    epoch_metrics,
-    warmup_cosine,
-)
+from medray.train.modalities.image import augment_images
+from medray.train.modalities.signal import augment_signals
+from medray.train.steps import class_weights, epoch_metrics, warmup_cosine
 
 
 def test_warmup_then_cosine():

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medray.cluster.config import DataConfig, load_config
+from medray.cluster.config import load_config
 from medray.cluster.errors import ConfigError, NotFoundError
 from medray.train.checkpoint import load_bundle, save_checkpoint
-from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
 from medray.train.data.loading import read_split_arrays
 from medray.train.job import evaluate_checkpoint, plan_training, run_training
 
@@ -25,8 +25,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 def wdbc(local_storage):
     # A validation fraction that leaves an odd number of val rows (91), which two workers
     # cannot split equally.
-    data = DataConfig(dataset="wdbc", val_fraction=0.16)
-    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc", data=data))
+    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc",
+                                                options=ImportOptions(val_fraction=0.16)))
     return local_storage
 
 

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,15 +27,16 @@ import pyarrow.parquet as pq
 
 from medray.cluster import names
 from medray.cluster.errors import MedrayError, NotFoundError
-from medray.cluster.storage import AlreadyExistsError, Storage
+from medray.cluster.storage import Storage
+from medray.cluster.versions import publish_version, published_numbers
 
 log = logging.getLogger(__name__)
 
-Modality = Literal["image", "signal", "tabular"]
 SPLITS = ("train", "val", "test")
 LABEL_COLUMN = "label"
 ROWS_PER_FILE = 50_000
 MANIFEST_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
 # What `_write_payload` names a Parquet file; a manifest listing anything else is refused.
 _PAYLOAD_PATH = re.compile(r"(train|val|test)/part-\d{5}-[0-9a-f]{12}\.parquet")
 
@@ -60,7 +61,8 @@ class Split:
 class ImportedDataset:
     """An importer's result, before it is validated and published."""
 
-    modality: Modality
+    modality: str
+    """A name in `medray.train.modalities.MODALITIES`."""
     classes: list[str]
     splits: dict[str, Split]
     schema: dict[str, Any]
@@ -83,8 +85,7 @@ def describe_source(source: dict[str, Any]) -> str:
 
 
 def check_name(name: str) -> str:
-    return names.check(names.DATASET, name, "dataset name", MedrayError,
-                       "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return names.check_versioned_name(name, "dataset name", MedrayError)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -178,16 +179,11 @@ def _missing_per_column(dataset: ImportedDataset) -> dict[str, int]:
 
 
 def _constant_features(dataset: ImportedDataset) -> list[str] | dict[str, int]:
+    # Imported here: the modality modules read tensor columns with this module's helpers.
+    from medray.train.modalities import modality
+
     table = pa.concat_tables(split.features for split in dataset.splits.values())
-    if dataset.modality == "tabular":
-        return [
-            name for name, column in zip(table.column_names, table.columns)
-            if len(column.drop_null().unique()) <= 1
-        ]
-    # Image / signal: report how many positions (pixels, time steps) never change.
-    values = tensor_from_column(table.column(0), [-1], "float64")
-    constant = np.nanmax(values, axis=0) == np.nanmin(values, axis=0)
-    return {"constant_positions": int(constant.sum()), "positions": int(values.shape[1])}
+    return modality(dataset.modality).constant_features(table)
 
 
 def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
@@ -218,11 +214,7 @@ def dataset_key(name: str, version: int | None = None) -> str:
 
 def list_versions(storage: Storage, name: str) -> list[int]:
     """Published versions (those whose manifest exists), ascending."""
-    versions = []
-    for entry in storage.list_dir(dataset_key(name)):
-        if re.fullmatch(r"v\d+", entry) and storage.exists(f"{dataset_key(name, int(entry[1:]))}/manifest.json"):
-            versions.append(int(entry[1:]))
-    return sorted(versions)
+    return published_numbers(storage, dataset_key(name), MANIFEST_FILE, folder_prefix="v")
 
 
 def list_datasets(storage: Storage) -> dict[str, list[int]]:
@@ -236,13 +228,7 @@ def list_datasets(storage: Storage) -> dict[str, list[int]]:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """`NAME` or `NAME@vN` (also `NAME@N`) -> (name, version or None for latest)."""
-    name, _, version = ref.partition("@")
-    if not version:
-        return check_name(name), None
-    match = re.fullmatch(r"v?(\d+)", version)
-    if not match:
-        raise MedrayError(f"dataset reference '{ref}' is not NAME or NAME@vN")
-    return check_name(name), int(match.group(1))
+    return names.parse_versioned(ref, "dataset", MedrayError)
 
 
 def read_manifest(storage: Storage, ref: str) -> dict[str, Any]:
@@ -256,7 +242,7 @@ def read_manifest(storage: Storage, ref: str) -> dict[str, Any]:
         version = versions[-1]
     elif version not in versions:
         raise NotFoundError(f"dataset '{name}' has no version v{version} (versions: {', '.join(f'v{v}' for v in versions)})")
-    manifest = storage.read_json(f"{dataset_key(name, version)}/manifest.json")
+    manifest = storage.read_json(f"{dataset_key(name, version)}/{MANIFEST_FILE}")
     _check_payload_paths(manifest, f"{name}@v{version}")
     return manifest
 
@@ -322,39 +308,13 @@ def build_manifest(name: str, version: int, dataset: ImportedDataset, files: dic
 
 
 def publish(storage: Storage, name: str, dataset: ImportedDataset, staging: Path) -> dict[str, Any]:
-    """Validate, write the payload, then claim the next version with the manifest."""
+    """Validate, write the payload, then publish it as the next version (cluster/versions.py)."""
     check_name(name)
     validate(dataset)
     files = _write_payload(dataset, staging)
     storage.check()
-    for _attempt in range(5):
-        version = (list_versions(storage, name) or [0])[-1] + 1
-        prefix = dataset_key(name, version)
-        manifest = build_manifest(name, version, dataset, files)
-        uploaded: list[str] = []
-        try:
-            total = sum(len(entries) for entries in files.values())
-            log.info("writing %s v%d (%d files) to %s", name, version, total, storage.uri(prefix))
-            for entries in files.values():
-                for entry in entries:
-                    key = f"{prefix}/{entry['path']}"
-                    storage.put_file(key, staging / entry["path"])
-                    uploaded.append(key)
-            storage.write_json(f"{prefix}/manifest.json", manifest, exclusive=True)
-            return manifest
-        except AlreadyExistsError:
-            log.info("v%d of %s was published by another import meanwhile; taking the next", version, name)
-            _remove(storage, uploaded)
-        except BaseException:
-            # Nothing was published (the manifest comes last); leave no stray payload.
-            _remove(storage, uploaded)
-            raise
-    raise MedrayError(f"could not claim a new version of '{name}': too many concurrent imports")
-
-
-def _remove(storage: Storage, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            storage.delete(key)
-        except Exception:  # cleanup is best effort; the version stays unpublished either way
-            log.warning("could not remove unpublished file %s", storage.uri(key))
+    payload = {entry["path"]: staging / entry["path"] for entries in files.values() for entry in entries}
+    _, manifest = publish_version(storage, dataset_key(name), payload, MANIFEST_FILE,
+                                  lambda version: build_manifest(name, version, dataset, files),
+                                  f"dataset '{name}'", MedrayError, folder_prefix="v")
+    return manifest

@@ -15,13 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medray.cluster.config import DataConfig
+from pydantic import Field
+
+from medray.cluster.config import Section
 from medray.cluster.storage import Storage
 from medray.train.data.dataset import DataImportError, ImportedDataset, check_name, publish
 
 log = logging.getLogger(__name__)
 
 IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images")
+
+
+class ImportOptions(Section):
+    """How an import splits and sizes its rows: fixed once per dataset version, so every
+    run on it sees the same rows (`medray data import` flags; validated like a config)."""
+
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.9)
+    """Share of rows carved for validation when the source has no validation split."""
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.9)
+    """Share of rows held out for testing when the source has no test split."""
+    seed: int = 0
+    """Seeds every split, so re-importing the same source gives the same rows."""
+    image_size: int = Field(64, ge=8, le=1024)
+    """Side length images are resized to by the `images` importer."""
 
 
 @dataclass
@@ -45,7 +61,7 @@ class ImportRequest:
     license: str | None = None
     source_label: str | None = None
     """The user's name for the source, stored instead of its path or file name."""
-    data: DataConfig = field(default_factory=DataConfig)
+    options: ImportOptions = field(default_factory=ImportOptions)
 
 
 # A label is one line of ordinary text.
@@ -85,7 +101,7 @@ def check_label(label: str | None) -> str | None:
 
 def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
     """Parse and check the source in memory; nothing is written to storage here."""
-    data = request.data
+    options = request.options
     if request.kind == "medmnist":
         from medray.train.data.medmnist import import_medmnist
 
@@ -93,32 +109,31 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
     if request.kind == "ucr":
         from medray.train.data.ucr import import_ucr
 
-        return import_ucr(request.source, request.dataset, data.val_fraction, data.seed)
+        return import_ucr(request.source, request.dataset, options.val_fraction, options.seed)
     if request.kind == "csv":
         from medray.train.data.sources import local_source
         from medray.train.data.tabular import TableOptions, import_csv
 
         if not request.target:
             raise DataImportError("a csv import needs --target COLUMN (the label column)")
-        options = TableOptions(
+        table = TableOptions(
             target=request.target, columns=request.columns, categorical=request.categorical,
             group=request.group, drop=request.drop, classes=request.classes, sep=request.sep,
-            val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.seed,
+            val_fraction=options.val_fraction, test_fraction=options.test_fraction, seed=options.seed,
         )
         if request.missing is not None:
-            options.missing = request.missing
+            table.missing = request.missing
         path = local_source(request.source, staging)
-        return import_csv(path, options)
+        return import_csv(path, table)
     if request.kind == "sklearn":
         from medray.train.data.tabular import import_sklearn
 
-        return import_sklearn(request.source, data.val_fraction, data.test_fraction, data.seed)
+        return import_sklearn(request.source, options.val_fraction, options.test_fraction, options.seed)
     if request.kind == "images":
         from medray.train.data.images import import_image_folder
 
-        return import_image_folder(
-            request.source, data.image_size, request.grayscale, data.val_fraction, data.test_fraction, data.seed
-        )
+        return import_image_folder(request.source, options.image_size, request.grayscale, options.val_fraction,
+                                   options.test_fraction, options.seed)
     raise DataImportError(f"unknown import kind '{request.kind}'; use one of {', '.join(IMPORT_KINDS)}")
 
 

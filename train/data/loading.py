@@ -1,7 +1,8 @@
 """Reading a published dataset version back: as a Ray Data stream or as arrays.
 
 Only the files the manifest lists are read, so stray files of an interrupted import
-are never picked up. Image and signal columns come back in the manifest's shape.
+are never picked up. The modality says what the feature columns come back as (images
+and signals: arrays in the manifest's shape; tables: plain columns).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from medray.cluster.storage import Storage
-from medray.train.data.dataset import LABEL_COLUMN, SPLITS, dataset_key, read_manifest, tensor_from_column
+from medray.train.data.dataset import LABEL_COLUMN, SPLITS, dataset_key, read_manifest
+from medray.train.modalities import modality
 
 
 def split_paths(storage: Storage, manifest: dict[str, Any], split: str) -> list[str]:
@@ -20,15 +22,6 @@ def split_paths(storage: Storage, manifest: dict[str, Any], split: str) -> list[
         raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     prefix = dataset_key(manifest["name"], manifest["version"])
     return [storage.arrow_path(f"{prefix}/{entry['path']}") for entry in manifest["splits"][split]["files"]]
-
-
-def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], dtype: str) -> dict[str, np.ndarray]:
-    """Ray hands fixed-size-list cells over as an object array of rows; stack and reshape."""
-    values = batch[column]
-    if values.dtype == object:
-        values = np.stack(values) if len(values) else np.empty((0, int(np.prod(shape))), dtype=dtype)
-    batch[column] = values.astype(dtype, copy=False).reshape(len(values), *shape)
-    return batch
 
 
 def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per_task: float | None = None):
@@ -52,13 +45,7 @@ def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per
                                         num_cpus=cpus_per_task)
     finally:
         context.use_datasource_v2 = default_reader
-    if manifest["modality"] in ("image", "signal"):
-        schema = manifest["schema"]
-        dataset = dataset.map_batches(
-            reshape_batch, batch_format="numpy", num_cpus=cpus_per_task,
-            fn_kwargs={"column": schema["column"], "shape": schema["shape"], "dtype": schema["dtype"]},
-        )
-    return dataset
+    return modality(manifest["modality"]).shape_stream(dataset, manifest["schema"], cpus_per_task)
 
 
 def read_split_arrays(storage: Storage, ref: str | dict[str, Any], split: str) -> tuple[Any, np.ndarray]:
@@ -69,7 +56,4 @@ def read_split_arrays(storage: Storage, ref: str | dict[str, Any], split: str) -
     table = pq.ParquetDataset(split_paths(storage, manifest, split), filesystem=filesystem).read()
     labels = table.column(LABEL_COLUMN).to_numpy()
     features = table.drop_columns([LABEL_COLUMN])
-    if manifest["modality"] == "tabular":
-        return features.to_pandas(), labels
-    schema = manifest["schema"]
-    return tensor_from_column(features.column(schema["column"]), schema["shape"], schema["dtype"]), labels
+    return modality(manifest["modality"]).features_from_table(features, manifest["schema"]), labels

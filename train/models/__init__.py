@@ -23,11 +23,12 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from medray.cluster.errors import ConfigError
+from medray.train.modalities import modality
 
 
 class ModelConfigError(ConfigError, ValueError):
@@ -124,30 +125,21 @@ from medray.train.models import attention, cnn, rnn  # noqa: E402
 
 # --- Inputs and the registry ----------------------------------------------------------
 
-Modality = Literal["image", "signal", "tabular"]
-
-# What each axis of InputSpec.shape means, per modality (the batch axis is not included).
-SHAPE_AXES: dict[str, tuple[str, ...]] = {
-    "image": ("channels", "height", "width"),
-    "signal": ("length", "channels"),
-    "tabular": ("features",),
-}
-
-
 @dataclass(frozen=True)
 class InputSpec:
     """What one example looks like after preprocessing (without the batch axis)."""
 
-    modality: Modality
+    modality: str
+    """A name in `medray.train.modalities.MODALITIES`."""
     shape: tuple[int, ...]
-    """image: (C, H, W); signal: (L, C), length then channels; tabular: (F,) numeric features."""
+    """One size per axis of the modality's `shape_axes`: image (C, H, W); signal (L, C),
+    length then channels; tabular (F,) numeric features."""
 
     def __post_init__(self) -> None:
-        if self.modality not in SHAPE_AXES:
-            raise ModelConfigError(
-                f"unknown input modality {self.modality!r}; choose one of: {', '.join(SHAPE_AXES)}"
-            )
-        axes = SHAPE_AXES[self.modality]
+        try:
+            axes = modality(self.modality).shape_axes
+        except ConfigError as unknown:
+            raise ModelConfigError(str(unknown)) from None
         try:
             shape = tuple(operator.index(n) for n in self.shape if not isinstance(n, bool))
             ok = len(shape) == len(self.shape) == len(axes) and min(shape) >= 1

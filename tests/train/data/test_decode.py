@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom import uid
 
-from hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, rle_frame, peak_bytes
+from support.hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, rle_frame, peak_bytes
 from medray.train.data.decode import PIXEL_FLOOR, DecodeLimits, ImageRefused, decode_image
 
 RNG = np.random.default_rng(7)

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medray.cluster.config import DataConfig
 from medray.train.data.dataset import DataImportError, list_datasets, read_manifest, sha256_file
-from medray.train.data.importers import ImportRequest, import_dataset
+from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
 from medray.train.data.loading import read_split_arrays
 
 
@@ -285,7 +284,7 @@ def image_folder(root, per_class=10, with_dicom=True):
 
 def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
     folder = image_folder(tmp_path / "imgs")
-    manifest = run(local_storage, kind="images", source=str(folder), name="imgs", data=DataConfig(image_size=16))
+    manifest = run(local_storage, kind="images", source=str(folder), name="imgs", options=ImportOptions(image_size=16))
     assert manifest["classes"] == ["benign", "malignant"]
     assert manifest["schema"]["shape"] == [16, 16]
     assert manifest["source"]["dicom_files"] == 8
@@ -301,7 +300,7 @@ def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
 
 def test_images_resize_matches_pillow(local_storage, tmp_path):
     folder = image_folder(tmp_path / "imgs", with_dicom=False)
-    run(local_storage, kind="images", source=str(folder), name="imgs", data=DataConfig(image_size=8))
+    run(local_storage, kind="images", source=str(folder), name="imgs", options=ImportOptions(image_size=8))
     first = sorted((folder / "benign").glob("*"))[0]
     expected = np.asarray(Image.open(first).convert("L").resize((8, 8), Image.Resampling.BILINEAR))
     images = np.concatenate([read_split_arrays(local_storage, "imgs", s)[0] for s in ("train", "val", "test")])
@@ -364,6 +363,16 @@ def test_failed_upload_publishes_nothing(local_storage, tmp_path, monkeypatch):
     assert leftovers == []
 
 
+def test_a_claimed_but_unpublished_version_is_skipped(local_storage, tmp_path):
+    # An import that died after claiming v2 (the registry's claim, cluster/versions.py).
+    write_npz(tmp_path / "toy.npz")
+    run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    local_storage.write_json("datasets/toy/v2/.claim", {"claimed_at": "x"}, exclusive=True)
+    manifest = run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="toy")
+    assert manifest["version"] == 3 and list_datasets(local_storage) == {"toy": [1, 3]}
+    assert read_manifest(local_storage, "toy")["version"] == 3
+
+
 def test_bad_dataset_names_are_refused(local_storage):
     from medray.cluster.errors import MedrayError
 
@@ -392,7 +401,7 @@ def identifying_source(kind, tmp_path):
     image_folder(folder / "scans")
     for path in sorted((folder / "scans").rglob("img*")):
         path.rename(path.with_name(f"{IDENTIFYING}_{path.name}"))
-    return {"source": str(folder / "scans"), "data": DataConfig(image_size=8)}, None
+    return {"source": str(folder / "scans"), "options": ImportOptions(image_size=8)}, None
 
 
 def model_card_for(manifest):

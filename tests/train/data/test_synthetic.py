@@ -5,7 +5,7 @@ map, positive class, class groups, model) on the stand-in unchanged."""
 import pytest
 
 from medray.cluster.config import load_config
-from medray.cluster.demo import CONFIGS, MODELS, demo_requests, synthetic_request
+from medray.demo.run import CONFIGS, MODELS, demo_requests, synthetic_request
 from medray.cluster.storage import Storage
 from medray.train.data.importers import import_dataset
 from medray.train.job import plan_training
@@ -58,7 +58,7 @@ def test_without_sources_or_network_every_demo_dataset_is_a_stand_in(tmp_path):
 
 
 def test_the_table_names_stand_ins_and_sets_only_real_results_beside_published_ones():
-    from medray.cluster.demo import results_table
+    from medray.demo.report import results_table
 
     row = {"model": "image:breastmnist_cnn", "test_auroc": 0.9, "test_auroc_ci": [0.85, 0.95],
            "test_accuracy": 0.88, "promotion": "v1", "published": "AUC 0.901 (MedMNIST v2)"}

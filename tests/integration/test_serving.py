@@ -15,7 +15,7 @@ import pytest
 
 from medray.cluster.config import load_config
 from medray.serve.model import ServedModel
-from tests_serve_support import assert_same_answers
+from support.serving import assert_same_answers
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def served(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
 
     from medray.cluster.storage import Storage
     from medray.serve.app import deploy, down
-    from tests_serve_support import make_registry
+    from support.serving import make_registry
 
     bucket = "medray-serving"
     boto3.client("s3").create_bucket(Bucket=bucket)
@@ -122,7 +122,7 @@ def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_pat
     from ray import serve
 
     from medray.serve.app import update, status
-    from tests_serve_support import register_second_ultrasound
+    from support.serving import register_second_ultrasound
 
     def replica_pid():
         return serve.get_deployment_handle("model-ultrasound", app_name="medray").pid.remote().result(timeout_s=30)
@@ -216,7 +216,7 @@ def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     env.pop("MEDRAY_API_TOKEN", None)
 
     def medray(*args):
-        return subprocess.run([sys.executable, "-m", "medray.cluster.cli", *args], cwd=PROJECT, env=env,
+        return subprocess.run([sys.executable, "-m", "medray.cli", *args], cwd=PROJECT, env=env,
                               capture_output=True, text=True, timeout=180)
 
     current = medray("serve", "status", "--json")

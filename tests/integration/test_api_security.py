@@ -38,7 +38,7 @@ def secured(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     from medray.serve import app as serve_app
     from medray.cluster.storage import Storage
     from medray.serve.app import deploy, down
-    from tests_serve_support import make_registry
+    from support.serving import make_registry
 
     bucket = "medray-secured"
     boto3.client("s3").create_bucket(Bucket=bucket)

@@ -1,3 +1,6 @@
+"""The model registry on both stores (a local folder and the local S3 server): versions,
+champions, concurrent writers, tampering."""
+
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -5,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from medray.cluster.errors import NotFoundError
-from medray.cluster.registry import Registry, RegistryError, check_model_name
+from medray.cluster.registry import Registry, RegistryError
 from medray.cluster.storage import Storage
 
 
@@ -176,8 +179,12 @@ def test_register_refuses_file_names_that_are_not_plain(storage, tmp_path):
     assert Registry(storage).versions("m") == []
 
 
-@pytest.mark.parametrize("name", ["nl\n", "UPPER", "-dash", ".dot", "a" * 65, "a/b", ""])
-def test_model_name_rule_matches_the_whole_name(name):
-    with pytest.raises(RegistryError, match="model name"):
-        check_model_name(name)
-    assert check_model_name("breast-cancer_v2.1") == "breast-cancer_v2.1"
+@pytest.mark.parametrize("ref", ["ecg@", "ecg@x", "ecg@v", "ecg@-1", "ecg@v1\n", "ecg@v1@v2"])
+def test_a_malformed_version_is_refused_by_both(storage, ref):
+    from medray.cluster.errors import MedrayError
+    from medray.train.data.dataset import parse_ref
+
+    with pytest.raises(RegistryError, match=r"model reference .* is not NAME or NAME@vN"):
+        Registry(storage).resolve(ref)
+    with pytest.raises(MedrayError, match=r"dataset reference .* is not NAME or NAME@vN"):
+        parse_ref(ref)

@@ -1,36 +1,36 @@
-"""`medray demo`: the whole platform end to end, on this machine, in one command.
+"""`medray demo`'s stages, in order, through the Python API's code paths:
 
-1. storage: a local S3-compatible server on 127.0.0.1 (moto's), so the S3 path is the one
-   exercised, unless MEDRAY_STORAGE / --storage names one; a local Ray (with dashboard,
-   for Tune) unless RAY_ADDRESS names a cluster;
+1. storage: a local S3-compatible server on 127.0.0.1 (cluster/local_s3.py), so the S3
+   path is the one exercised, unless MEDRAY_STORAGE / --storage names one; a local Ray
+   (with dashboard, for Tune) unless RAY_ADDRESS names a cluster;
 2. datasets: scikit-learn's breast_cancer always; BreastMNIST, ECG200 and Cleveland from
    MEDRAY_DATA_SOURCES, downloaded there when missing and the network allows, else
    synthetic stand-ins made here and named `*_synthetic` everywhere;
 3. training of the CNN, RNN and attention models with 2 Ray Train workers each, a small
    Tune search, and promotion of every winner through its gate;
 4. Serve: the champions deployed, sample requests (one of them bad) and their answers;
-5. a results table beside the published numbers, and an HTML report with the plots;
+5. a results table beside the published numbers, and an HTML report with the plots
+   (medray/demo/report.py);
 6. everything it started is shut down, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medray import api
+from medray.cluster.config import load_config
 from medray.cluster.errors import MedrayError
+from medray.cluster.local_s3 import LocalS3
+from medray.cluster.runtime import free_port
 from medray.cluster.storage import Storage
+from medray.demo.report import results_table, served_cases, write_report
 from medray.train.data.importers import ImportRequest, import_dataset
 from medray.train.data.medmnist import write_synthetic_medmnist
 from medray.train.data.sources import sources_dir
@@ -39,10 +39,10 @@ from medray.train.data.ucr import write_synthetic_ucr
 
 log = logging.getLogger(__name__)
 
-PROJECT = Path(__file__).resolve().parents[1]
-CONFIGS = PROJECT / "train" / "configs"
-PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png")
+# The shipped configs, installed with the package (train/configs/ in the repository).
+CONFIGS = Path(str(files("medray.train") / "configs"))
 SYNTHETIC_LICENSE = "synthetic stand-in made by medray's demo: not medical data"
+DEMO_BUCKET = "medray-demo"
 
 
 @dataclass(frozen=True)
@@ -126,51 +126,6 @@ def synthetic_request(name: str, scratch: Path) -> ImportRequest:
     return request
 
 
-# Local services ------------------------------------------------------------------------
-class LocalS3:
-    """moto's S3-protocol server on 127.0.0.1 for the demo's storage."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            self.stop()
-            raise MedrayError("the local S3 server (moto) did not start; install medray[dev] or set MEDRAY_STORAGE")
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{self.port}", AWS_ACCESS_KEY_ID="demo",
-                          AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1")
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="medray-demo")
-        self.root = "s3://medray-demo/demo"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-
 # The demo ---------------------------------------------------------------------------
 class Stages:
     def __init__(self, total: int) -> None:
@@ -196,9 +151,7 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
     started_ray = False
     try:
         if root is None:
-            s3 = LocalS3()
-            services.append(s3)
-            root = s3.root
+            root = _start_local_s3(services)
         storage = Storage(root)
         storage.check()
         stages.next(f"storage {storage.root}" + (" (local S3 server on 127.0.0.1)" if services else ""))
@@ -239,7 +192,7 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
         stages.next(f"served {', '.join(served['models']) or 'nothing'} at {served['url']}; each answered its "
                     "test split")
 
-        report = _write_report(storage, Path(report_dir), results, search["summary"], served, synthetic)
+        report = write_report(storage, Path(report_dir), results, search["summary"], served, synthetic)
         table = results_table(results)
         stages.next(f"report {report}")
         text = "\n".join([table, "", "serving:", *(s["line"] for s in served["samples"]), "",
@@ -252,42 +205,41 @@ def run_demo(storage_root: str | None = None, quick: bool = False, report_dir: s
         _shutdown(services, started_ray)
 
 
-def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
-    from medray.cluster.config import load_config
-    from medray.train.job import run_training
-    from medray.tune.promote import promote_checkpoint
+def _start_local_s3(services: list[Any]) -> str:
+    """The local S3 server, this process (and the Ray it starts) pointed at it, and a
+    bucket for the demo; returns the storage root."""
+    s3 = LocalS3.start()
+    services.append(s3)
+    os.environ.update(s3.client_env("demo"))
+    import boto3
 
+    boto3.client("s3").create_bucket(Bucket=DEMO_BUCKET)
+    return f"s3://{DEMO_BUCKET}/demo"
+
+
+def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
     overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=2", f"train.name=demo-{model.dataset}"]
     if quick:
         overrides += ["optim.epochs=2", "eval.bootstrap=50", "train.patience=0"]
     config = load_config(CONFIGS / model.config, overrides)
-    summary = run_training(config, storage, model.config.removesuffix(".yaml"))
-    promotion = promote_checkpoint(storage, storage.key_of(summary["checkpoint"]), config,
-                                   source={"run": summary["run"]})
+    summary = api.run_training(config, storage=storage)
+    promotion = api.promote(summary["checkpoint"], config, storage=storage, source={"run": summary["run"]})
     return _result(model, manifest, summary["metrics"], summary["run"], promotion, config)
 
 
 def _search_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
-    from medray.cluster.config import load_config
-    from medray.tune.promote import promote_checkpoint
-    from medray.tune.run import run_search
-    from medray.tune.spaces import apply_params
-
     overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=1", "train.name=demo-search",
                  "tune.num_samples=" + ("2" if quick else "6"), "optim.epochs=" + ("2" if quick else "20"),
                  "tune.grace_period=" + ("1" if quick else "4"), "tune.reduction_factor=2"]
     if quick:
         overrides += ["eval.bootstrap=50"]
     config = load_config(CONFIGS / model.config, overrides)
-    summary = run_search(config, storage, "demo")
-    best = summary["best"]
-    saved = storage.read_json(f"runs/{summary['search']}/search.json")
-    best_config = apply_params(saved["base"], best["config"])
-    promotion = promote_checkpoint(storage, storage.key_of(best["checkpoint"]), best_config,
-                                   source={"search": summary["search"], "trial": best["trial"]})
-    metrics = promotion.get("metrics", {})
+    summary = api.run_search(config, storage=storage, promote=True)
+    promotion = summary["promotion"]
     run = storage.uri(f"runs/{summary['search']}")
-    return {"summary": summary, "result": _result(model, manifest, metrics, run, promotion, best_config, tuned=True)}
+    # The search tunes no data.* setting: the base config names the classes as each trial does.
+    result = _result(model, manifest, promotion.get("metrics", {}), run, promotion, config, tuned=True)
+    return {"summary": summary, "result": result}
 
 
 def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion: dict, config,
@@ -308,38 +260,24 @@ def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion
     }
 
 
-def results_table(results: list[dict[str, Any]]) -> str:
-    names = [r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "") for r in results]
-    width = max([len("dataset"), *map(len, names)]) + 2
-    lines = [f"{'dataset':<{width}}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
-    for name, r in zip(names, results):
-        ci = r["test_auroc_ci"] or [None, None]
-        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
-            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
-        accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
-        published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
-        lines.append(f"{name:<{width}}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{published}")
-    return "\n".join(lines)
-
-
 def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Serve the champions and send each its whole test split, as a client would; show a
     few answers beside the truth: one right, one referred to a clinician (the conformal
     set holds more than one class), one confidently wrong, where there are such."""
     import httpx
 
-    from medray.cluster.config import load_config
     from medray.serve.app import deploy
     from medray.train.data.dataset import read_manifest
     from medray.train.data.loading import read_split_arrays
     from medray.train.data.preprocess import LabelMap
+    from medray.train.modalities import modality
 
     served_names = sorted({r["dataset"] for r in results if r["version"]})
     label_maps = {r["dataset"]: LabelMap.from_dict(r["label_map"]) for r in results}
     if not served_names:
         return {"url": None, "models": {}, "samples": [{"model": None, "status": None, "answer": None,
                                                          "line": "  no model passed its gate: nothing to serve"}]}
-    config = load_config(None, [f"serve.port={_free_port(8000)}", "serve.autoscaling.max_replicas=1",
+    config = load_config(None, [f"serve.port={free_port(8000)}", "serve.autoscaling.max_replicas=1",
                                 "serve.replica_cpus=0.25"])
     deployed = deploy(config, storage, served_names)
     samples = []
@@ -347,11 +285,13 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
         for name in served_names:
             manifest = read_manifest(storage, name)
             features, labels = read_split_arrays(storage, manifest, "test")
+            kind = modality(manifest["modality"])
             model_labels = label_maps[name]
             truths = [model_labels.classes[i] for i in model_labels.apply(labels)]
             predictions, status, answer = [], 200, None
             for start in range(0, len(truths), 32):
-                batch = [_instance(manifest, features, i) for i in range(start, min(start + 32, len(truths)))]
+                batch = [kind.request_instance(features, i, manifest["schema"])
+                         for i in range(start, min(start + 32, len(truths)))]
                 response = client.post(f"/v1/models/{name}/predict", json={"instances": batch})
                 status, answer = response.status_code, response.json()
                 if status != 200:
@@ -370,86 +310,6 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
     return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
 
 
-def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]) -> dict[str, Any]:
-    """How a served model did on its test split, and the lines that show it: counts, then
-    one case of each kind there is (right, referred, wrong)."""
-    referred = [i for i, p in enumerate(predictions) if p.get("refer_to_clinician")]
-    answered = [i for i, p in enumerate(predictions) if not p.get("refer_to_clinician")]
-    right = [i for i in answered if predictions[i]["label"] == truths[i]]
-    wrong = [i for i in answered if predictions[i]["label"] != truths[i]]
-    version = predictions[0]["version"] if predictions else None
-    share = f", {len(right) / len(answered):.0%} of them right" if answered else ""
-    lines = [f"  {name} v{version}, {len(truths)} test cases: {len(answered)} answered{share}; "
-             f"{len(referred)} referred to a clinician (prediction set of more than one class)"]
-    cases = []
-    for kind, pool in (("right", right), ("referred", referred), ("wrong", wrong)):
-        if not pool:
-            continue
-        i = pool[0]
-        p = predictions[i]
-        if kind == "referred":
-            answer = f"set {{{', '.join(p['prediction_set'])}}} -> refer to clinician"
-        else:
-            answer = f"{p['label']} (p {p['calibrated_probabilities'][p['label']]:.2f}) -> {kind.upper() if kind == 'wrong' else kind}"
-        lines.append(f"    case {i:>3}: true {truths[i]:<22} answer {answer}")
-        cases.append({"case": i, "kind": kind, "truth": truths[i], "prediction": p})
-    return {"line": "\n".join(lines), "cases": cases, "test_cases": len(truths), "answered": len(answered),
-            "referred": len(referred), "right": len(right)}
-
-
-def _instance(manifest: dict, features, row: int) -> Any:
-    if manifest["modality"] == "tabular":
-        values = features.iloc[row]
-        return {f["name"]: None if values[f["name"]] != values[f["name"]] else  # NaN: unknown, sent as null
-                float(values[f["name"]]) if f["type"] != "categorical" else str(values[f["name"]])
-                for f in manifest["schema"]["features"]}
-    return np.asarray(features[row]).tolist()
-
-
-def _write_report(storage: Storage, folder: Path, results: list[dict], search: dict, served: dict,
-                  synthetic: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for r in results:
-        run_key = storage.key_of(r["run"])
-        plots = []
-        report_key = f"{run_key}/report" if storage.exists(f"{run_key}/report/roc.png") else None
-        if report_key is None and r["version"]:  # a search: the registry version holds the plots
-            report_key = f"models/{r['dataset']}/versions/{r['version']}"
-        for plot in PLOTS:
-            if report_key and storage.exists(f"{report_key}/{plot}"):
-                target = folder / f"{r['dataset']}-{plot}"
-                target.write_bytes(storage.read_bytes(f"{report_key}/{plot}"))
-                plots.append(f'<figure><img src="{target.name}" width="360"><figcaption>{plot[:-4]}</figcaption></figure>')
-        sections.append(f"<h2>{html.escape(r['dataset'])}{' (synthetic)' if r['synthetic'] else ''}: "
-                        f"{html.escape(r['model'])}</h2><p>registry: {html.escape(r['promotion'])}; published: "
-                        f"{html.escape(r['published'])}</p>{''.join(plots)}")
-    trial_rows = "".join(
-        f"<tr><td>{t['trial']}</td><td>{t['epochs_run']}</td><td>{_fmt(t[search['metric']])}</td>"
-        f"<td>{'ASHA' if t['stopped_by_asha'] else 'patience' if t['stopped_by_patience'] else '-'}</td>"
-        f"<td>{html.escape(json.dumps(t['config']))}</td></tr>" for t in search["trials"])
-    samples = html.escape("\n".join(s["line"] for s in served["samples"]))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medray demo</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}figure{{display:inline-block;margin:4px}}
-pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
-</head><body><h1>medray demo</h1><p>storage {html.escape(storage.root)}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>
-{'<p><b>Synthetic stand-ins</b> (no real file, no network): ' + html.escape(', '.join(synthetic)) + '</p>' if synthetic else ''}
-<h2>Results</h2><pre>{html.escape(results_table(results))}</pre>
-{''.join(sections)}
-<h2>Search {html.escape(search['search'])}</h2><table><tr><th>trial</th><th>epochs</th><th>{search['metric']}</th>
-<th>stopped</th><th>config</th></tr>{trial_rows}</table>
-<h2>Serving</h2><p>{html.escape(served['url'] or 'nothing served')}</p><pre>{samples}</pre></body></html>"""
-    path = folder / "report.html"
-    path.write_text(page)
-    (folder / "results.json").write_text(json.dumps({"results": results, "search": search["search"]}, indent=2,
-                                                    default=str))
-    return path.resolve()
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def _shutdown(services: list[Any], started_ray: bool) -> None:
     import ray
 
@@ -464,4 +324,3 @@ def _shutdown(services: list[Any], started_ray: bool) -> None:
         ray.shutdown()
     for service in services:
         service.stop()
-

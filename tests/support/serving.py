@@ -1,6 +1,6 @@
 """Registry contents for the serving tests: real architectures with seeded weights on
 real data's preprocessing statistics (no training needed to check that serving is
-faithful). Imported by the serving tests and their conftest."""
+faithful). Used by the serving tests and the `served_registry` fixture."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import pytest
 
 from medray.cluster.config import StorageConfig
 from medray.cluster.errors import ConfigError, NotFoundError, StorageError
+from medray.cluster.local_s3 import LocalS3
 from medray.cluster.storage import AlreadyExistsError, Storage, WriteConflictError, normalize_root, resolve_root
-from conftest import start_moto
 
 
 def test_root_resolution_order(monkeypatch, tmp_path):
@@ -87,15 +87,11 @@ def test_unreachable_endpoint_is_one_clear_message(monkeypatch, s3_endpoint):
 
 def test_bad_credentials_are_one_clear_message(monkeypatch, s3_endpoint):
     # A second server with authentication on: unknown keys are refused as on AWS.
-    process, url = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    with LocalS3.start({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
         with pytest.raises(StorageError, match="refused the credentials"):
             Storage("s3://some-bucket/root").check()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_missing_credentials_are_one_clear_message(monkeypatch, s3_endpoint, tmp_path):

@@ -1,0 +1,34 @@
+"""What every command shares: its common options and how it prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+# The command's result (text, or with --json the JSON object alone) goes to the real
+# stdout; anything else printed meanwhile (Tune's status tables, forwarded worker output)
+# goes to the log file, or with -v to stderr (see cluster/console.py). `main` sets it.
+RESULT_STREAM = sys.stdout
+
+
+def emit(args: argparse.Namespace, payload: Any, human: Callable[[], str]) -> None:
+    if args.json:
+        json.dump(payload, RESULT_STREAM, indent=2, default=str)
+        RESULT_STREAM.write("\n")
+    else:
+        print(human(), file=RESULT_STREAM)
+    RESULT_STREAM.flush()
+
+
+def csv_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URI",
+                        help="storage root: file://PATH, a path, or s3://BUCKET/PREFIX (default: $MEDRAY_STORAGE, "
+                             "else ~/.medray)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")

@@ -1,0 +1,124 @@
+"""`medray data import|list|describe`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from medray.cli.common import add_common, csv_list, emit
+
+
+def data_import(args: argparse.Namespace) -> None:
+    from medray.api import import_dataset
+
+    manifest = import_dataset(
+        args.kind, args.source, args.name, storage=args.storage, dataset=args.dataset, target=args.target,
+        columns=args.columns, missing=args.missing, categorical=args.categorical or [], group=args.group,
+        drop=args.drop or [], classes=args.classes, sep=args.sep, grayscale=not args.rgb, license=args.license,
+        source_label=args.source_label, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, image_size=args.size,
+    )
+    emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
+
+
+def describe_text(manifest: dict[str, Any]) -> str:
+    from medray.train.data.dataset import describe_source
+
+    splits = manifest["splits"]
+    quality = manifest["quality"]
+    lines = [
+        f"{manifest['name']} v{manifest['version']}  ({manifest['modality']}, {len(manifest['classes'])} classes)",
+        f"  classes:  {', '.join(manifest['classes'])}",
+        "  splits:   " + "  ".join(f"{name} {splits[name]['rows']}" for name in ("train", "val", "test")),
+    ]
+    schema = manifest["schema"]
+    if "features" in schema:
+        lines.append(f"  features: {len(schema['features'])} ({', '.join(f['name'] for f in schema['features'][:8])}"
+                     + (", …)" if len(schema["features"]) > 8 else ")"))
+    else:
+        lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}")
+    for name in ("train", "val", "test"):
+        counts = ", ".join(f"{cls} {n}" for cls, n in splits[name]["class_counts"].items())
+        lines.append(f"  {name:<5} by class: {counts}")
+    duplicates = quality["duplicates_across_splits"]
+    lines += [
+        f"  missing values: {quality['missing_values_total']}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in quality['missing_values'].items() if v)})"
+           if quality["missing_values_total"] else ""),
+        f"  duplicates across splits: {sum(duplicates.values())} ({', '.join(f'{k} {v}' for k, v in duplicates.items())})",
+        f"  constant features: {quality['constant_features']}",
+        f"  source:  {describe_source(manifest['source'])}",
+        f"  license: {manifest['license']}",
+        f"  created: {manifest['created_at']}",
+    ]
+    return "\n".join(lines)
+
+
+def data_list(args: argparse.Namespace) -> None:
+    from medray.api import datasets
+
+    listing = datasets(args.storage)
+    rows = listing["datasets"]
+
+    def human() -> str:
+        if not rows:
+            return f"no datasets in {listing['storage']}"
+        header = f"{'name':<20} {'latest':>6} {'versions':>8}  {'modality':<9} {'train/val/test':<16} classes"
+        body = [
+            f"{r['name']:<20} {'v' + str(r['latest']):>6} {len(r['versions']):>8}  {r['modality']:<9} "
+            f"{'/'.join(str(r['rows'][s]) for s in ('train', 'val', 'test')):<16} {', '.join(r['classes'])}"
+            for r in rows
+        ]
+        return "\n".join([f"datasets in {listing['storage']}", header, *body])
+
+    emit(args, listing, human)
+
+
+def data_describe(args: argparse.Namespace) -> None:
+    from medray.api import describe_dataset
+
+    manifest = describe_dataset(args.ref, args.storage)
+    emit(args, manifest, lambda: describe_text(manifest))
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="import, list and describe datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    imp = data_commands.add_parser(
+        "import", help="import a source into a new dataset version",
+        description="Import a source (file, folder, s3:// object, URL or dataset name) as a new, validated "
+                    "dataset version.",
+    )
+    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images"])
+    imp.add_argument("source", help="path, s3:// or https:// URL, or a dataset name (MedMNIST flag, UCR "
+                                    "dataset, scikit-learn dataset)")
+    imp.add_argument("--name", required=True, help="dataset name on storage")
+    imp.add_argument("--dataset", help="which dataset inside a multi-dataset source (UCR folder)")
+    imp.add_argument("--target", help="csv: the label column")
+    imp.add_argument("--columns", type=csv_list, help="csv: column names for a file without a header row")
+    imp.add_argument("--missing", type=csv_list, help="csv: cell texts meaning missing (default: '',?,NA,NaN)")
+    imp.add_argument("--categorical", type=csv_list, help="csv: categorical columns")
+    imp.add_argument("--group", help="csv: rows sharing this column (e.g. patient id) stay in one split")
+    imp.add_argument("--drop", type=csv_list, help="csv: columns to leave out (identifiers, free text)")
+    imp.add_argument("--classes", type=csv_list, help="class names in label order; other labels are refused")
+    imp.add_argument("--sep", default=",", help="csv: field separator")
+    imp.add_argument("--size", type=int, help="images: side length to resize to (default 64)")
+    imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")
+    imp.add_argument("--val-fraction", type=float, help="share carved for validation (default 0.15)")
+    imp.add_argument("--test-fraction", type=float, help="share held out for test when the source has none")
+    imp.add_argument("--seed", type=int, help="split seed (default 0)")
+    imp.add_argument("--license", help="license or terms of the source, recorded in the manifest")
+    imp.add_argument("--source-label", help="your name for the source, recorded in the manifest instead of its "
+                                            "path or file name (which are never stored)")
+    add_common(imp)
+    imp.set_defaults(handler=data_import)
+
+    lst = data_commands.add_parser("list", help="datasets and their versions")
+    add_common(lst)
+    lst.set_defaults(handler=data_list)
+
+    desc = data_commands.add_parser("describe", help="a dataset version's manifest")
+    desc.add_argument("ref", metavar="NAME[@vN]")
+    add_common(desc)
+    desc.set_defaults(handler=data_describe)

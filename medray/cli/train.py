@@ -1,0 +1,62 @@
+"""`medray train` and `medray evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from medray.cli.common import add_common, emit
+
+
+def train(args: argparse.Namespace) -> None:
+    from medray.api import run_training
+
+    summary = run_training(args.config, args.overrides, storage=args.storage)
+    emit(args, summary, lambda: result_text(summary))
+
+
+def result_text(summary: dict[str, Any]) -> str:
+    lines = [f"run:        {summary['run']}", f"checkpoint: {summary['checkpoint']}",
+             f"dataset:    {summary['dataset']}   epochs run: {summary['epochs_run']}   "
+             f"best epoch: {summary['best_epoch'] + 1 if summary['best_epoch'] is not None else 'n/a'}", ""]
+    lines.append(f"{'split':<6}{'AUROC (95% CI)':<24}{'acc':>7}{'bal acc':>9}{'sens':>7}{'spec':>7}{'ECE':>7}{'ECE cal':>9}")
+    for split in ("val", "test"):
+        m = summary["metrics"][split]
+        ci = m.get("auroc_ci") or [None, None]
+        auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None \
+            else f"{m['auroc']:.3f}"
+        lines.append(f"{split:<6}{auroc:<24}" + "".join(
+            f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
+            for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
+                         ("ece", 7), ("ece_calibrated", 9))))
+    if summary.get("report"):
+        lines += ["", "report: " + ", ".join(summary["report"].values())]
+    return "\n".join(lines)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from medray.api import evaluate as evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, split=args.split, storage=args.storage)
+    emit(args, result, lambda: json.dumps(result["metrics"], indent=2))
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train a model with Ray Train and evaluate it",
+        description="Train from a YAML config (see train/configs/), with key=value overrides, e.g. "
+                    "`medray train train/configs/wdbc_attention.yaml optim.lr=3e-4 scaling.num_workers=2`.",
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    add_common(parser)
+    parser.set_defaults(handler=train)
+
+    parser = commands.add_parser("evaluate", help="re-evaluate a stored checkpoint")
+    parser.add_argument("checkpoint", help="a run name (its best checkpoint) or a checkpoint URI")
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--config", help="YAML config for evaluation settings (eval.*)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    add_common(parser)
+    parser.set_defaults(handler=evaluate)

@@ -1,0 +1,99 @@
+"""The demo's report: the results table beside the published numbers, each served
+model's answers on its test split, and report.html with the plots (results.json beside)."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medray.cluster.storage import Storage
+
+PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png")
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    names = [r["dataset"] + (" (SYNTHETIC)" if r["synthetic"] else "") for r in results]
+    width = max([len("dataset"), *map(len, names)]) + 2
+    lines = [f"{'dataset':<{width}}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
+    for name, r in zip(names, results):
+        ci = r["test_auroc_ci"] or [None, None]
+        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
+            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
+        accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
+        published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
+        lines.append(f"{name:<{width}}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{published}")
+    return "\n".join(lines)
+
+
+def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]) -> dict[str, Any]:
+    """How a served model did on its test split, and the lines that show it: counts, then
+    one case of each kind there is (right, referred, wrong)."""
+    referred = [i for i, p in enumerate(predictions) if p.get("refer_to_clinician")]
+    answered = [i for i, p in enumerate(predictions) if not p.get("refer_to_clinician")]
+    right = [i for i in answered if predictions[i]["label"] == truths[i]]
+    wrong = [i for i in answered if predictions[i]["label"] != truths[i]]
+    version = predictions[0]["version"] if predictions else None
+    share = f", {len(right) / len(answered):.0%} of them right" if answered else ""
+    lines = [f"  {name} v{version}, {len(truths)} test cases: {len(answered)} answered{share}; "
+             f"{len(referred)} referred to a clinician (prediction set of more than one class)"]
+    cases = []
+    for kind, pool in (("right", right), ("referred", referred), ("wrong", wrong)):
+        if not pool:
+            continue
+        i = pool[0]
+        p = predictions[i]
+        if kind == "referred":
+            answer = f"set {{{', '.join(p['prediction_set'])}}} -> refer to clinician"
+        else:
+            answer = f"{p['label']} (p {p['calibrated_probabilities'][p['label']]:.2f}) -> {kind.upper() if kind == 'wrong' else kind}"
+        lines.append(f"    case {i:>3}: true {truths[i]:<22} answer {answer}")
+        cases.append({"case": i, "kind": kind, "truth": truths[i], "prediction": p})
+    return {"line": "\n".join(lines), "cases": cases, "test_cases": len(truths), "answered": len(answered),
+            "referred": len(referred), "right": len(right)}
+
+
+def write_report(storage: Storage, folder: Path, results: list[dict], search: dict, served: dict,
+                 synthetic: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for r in results:
+        run_key = storage.key_of(r["run"])
+        plots = []
+        report_key = f"{run_key}/report" if storage.exists(f"{run_key}/report/roc.png") else None
+        if report_key is None and r["version"]:  # a search: the registry version holds the plots
+            report_key = f"models/{r['dataset']}/versions/{r['version']}"
+        for plot in PLOTS:
+            if report_key and storage.exists(f"{report_key}/{plot}"):
+                target = folder / f"{r['dataset']}-{plot}"
+                target.write_bytes(storage.read_bytes(f"{report_key}/{plot}"))
+                plots.append(f'<figure><img src="{target.name}" width="360"><figcaption>{plot[:-4]}</figcaption></figure>')
+        sections.append(f"<h2>{html.escape(r['dataset'])}{' (synthetic)' if r['synthetic'] else ''}: "
+                        f"{html.escape(r['model'])}</h2><p>registry: {html.escape(r['promotion'])}; published: "
+                        f"{html.escape(r['published'])}</p>{''.join(plots)}")
+    trial_rows = "".join(
+        f"<tr><td>{t['trial']}</td><td>{t['epochs_run']}</td><td>{_fmt(t[search['metric']])}</td>"
+        f"<td>{'ASHA' if t['stopped_by_asha'] else 'patience' if t['stopped_by_patience'] else '-'}</td>"
+        f"<td>{html.escape(json.dumps(t['config']))}</td></tr>" for t in search["trials"])
+    samples = html.escape("\n".join(s["line"] for s in served["samples"]))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medray demo</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}figure{{display:inline-block;margin:4px}}
+pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
+</head><body><h1>medray demo</h1><p>storage {html.escape(storage.root)}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>
+{'<p><b>Synthetic stand-ins</b> (no real file, no network): ' + html.escape(', '.join(synthetic)) + '</p>' if synthetic else ''}
+<h2>Results</h2><pre>{html.escape(results_table(results))}</pre>
+{''.join(sections)}
+<h2>Search {html.escape(search['search'])}</h2><table><tr><th>trial</th><th>epochs</th><th>{search['metric']}</th>
+<th>stopped</th><th>config</th></tr>{trial_rows}</table>
+<h2>Serving</h2><p>{html.escape(served['url'] or 'nothing served')}</p><pre>{samples}</pre></body></html>"""
+    path = folder / "report.html"
+    path.write_text(page)
+    (folder / "results.json").write_text(json.dumps({"results": results, "search": search["search"]}, indent=2,
+                                                    default=str))
+    return path.resolve()
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,2 @@
+"""Helpers shared by the tests (no fixtures, no tests): the project's paths, running the
+`medray` command as a user does, registry contents for serving, hostile files."""

@@ -1,0 +1,232 @@
+"""Modalities and the registry that finds them.
+
+A modality is one kind of input data (images, signals, tabular records) and one module
+here owns everything about it: how its stored columns come back from a dataset version,
+how preprocessing is fitted on the train split and applied, augmentation, the input
+schema a served model publishes, how a request (JSON or an uploaded file) is checked
+and decoded, and how a prediction is explained. Training, evaluation and serving call
+the `Modality` interface; nothing outside this package branches on a modality's name.
+The same pattern as the model families (`medray.train.models.FAMILIES`).
+
+    kind = modality(manifest["modality"])          # ConfigError naming the choices
+    column, input_shape, stats = kind.fit(manifest["schema"], train_features)
+
+The fitted numbers live in `medray.train.data.preprocess.Preprocessor` (saved with every
+checkpoint as plain JSON); the methods here take it and never store anything.
+
+Adding a modality: one module here with a `Modality` subclass, its line in
+`MODALITIES`, a model family whose preset takes it, and its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from medray.cluster.errors import ConfigError, InputError
+from medray.train.data.dataset import tensor_from_column
+
+if TYPE_CHECKING:
+    import torch
+
+    from medray.train.data.preprocess import Batch, Preprocessor
+
+# --- Helpers the modality modules share -------------------------------------------
+# These live above the modality imports below because the modality modules import them.
+
+RANGE_MARGIN = 10.0
+"""Serving takes values up to this many training spans beyond the training min and max:
+wide enough for a patient more extreme than any in the train split, narrow enough that
+a slip of orders of magnitude (or 1e300) is refused rather than extrapolated."""
+FLOAT32_REACH = float(np.finfo(np.float32).max) / 2
+
+
+def finite_extremes(values: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Per column of (N, C) `values`: min and max of the finite entries (None if none)."""
+    finite = np.isfinite(values)
+    low = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+    high = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+    as_list = lambda xs: [float(x) if math.isfinite(x) else None for x in xs]  # noqa: E731
+    return as_list(low), as_list(high)
+
+
+def fitted_range(fitted: dict[str, Any]) -> tuple[float, float]:
+    """The raw values serving takes for one fitted channel or column (`mean`, `std` and,
+    when fitted, `min`, `max`). A checkpoint saved before the training min/max were
+    stored gets the widest range its float32 normalisation can represent."""
+    if fitted.get("min") is None or fitted.get("max") is None:
+        reach = float(fitted["std"]) * FLOAT32_REACH
+        mean = float(fitted["mean"])
+        return max(mean - reach, -FLOAT32_REACH), min(mean + reach, FLOAT32_REACH)
+    return _widened(float(fitted["min"]), float(fitted["max"]))
+
+
+def _widened(low: float, high: float) -> tuple[float, float]:
+    """[low, high] widened by RANGE_MARGIN spans on each side, then rounded outward to
+    the span's order of magnitude: published bounds do not give back the exact training
+    extremes, each of which is one patient's value."""
+    span = high - low if high > low else max(abs(high), 1.0)
+    exponent = math.floor(math.log10(span))
+    unit = 10.0 ** exponent
+    digits = max(0, -exponent)
+    bottom = round(math.floor((low - RANGE_MARGIN * span) / unit) * unit, digits)
+    top = round(math.ceil((high + RANGE_MARGIN * span) / unit) * unit, digits)
+    return max(bottom, -FLOAT32_REACH), min(top, FLOAT32_REACH)
+
+
+def numeric_array(field: str, item: Any, max_ndim: int) -> np.ndarray:
+    """A rectangular nested list of JSON numbers as float64. Booleans are refused (Python
+    counts them as ints, NumPy would quietly make them 1 and 0), so are ints past float64.
+    Walks one level at a time, never deeper than `max_ndim`, so no input recurses."""
+    problem = f"{field}: must be a rectangular, non-empty array of numbers"
+    if not isinstance(item, list):
+        raise InputError(f"{field}: must be an array of numbers")
+    shape, level = [], [item]
+    while isinstance(level[0], list):
+        width = len(level[0])
+        if len(shape) == max_ndim or width == 0 or any(not isinstance(r, list) or len(r) != width for r in level):
+            raise InputError(problem)
+        shape.append(width)
+        level = [x for row in level for x in row]
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in level):
+        raise InputError(problem)
+    try:
+        return np.asarray(level, dtype=np.float64).reshape(shape)
+    except OverflowError:  # an int past float64
+        raise InputError(f"{field}: holds a number too large for the model") from None
+
+
+def check_numbers(field: str, values: np.ndarray, low: float, high: float, what: str = "") -> None:
+    """The one check of numeric request input, for every modality: finite, and within
+    the [low, high] the preprocessing accepts (`Modality.accepted_range`). Messages name
+    the field and `what` ("pixel values "), never the values."""
+    if not np.isfinite(values).all():
+        raise InputError(f"{field}: holds NaN or infinity")
+    if (values < low).any() or (values > high).any():
+        raise InputError(f"{field}: {what}must lie in [{low:g}, {high:g}]")
+
+
+def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], dtype: str) -> dict[str, np.ndarray]:
+    """Ray hands fixed-size-list cells over as an object array of rows; stack and reshape."""
+    values = batch[column]
+    if values.dtype == object:
+        values = np.stack(values) if len(values) else np.empty((0, int(np.prod(shape))), dtype=dtype)
+    batch[column] = values.astype(dtype, copy=False).reshape(len(values), *shape)
+    return batch
+
+
+# --- The interface --------------------------------------------------------------------
+
+
+class Modality(ABC):
+    """Everything medray does that depends on the kind of input. One instance per
+    modality, in MODALITIES; it holds no state (fitted numbers are the Preprocessor's)."""
+
+    name: ClassVar[str]
+    """The manifest's and the checkpoint's `modality`."""
+    shape_axes: ClassVar[tuple[str, ...]]
+    """What each axis of the model input's per-example shape means (no batch axis)."""
+
+    # Stored data -----------------------------------------------------------------------
+    @abstractmethod
+    def features_from_table(self, features: pa.Table, schema: dict[str, Any]) -> Any:
+        """One split's feature columns, read in this process, as preprocessing takes them."""
+
+    @abstractmethod
+    def shape_stream(self, dataset: Any, schema: dict[str, Any], cpus_per_task: float | None) -> Any:
+        """A split's `ray.data.Dataset` with batches as preprocessing takes them."""
+
+    @abstractmethod
+    def constant_features(self, table: pa.Table) -> list[str] | dict[str, int]:
+        """The quality report's `constant_features` for all splits' feature columns."""
+
+    @abstractmethod
+    def request_instance(self, features: Any, row: int, schema: dict[str, Any]) -> Any:
+        """Row `row` of `features_from_table`'s result as a client sends it to `/predict`."""
+
+    # Preprocessing ---------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+        """(column, input_shape, stats) fitted on the train split's features."""
+
+    @abstractmethod
+    def transform(self, preprocessor: Preprocessor, batch: Batch | np.ndarray) -> np.ndarray:
+        """Rows of `batch` -> float32 array of shape (N, *input_shape)."""
+
+    @abstractmethod
+    def accepted_range(self, preprocessor: Preprocessor, key: int | str) -> tuple[float, float]:
+        """[low, high] of the raw values serving takes for input `key`."""
+
+    def feature_names(self, preprocessor: Preprocessor) -> list[str]:
+        """Names of the model's input features, where they have names (tables)."""
+        return []
+
+    # Training --------------------------------------------------------------------------
+    def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A batch of model inputs randomly varied for training (`train.augment`); the
+        default leaves them as they are and draws nothing from `generator`."""
+        return inputs
+
+    # Serving ---------------------------------------------------------------------------
+    @abstractmethod
+    def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
+        """What a served model publishes about the input it takes (GET /v1/models)."""
+
+    @abstractmethod
+    def decode(self, preprocessor: Preprocessor, instances: list[Any]) -> Batch | np.ndarray:
+        """A request's non-empty `instances`, checked, as a batch for `transform`; a
+        problem raises `InputError` naming `instances[i]`."""
+
+    def decode_file(self, preprocessor: Preprocessor, data: bytes, model: str) -> np.ndarray:
+        """An uploaded file as a batch of one for `transform`."""
+        raise InputError(f"file: model '{model}' takes {self.name} input, not image files")
+
+    @abstractmethod
+    def explain(self, model: torch.nn.Module, inputs: torch.Tensor,
+                preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        """Why, per input, the model (in eval mode) predicts its class."""
+
+
+class TensorModality(Modality, ABC):
+    """A modality stored as one fixed-size-list column holding each example's array
+    (the manifest's schema: `column`, `shape`, `dtype`)."""
+
+    def features_from_table(self, features: pa.Table, schema: dict[str, Any]) -> np.ndarray:
+        return tensor_from_column(features.column(schema["column"]), schema["shape"], schema["dtype"])
+
+    def shape_stream(self, dataset: Any, schema: dict[str, Any], cpus_per_task: float | None) -> Any:
+        return dataset.map_batches(
+            reshape_batch, batch_format="numpy", num_cpus=cpus_per_task,
+            fn_kwargs={"column": schema["column"], "shape": schema["shape"], "dtype": schema["dtype"]},
+        )
+
+    def constant_features(self, table: pa.Table) -> dict[str, int]:
+        # How many positions (pixels, time steps) never change.
+        values = tensor_from_column(table.column(0), [-1], "float64")
+        constant = np.nanmax(values, axis=0) == np.nanmin(values, axis=0)
+        return {"constant_positions": int(constant.sum()), "positions": int(values.shape[1])}
+
+    def request_instance(self, features: np.ndarray, row: int, schema: dict[str, Any]) -> list:
+        return np.asarray(features[row]).tolist()
+
+
+# The modality modules import the names above, so they come after them.
+from medray.train.modalities import image, signal, tabular  # noqa: E402
+
+MODALITIES: dict[str, Modality] = {
+    kind.name: kind for kind in (image.ImageModality(), signal.SignalModality(), tabular.TabularModality())
+}
+
+
+def modality(name: str) -> Modality:
+    """The registered modality called `name`."""
+    if name not in MODALITIES:
+        raise ConfigError(f"unknown input modality {name!r}; choose one of: {', '.join(MODALITIES)}")
+    return MODALITIES[name]
+
+
+__all__ = ["MODALITIES", "Modality", "TensorModality", "modality"]

@@ -1,0 +1,154 @@
+"""Images: stored as uint8 (N, H, W) or (N, H, W, C); the model takes (C, H, W).
+
+Preprocessing scales pixels to [0, 1] and standardises each channel with the train
+split's mean and std. Training augments with flips and small shifts. A request sends
+nested arrays of 0-255 values or base64 PNG, JPEG or DICOM files (uploads too), which go
+through the bounded decoder import uses (`train/data/decode.py`). Explanations are
+Grad-CAM maps.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medray.cluster.errors import InputError
+from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image
+from medray.train.modalities import TensorModality, check_numbers, numeric_array
+
+if TYPE_CHECKING:
+    from medray.train.data.preprocess import Batch, Preprocessor
+
+PIXEL_RANGE = (0.0, 255.0)
+"""Images are stored as uint8: their range is the dtype's, not fitted."""
+
+
+class ImageModality(TensorModality):
+    name = "image"
+    shape_axes = ("channels", "height", "width")
+
+    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+        images = _channels_first(np.asarray(train_features), schema["shape"]).astype(np.float64) / 255.0
+        mean = images.mean(axis=(0, 2, 3)).tolist()
+        std = np.maximum(images.std(axis=(0, 2, 3)), 1e-6).tolist()
+        return schema["column"], list(images.shape[1:]), {"mean": mean, "std": std}
+
+    def transform(self, preprocessor: Preprocessor, batch: Batch | np.ndarray) -> np.ndarray:
+        images = _channels_first(np.asarray(batch), preprocessor.input_shape)
+        mean = np.asarray(preprocessor.stats["mean"], dtype=np.float32)[None, :, None, None]
+        std = np.asarray(preprocessor.stats["std"], dtype=np.float32)[None, :, None, None]
+        return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+    def accepted_range(self, preprocessor: Preprocessor, key: int | str) -> tuple[float, float]:
+        return PIXEL_RANGE
+
+    def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment_images(inputs, generator)
+
+    def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
+        channels, height, width = preprocessor.input_shape
+        return {"type": "image", "height": height, "width": width, "channels": channels,
+                "pixel_range": [0, 255],
+                "accepts": ["nested array (H, W) or (H, W, C)", "base64 PNG, JPEG or DICOM string"]}
+
+    def decode(self, preprocessor: Preprocessor, instances: list[Any]) -> np.ndarray:
+        return np.stack([_instance(preprocessor, index, item) for index, item in enumerate(instances)])
+
+    def decode_file(self, preprocessor: Preprocessor, data: bytes, model: str) -> np.ndarray:
+        return _encoded_image(preprocessor, "file", data)[None]
+
+    def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        return [{"type": "grad_cam", "map": m.round(4).tolist()} for m in grad_cam(model, inputs)]
+
+
+def decode_limits(preprocessor: Preprocessor) -> DecodeLimits:
+    """What an image file may cost to decode, from the model's input size."""
+    _, height, width = preprocessor.input_shape
+    return DecodeLimits.for_input(height, width)
+
+
+def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to `max_shift` pixels (B, C, H, W)."""
+    batch = images.shape[0]
+    flip = torch.rand(batch, generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    padded = nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    shifts = torch.randint(0, 2 * max_shift + 1, (batch, 2), generator=generator)
+    return torch.stack([
+        padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts.tolist())
+    ])
+
+
+def grad_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) for each image's predicted class, upsampled to the
+    input size and scaled to [0, 1]: (N, H, W)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["maps"] = output
+
+    hook = model.grad_cam_layer().register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(inputs)
+            chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+            chosen.backward()
+    finally:
+        hook.remove()
+    maps, grads = captured["maps"], captured["maps"].grad
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * maps).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+    return (cam / peak).detach().numpy()
+
+
+def _instance(preprocessor: Preprocessor, index: int, item: Any) -> np.ndarray:
+    """One request instance (nested array or base64 file) as (C, H, W) pixels."""
+    field = f"instances[{index}]"
+    if isinstance(item, str):
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"{field}: a string must be a base64-encoded PNG, JPEG or DICOM file") from None
+        return _encoded_image(preprocessor, field, data)
+    channels, height, width = preprocessor.input_shape
+    array = numeric_array(field, item, max_ndim=3)
+    given = tuple(array.shape)
+    if array.ndim == 2 and channels == 1:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] == channels and array.shape[0] != channels:
+        array = np.transpose(array, (2, 0, 1))
+    if array.shape != (channels, height, width):
+        wanted = f"({height}, {width})" if channels == 1 else f"({height}, {width}, {channels})"
+        raise InputError(f"{field}: image must have shape {wanted}, got {given}")
+    low, high = PIXEL_RANGE
+    check_numbers(field, array, low, high, "pixel values ")
+    return array
+
+
+def _encoded_image(preprocessor: Preprocessor, field: str, data: bytes) -> np.ndarray:
+    channels, height, width = preprocessor.input_shape
+    if width != height:
+        raise InputError(f"{field}: this model takes {height}x{width} arrays, not image files")
+    try:
+        image = decode_image(data, height, "L" if channels == 1 else "RGB", decode_limits(preprocessor))
+    except ImageRefused as refused:
+        raise InputError(f"{field} {refused}") from None
+    return image[None] if channels == 1 else np.transpose(image, (2, 0, 1))
+
+
+def _channels_first(images: np.ndarray, shape: list[int]) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) -> (N, C, H, W); `shape` is the stored or model shape."""
+    if images.ndim == 3:
+        return images[:, None, :, :]
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        return np.transpose(images, (0, 3, 1, 2))
+    return images
