@@ -143,6 +143,11 @@ class EvalConfig(Section):
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     bootstrap: int = Field(1000, ge=0, le=100000)
     """Resamples for the AUROC confidence interval."""
+    ood_method: Literal["mahalanobis", "energy"] = "mahalanobis"
+    """Out-of-distribution score (train/ood.py): Mahalanobis distance on the penultimate
+    features, or the energy of the logits."""
+    ood_false_alarm: float = Field(0.05, gt=0, lt=1)
+    """Share of in-distribution validation cases the OOD threshold is chosen to flag."""
 
     @model_validator(mode="after")
     def _target_given(self) -> "EvalConfig":

@@ -208,15 +208,30 @@ def submit(address: str | None, argv: list[str], wait: bool = True, python: str 
         argv, files = ship_config(argv, config, Path(folder))
         command = entrypoint(argv, python or os.environ.get("MEDRAY_JOB_PYTHON", "python"))
         env = runtime_env(ship_code, files)
-        try:  # the job's files are uploaded here, before the folder goes
-            job_id = jobs.submit_job(entrypoint=command, runtime_env=env,
-                                     metadata={"medray_command": " ".join(argv[:1])})
-        except Exception as error:
-            raise MedrayError(f"the cluster refused the job: {_first_line(error)}") from None
+        # The job's files are uploaded here, before the folder goes.
+        job_id = _submit_when_an_agent_is_up(jobs, entrypoint=command, runtime_env=env,
+                                             metadata={"medray_command": " ".join(argv[:1])})
     result = {"job_id": job_id, "entrypoint": command, "status": str(jobs.get_job_status(job_id).value)}
     if wait:
         result["status"] = follow(jobs, job_id)
     return result
+
+
+# A head that has just started (or one under load) answers 500 "No available agent to
+# submit job" until its dashboard agent registers; that is worth waiting for, any other
+# refusal is not.
+AGENT_WAIT_S = 60.0
+
+
+def _submit_when_an_agent_is_up(jobs, wait_s: float = AGENT_WAIT_S, **job: Any) -> str:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return jobs.submit_job(**job)
+        except Exception as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise MedrayError(f"the cluster refused the job: {_first_line(error)}") from None
+        time.sleep(2.0)
 
 
 def follow(jobs, job_id: str, poll_s: float = 1.0) -> str:

@@ -310,7 +310,9 @@ class Ingress:
         infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
         return {"models": infos}
 
-    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
+    # exclude_unset, not exclude_none: a field the answer leaves out stays out, and
+    # `out_of_distribution: null` (a version with no OOD detector) still says so.
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, response_model_exclude_unset=True,
               responses=PROBLEMS,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()}}}})
@@ -335,7 +337,7 @@ class Ingress:
             return _problem(422, f"instances: must hold 1 to {most} items, got {count}")
         return await self._answer(name, handle.predict.remote(body["instances"], explain))
 
-    @app.post("/v1/models/{name}/predict-file", response_model=PredictResponse, response_model_exclude_none=True,
+    @app.post("/v1/models/{name}/predict-file", response_model=PredictResponse, response_model_exclude_unset=True,
               responses=PROBLEMS)
     async def predict_file(self, name: str, file: UploadFile = File(...)):
         handle = self.models.get(name)

@@ -11,6 +11,12 @@ patient data). Every number a request carries goes through one check
 preprocessing accepts (`Preprocessor.accepted_range`, fitted on the train split); values
 outside are refused, not clamped. The model's outputs are checked too: an answer whose
 logits or probabilities are not finite probabilities is refused, never labelled.
+
+Every answer says whether the input is out of distribution (unlike the training data):
+its file's metadata differs from the training set's (a DICOM's Modality, say), or the
+version's detector (`medray.train.ood`, in calibration.json) scores it above its
+threshold. Such an input is referred to a clinician whatever its prediction set; a
+version stored without a detector answers `out_of_distribution: null`.
 """
 
 from __future__ import annotations
@@ -29,9 +35,30 @@ from medray.cluster.registry import Registry
 from medray.train.checkpoint import CALIBRATION, MODEL_FILES, ModelBundle, load_bundle
 from medray.train.evaluate import apply_temperature, prediction_sets
 from medray.train.modalities import Modality, modality
+from medray.train.ood import OODDetector
 
 SERVED_FILES = (*MODEL_FILES, CALIBRATION)
-__all__ = ["InputError", "ServedModel"]  # InputError lives in cluster.errors, below the modality modules
+__all__ = ["InputError", "Inputs", "ServedModel"]  # InputError lives in cluster.errors, below the modality modules
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Decoded request instances: the model's input tensor (N, ...) and, per instance, the
+    metadata fields of its file that differ from the training set's (none for arrays)."""
+
+    tensor: torch.Tensor
+    metadata_mismatch: tuple[tuple[str, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.tensor)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+
+def _as_inputs(inputs: Inputs | torch.Tensor) -> Inputs:
+    return inputs if isinstance(inputs, Inputs) else Inputs(inputs, ((),) * len(inputs))
 
 
 @dataclass
@@ -44,6 +71,8 @@ class ServedModel:
     """Operating threshold on the calibrated P(positive class), chosen on val (binary)."""
     conformal_quantile: float | None
     coverage: float | None
+    ood: OODDetector | None = None
+    """Out-of-distribution detector fitted at promotion; None for versions stored before it."""
 
     # Loading ---------------------------------------------------------------------
     @classmethod
@@ -56,8 +85,9 @@ class ServedModel:
             bundle = load_bundle(folder)
             calibration = json.loads((Path(folder) / CALIBRATION).read_text())
         conformal = calibration.get("conformal") or {}
+        ood = OODDetector.from_dict(calibration["ood"]) if calibration.get("ood") else None
         return cls(name, version, bundle, float(calibration["temperature"]), calibration.get("threshold"),
-                   conformal.get("quantile"), conformal.get("target"))
+                   conformal.get("quantile"), conformal.get("target"), ood)
 
     @property
     def modality(self) -> str:
@@ -66,7 +96,8 @@ class ServedModel:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "modality": self.modality,
                 "classes": self.bundle.classes, "dataset": self.bundle.dataset, "family": self.bundle.family,
-                "threshold": self.threshold, "coverage": self.coverage, "input": self.input_schema()}
+                "threshold": self.threshold, "coverage": self.coverage, "input": self.input_schema(),
+                "ood": self.ood.summary() if self.ood is not None else None}
 
     @property
     def kind(self) -> Modality:
@@ -76,44 +107,71 @@ class ServedModel:
         return self.kind.input_schema(self.bundle.preprocessor)
 
     # Requests -> model inputs ---------------------------------------------------------
-    def decode(self, instances: list[Any]) -> torch.Tensor:
+    def decode(self, instances: list[Any]) -> Inputs:
         """Validate and transform instances into the model's input tensor (N, ...)."""
         if not isinstance(instances, list) or not instances:
             raise InputError("instances: must be a non-empty list")
         pre = self.bundle.preprocessor
-        return torch.from_numpy(pre.transform(self.kind.decode(pre, instances)))
+        tensor = torch.from_numpy(pre.transform(self.kind.decode(pre, instances)))
+        return Inputs(tensor, tuple(map(tuple, self.kind.metadata_mismatches(pre, instances))))
 
-    def decode_file(self, data: bytes) -> torch.Tensor:
+    def decode_file(self, data: bytes) -> Inputs:
         """An uploaded file (an image model's PNG, JPEG or DICOM) as a batch of one."""
         pre = self.bundle.preprocessor
-        return torch.from_numpy(pre.transform(self.kind.decode_file(pre, data, self.name)))
+        tensor = torch.from_numpy(pre.transform(self.kind.decode_file(pre, data, self.name)))
+        return Inputs(tensor, tuple(map(tuple, self.kind.metadata_mismatches(pre, [data]))))
 
     # Predictions ----------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, inputs: torch.Tensor) -> list[dict[str, Any]]:
+    def predict(self, inputs: Inputs | torch.Tensor) -> list[dict[str, Any]]:
         """One answer per input; `InputError` naming `instances[i]` when the model gave
         no usable answer for input i (see `answers`)."""
-        self.bundle.model.eval()
-        logits = self.bundle.model(inputs).double().numpy()
-        return self.answers(logits)
+        inputs = _as_inputs(inputs)
+        embeddings, logits = self._forward(inputs.tensor)
+        return self.answers(logits, embeddings, inputs.metadata_mismatch)
 
-    def predict_requests(self, requests: list[torch.Tensor]) -> list[dict[str, Any]]:
+    def predict_requests(self, requests: list[Inputs | torch.Tensor]) -> list[dict[str, Any]]:
         """Several requests' inputs in one forward pass, answered per request as
         {"predictions": [...]} or {"error": message}: an unusable answer for one request's
         instance refuses that request alone, its index counted within the request."""
-        self.bundle.model.eval()
-        with torch.no_grad():
-            logits = self.bundle.model(torch.cat(requests)).double().numpy()
+        requests = [_as_inputs(r) for r in requests]
+        embeddings, logits = self._forward(torch.cat([r.tensor for r in requests]))
         out, start = [], 0
         for inputs in requests:
+            rows = slice(start, start + len(inputs))
             try:
-                out.append({"predictions": self.answers(logits[start:start + len(inputs)])})
+                out.append({"predictions": self.answers(logits[rows], embeddings[rows], inputs.metadata_mismatch)})
             except InputError as error:
                 out.append({"error": str(error)})
             start += len(inputs)
         return out
 
-    def answers(self, logits: np.ndarray) -> list[dict[str, Any]]:
+    @torch.no_grad()
+    def _forward(self, tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(penultimate features, logits) as float64, from one pass."""
+        self.bundle.model.eval()
+        embeddings, logits = self.bundle.model.features_and_logits(tensor)
+        return embeddings.double().numpy(), logits.double().numpy()
+
+    def out_of_distribution(self, embeddings: np.ndarray, logits: np.ndarray,
+                            metadata_mismatch: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
+        """Per row: `out_of_distribution` (True, False, or None when the version has no
+        detector and the metadata says nothing), `ood_score` (None without a detector) and
+        `ood_reasons` (what made it out of distribution; names of fields, never values)."""
+        scores = self.ood.score(embeddings, logits) if self.ood is not None else None
+        verdicts = []
+        for i, mismatched in enumerate(metadata_mismatch):
+            reasons = [f"file metadata {field} differs from the training set's" for field in mismatched]
+            score = None
+            if scores is not None:
+                score = float(scores[i]) if np.isfinite(scores[i]) else None
+                if not scores[i] <= self.ood.threshold:  # a score that is not finite is flagged too
+                    reasons.append(f"{self.ood.method} score above the threshold {self.ood.threshold:.4g}")
+            flagged = bool(reasons) if (scores is not None or reasons) else None
+            verdicts.append({"out_of_distribution": flagged, "ood_score": score, "ood_reasons": reasons})
+        return verdicts
+
+    def answers(self, logits: np.ndarray, embeddings: np.ndarray | None = None,
+                metadata_mismatch: tuple[tuple[str, ...], ...] | None = None) -> list[dict[str, Any]]:
         """Answers from logits (N, K). A row with a non-finite logit, or probabilities
         that are not finite, in [0, 1] and summing to 1, raises `InputError` naming it:
         a 422 rather than a label, since NaN compares false with every threshold and
@@ -133,6 +191,9 @@ class ServedModel:
         else:
             labels = calibrated.argmax(axis=1)
         sets = prediction_sets(calibrated, self.conformal_quantile) if self.conformal_quantile is not None else None
+        if embeddings is None and self.ood is not None and self.ood.method == "mahalanobis":
+            raise ValueError("this model's OOD detector needs the penultimate features with the logits")
+        ood = self.out_of_distribution(embeddings, logits, metadata_mismatch or ((),) * len(logits))
         out = []
         for i in range(len(logits)):
             answer = {
@@ -141,19 +202,23 @@ class ServedModel:
                 "label": classes[labels[i]],
                 "model": self.name,
                 "version": self.version,
+                **ood[i],
             }
             if sets is not None:
                 members = [c for c, keep in zip(classes, sets[i]) if keep]
-                answer.update(prediction_set=members, coverage=self.coverage, refer_to_clinician=len(members) > 1)
+                answer.update(prediction_set=members, coverage=self.coverage)
+            if sets is not None or ood[i]["out_of_distribution"]:
+                # The set covers the true class only for inputs like the training data.
+                answer["refer_to_clinician"] = bool(ood[i]["out_of_distribution"] or len(answer["prediction_set"]) > 1)
             out.append(answer)
         return out
 
     # Explanations ---------------------------------------------------------------------
-    def explain(self, inputs: torch.Tensor) -> list[dict[str, Any]]:
+    def explain(self, inputs: Inputs | torch.Tensor) -> list[dict[str, Any]]:
         """Why, per instance, for the predicted class: the modality's explanation (Grad-CAM
         for images, attention over features for records, per-time-step saliency for signals)."""
         self.bundle.model.eval()
-        return self.kind.explain(self.bundle.model, inputs, self.bundle.preprocessor)
+        return self.kind.explain(self.bundle.model, _as_inputs(inputs).tensor, self.bundle.preprocessor)
 
 
 def _is_distribution(p: np.ndarray) -> bool:

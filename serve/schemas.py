@@ -75,7 +75,15 @@ class Prediction(BaseModel):
     label: str = Field(description="The class at the model's operating threshold (chosen on val).")
     prediction_set: list[str] | None = Field(None, description="Split-conformal set at `coverage`.")
     coverage: float | None = None
-    refer_to_clinician: bool | None = Field(None, description="True when the set holds more than one class.")
+    refer_to_clinician: bool | None = Field(
+        None, description="True when the set holds more than one class, or the input is out of distribution.")
+    out_of_distribution: bool | None = Field(
+        None, description="True when the input is unlike the training data (its file's metadata differs from "
+                          "the training set's, or the OOD score is above the threshold chosen on val); null "
+                          "when the model version has no OOD detector.")
+    ood_score: float | None = Field(None, description="Higher = less like the training data; null without a "
+                                                      "detector.")
+    ood_reasons: list[str] = Field([], description="What made the input out of distribution.")
     model: str
     version: int
     explanation: dict[str, Any] | None = None
@@ -95,6 +103,7 @@ class ModelInfo(BaseModel):
     threshold: float | None
     coverage: float | None
     input: dict[str, Any]
+    ood: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

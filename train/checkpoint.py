@@ -7,7 +7,8 @@
     progress.json     epoch, metrics and history so far, readable without torch
 
 A registry version holds the first three (`MODEL_FILES`) and `calibration.json`, which
-promotion fits on val. Only this module spells these names.
+promotion fits on val (with the out-of-distribution detector, `"ood"`, when it has one).
+Only this module spells these names.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +64,18 @@ class ModelBundle:
         inputs = torch.from_numpy(self.preprocessor.transform(batch))
         return torch.cat([self.model(chunk) for chunk in inputs.split(batch_size)]) if len(inputs) else \
             torch.empty(0, len(self.classes))
+
+    @torch.no_grad()
+    def predict_embeddings(self, batch: Any, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(penultimate features (N, D), logits (N, K)) of stored rows, preprocessed as
+        `predict_logits` does; what out-of-distribution detection is fitted on."""
+        self.model.eval()
+        inputs = torch.from_numpy(self.preprocessor.transform(batch))
+        pairs = [self.model.features_and_logits(chunk) for chunk in inputs.split(batch_size)]
+        if not pairs:
+            width = self.model.features_and_logits(torch.zeros(1, *inputs.shape[1:]))[0].shape[1]
+            return np.empty((0, width), np.float32), np.empty((0, len(self.classes)), np.float32)
+        return (torch.cat([f for f, _ in pairs]).numpy(), torch.cat([z for _, z in pairs]).numpy())
 
 
 def save_checkpoint(

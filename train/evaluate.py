@@ -488,6 +488,93 @@ def set_coverage(y_true: ArrayLike, probs: ArrayLike, quantile: float) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------
+# Out-of-distribution detection
+
+OOD_TARGET = {"auroc": 0.95, "false_alarm": 0.05}
+"""What the detector should reach on the far out-of-distribution sets: AUROC at least
+0.95 against in-distribution test cases, at a threshold flagging at most 5% of them."""
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959964) -> list[float | None]:
+    """95% Wilson score interval of a proportion (sensible at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return [None, None]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def ood_metrics(
+    in_scores: ArrayLike,
+    sets: dict[str, tuple[ArrayLike, str]],
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """How well an OOD score separates in-distribution test cases from each OOD set.
+
+    `in_scores` are the in-distribution test cases' scores, `sets` maps a set's name to
+    (its scores, "far" or "near"); higher scores are less like the training data and a
+    case is flagged when its score is above `threshold` (a non-finite score is flagged).
+    Per set: AUROC (in-distribution test = negatives, the set = positives) with its
+    bootstrap CI, and the detection rate (share flagged). Overall: the false-alarm rate
+    (share of in-distribution test cases flagged) with its Wilson interval, and for the
+    far and near sets pooled: AUROC, detection rate and the lowest per-set AUROC.
+    `target_met`: every far set's AUROC and the false-alarm rate meet `OOD_TARGET`.
+    """
+    negatives = np.asarray(in_scores, dtype=np.float64)
+    if negatives.ndim != 1 or negatives.size == 0:
+        raise ValueError("in_scores must be a non-empty 1-D array")
+    flagged = lambda scores: ~(scores <= threshold)  # noqa: E731
+    false_alarms = int(flagged(negatives).sum())
+
+    def separation(positives: np.ndarray) -> dict:
+        scores = np.concatenate([negatives, positives])
+        # Ranks only: an infinite or NaN score becomes the largest finite one, still flagged.
+        finite = scores[np.isfinite(scores)]
+        top = finite.max() + 1.0 if finite.size else 0.0
+        scores = np.where(np.isfinite(scores), scores, top)
+        y = np.r_[np.zeros(negatives.size, np.int64), np.ones(positives.size, np.int64)]
+        auroc = auroc_with_ci(y, scores, n_boot=n_boot, seed=seed)
+        detected = int(flagged(positives).sum())
+        return {"auroc": auroc["value"], "auroc_ci": [auroc["low"], auroc["high"]],
+                "detection_rate": detected / positives.size if positives.size else None,
+                "n": int(positives.size)}
+
+    per_set, pooled = {}, {"far": [], "near": []}
+    for name, (scores, kind) in sets.items():
+        if kind not in pooled:
+            raise ValueError(f"OOD set {name!r} is of kind {kind!r}; use 'far' or 'near'")
+        values = np.asarray(scores, dtype=np.float64).ravel()
+        if values.size == 0:
+            continue
+        per_set[name] = {"kind": kind, **separation(values)}
+        pooled[kind].append(values)
+    summary = {}
+    for kind, parts in pooled.items():
+        if not parts:
+            summary[kind] = None
+            continue
+        aurocs = [m["auroc"] for m in per_set.values() if m["kind"] == kind]
+        summary[kind] = {**separation(np.concatenate(parts)), "min_auroc": float(min(aurocs)),
+                         "sets": sorted(n for n, m in per_set.items() if m["kind"] == kind)}
+    false_alarm = false_alarms / negatives.size
+    far = summary["far"]
+    return {
+        "threshold": float(threshold),
+        "false_alarm_rate": false_alarm,
+        "false_alarm_ci": wilson_interval(false_alarms, negatives.size),
+        "n_in_distribution": int(negatives.size),
+        "sets": per_set,
+        **summary,
+        "target": dict(OOD_TARGET),
+        "target_met": bool(far is not None and far["min_auroc"] >= OOD_TARGET["auroc"]
+                           and false_alarm <= OOD_TARGET["false_alarm"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------
 # Plots: Figure + FigureCanvasAgg, so nothing touches pyplot's global state or backend.
 
 
@@ -586,6 +673,35 @@ def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike) -> st
         ax.set(xlabel="Epoch", ylabel=ylabel, title=title)
         if ax.has_data():
             ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_ood_scores(
+    in_scores: ArrayLike,
+    sets: dict[str, tuple[ArrayLike, str]],
+    threshold: float,
+    path: str | os.PathLike,
+) -> str:
+    """One row of scores per set (in-distribution test first), the threshold as a line.
+    The x axis is symlog: far sets (noise) score orders of magnitude above test cases."""
+    rows = [("in-distribution test", np.asarray(in_scores, dtype=np.float64), "in")]
+    rows += [(name, np.asarray(scores, dtype=np.float64).ravel(), kind) for name, (scores, kind) in sets.items()]
+    colours = {"in": "tab:green", "near": "tab:orange", "far": "tab:red"}
+    fig = Figure(figsize=(7.5, 0.45 * len(rows) + 1.6))
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0)  # fixed, so the same report draws the same picture
+    for index, (name, scores, kind) in enumerate(rows):
+        shown = scores[np.isfinite(scores)]
+        y = index + jitter.uniform(-0.25, 0.25, shown.size)
+        ax.scatter(shown, y, s=6, alpha=0.5, color=colours[kind], linewidths=0)
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    ax.set_xscale("symlog", linthresh=max(abs(threshold), 1e-3))
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([name if kind == "in" else f"{name} ({kind})" for name, _, kind in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel="OOD score (higher = less like the training data)",
+           title="Out-of-distribution scores: flagged right of the threshold")
+    ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)
 
 

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from medray.cluster.config import MedrayConfig, OptimConfig, TrainConfig
 from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.names import check_run_name
@@ -160,7 +162,8 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         "best_epoch": report["best_epoch"],
         "dataset": report["dataset"],
         "metrics": {"val": report["metrics"]["val"], "test": report["metrics"]["test"],
-                    "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"]},
+                    "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"],
+                    "ood": report["metrics"]["ood"]},
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
     }
     storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
@@ -169,26 +172,57 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
 
 def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: Path, config: MedrayConfig,
                                history: list[dict] | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on val (threshold, temperature) and test; write the report to out_dir."""
+    """Evaluate a checkpoint on val (threshold, temperature) and test; write the report to out_dir.
+
+    The out-of-distribution detector is fitted on the train split's features and
+    thresholded on val (`eval.ood_method`, `eval.ood_false_alarm`): `report["ood_detector"]`;
+    its figures on test and the modality's OOD sets are `report["metrics"]["ood"]` (`evaluate_ood`)."""
     from medray.train.checkpoint import load_bundle
-    from medray.train.evaluate import evaluate_model_outputs, write_report
+    from medray.train.evaluate import evaluate_model_outputs, plot_ood_scores, write_report
+    from medray.train.ood import fit_detector
 
     with tempfile.TemporaryDirectory(prefix="medray-ckpt-") as local:
         bundle = load_bundle(storage.download_dir(checkpoint_key, local))
     manifest = read_manifest(storage, bundle.dataset)
-    outputs = {}
-    for split in ("val", "test"):
-        features, labels = read_split_arrays(storage, manifest, split)
-        outputs[split] = (bundle.labels.apply(labels), bundle.predict_logits(features).numpy())
+    outputs, embeddings, features = {}, {}, {}
+    for split in ("train", "val", "test"):
+        features[split], labels = read_split_arrays(storage, manifest, split)
+        embeddings[split], logits = bundle.predict_embeddings(features[split])
+        outputs[split] = (bundle.labels.apply(labels), logits)
+    ood_detector = fit_detector(
+        embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1], outputs["train"][1],
+        false_alarm=config.eval.ood_false_alarm, method=config.eval.ood_method,
+    )
     metrics = evaluate_model_outputs(
         outputs["val"], outputs["test"], bundle.classes, threshold_method=config.eval.threshold_method,
         target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
     )
+    metrics["ood"], ood_scores = evaluate_ood(bundle, ood_detector, features["test"], embeddings["test"],
+                                              outputs["test"][1], n_boot=config.eval.bootstrap, seed=config.train.seed)
     history = history if history is not None else bundle.progress.get("history", [])
     files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes)
+    files["ood_scores"] = plot_ood_scores(*ood_scores, ood_detector.threshold, Path(out_dir) / "ood_scores.png")
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
-            "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"), "outputs": outputs,
-            "classes": bundle.classes}
+            "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"),
+            "outputs": {split: outputs[split] for split in ("val", "test")}, "classes": bundle.classes,
+            "ood_detector": ood_detector}
+
+
+def evaluate_ood(bundle: Any, detector: Any, test_features: Any, test_embeddings: np.ndarray,
+                 test_logits: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[dict[str, Any], tuple]:
+    """The detector on the in-distribution test split and on the modality's
+    out-of-distribution sets (`Modality.ood_sets`, drawn with `seed`): `ood_metrics`'
+    figures with the detector's summary, and (test scores, {set: (scores, kind)}) to plot."""
+    from medray.train.evaluate import ood_metrics
+    from medray.train.modalities import modality
+
+    sets = modality(bundle.preprocessor.modality).ood_sets(bundle.preprocessor, test_features,
+                                                           np.random.default_rng(seed))
+    in_scores = detector.score(test_embeddings, test_logits)
+    scored = {name: (detector.score(*bundle.predict_embeddings(ood.features)), ood.kind)
+              for name, ood in sets.items()}
+    figures = ood_metrics(in_scores, scored, detector.threshold, n_boot=n_boot, seed=seed)
+    return {"detector": detector.summary(), **figures}, (in_scores, scored)
 
 
 def resolve_checkpoint(storage: Storage, reference: str) -> str:
@@ -210,5 +244,5 @@ def evaluate_checkpoint(storage: Storage, reference: str, config: MedrayConfig, 
         report = evaluate_stored_checkpoint(storage, key, Path(scratch), config)
     return {"checkpoint": storage.uri(key), "split": split, "dataset": report["dataset"],
             "metrics": report["metrics"][split], "temperature": report["metrics"]["temperature"],
-            "threshold": report["metrics"]["threshold"]}
+            "threshold": report["metrics"]["threshold"], "ood": report["metrics"]["ood"]}
 

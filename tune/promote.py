@@ -1,8 +1,9 @@
 """From a checkpoint to a registry version, only through the gate.
 
 The checkpoint is evaluated on val and test (train/job.py's evaluation: temperature and
-threshold fitted on val), a split-conformal quantile is fitted on val for serving's
-prediction sets, and every rule in `promote.gate` is checked. Passing writes a new,
+threshold fitted on val, the out-of-distribution detector fitted on train and thresholded
+on val), a split-conformal quantile is fitted on val for serving's prediction sets, and
+every rule in `promote.gate` is checked (`ood.…` rules on the detector's figures). Passing writes a new,
 immutable registry version with a model card and (by default) makes it champion;
 failing writes nothing and says which rules failed.
 """
@@ -30,16 +31,24 @@ from medray.train.data.dataset import describe_source, read_manifest
 log = logging.getLogger(__name__)
 
 
+GATED = ("val", "test", "ood")
+"""Where a gate rule's metric may come from: a split's metrics, or the out-of-distribution
+figures (`ood.…`, nested names joined by dots, e.g. a minimum OOD AUROC)."""
+_MISSING = object()
+
+
 def check_gate(metrics: dict[str, Any], rules: list[GateRule]) -> list[dict[str, Any]]:
     """Every rule with its value and verdict; a metric that is not computed, or is not a
     number (a per-class table, a flag), is a config error. An undefined value (None)
     fails its rule."""
     verdicts = []
     for rule in rules:
-        split, _, name = rule.metric.partition(".")
-        value = metrics[split].get(name) if split in ("val", "test") else None
-        if split not in ("val", "test") or name not in metrics[split] or not (value is None or _is_number(value)):
-            known = ", ".join(f"{s}.{k}" for s in ("val", "test") for k, v in metrics[s].items() if _is_number(v))
+        root, _, rest = rule.metric.partition(".")
+        # A split's metrics are named by one key; the OOD figures nest (per set).
+        flat = root != "ood" and "." in rest
+        value = _lookup(metrics, rule.metric) if root in GATED and not flat else _MISSING
+        if value is _MISSING or not (value is None or _is_number(value)):
+            known = ", ".join(name for root in GATED for name in _numbers(metrics.get(root), root, root == "ood"))
             raise ConfigError(f"gate metric '{rule.metric}' is not computed; choose one of: {known}")
         passed = value is not None and (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
         verdicts.append({"metric": rule.metric, "value": value, "min": rule.min, "max": rule.max, "passed": passed})
@@ -48,6 +57,23 @@ def check_gate(metrics: dict[str, Any], rules: list[GateRule]) -> list[dict[str,
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
+    value: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _numbers(tree: Any, prefix: str, nested: bool = True) -> list[str]:
+    """The dotted names of the numbers in `tree` (in nested dicts too, if `nested`)."""
+    if not isinstance(tree, dict):
+        return [prefix] if _is_number(tree) else []
+    return [name for key, value in tree.items() if nested or not isinstance(value, dict)
+            for name in _numbers(value, f"{prefix}.{key}")]
 
 
 def _code_version() -> str:
@@ -66,7 +92,9 @@ def _fmt(value: Any) -> str:
 
 
 def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metrics: dict,
-               gate: list[dict], conformal: dict, source: dict[str, Any]) -> str:
+               gate: list[dict], conformal: dict, source: dict[str, Any], ood: dict[str, Any] | None = None) -> str:
+    """The version's model card; `ood` is the detector's `summary()`, its measured figures
+    are `metrics["ood"]`."""
     test, val = metrics["test"], metrics["val"]
     ci = test.get("auroc_ci") or [None, None]
     lines = [
@@ -111,6 +139,7 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         f"- target coverage {conformal['target']:.2f}, quantile {conformal['quantile']:.4f} (fitted on val)",
         f"- test coverage {conformal['test_coverage']:.3f}, mean set size {conformal['test_mean_set_size']:.2f}",
         "",
+        *_ood_section(ood, metrics.get("ood")),
         "## Promotion gate",
         *(f"- {g['metric']} = {_fmt(g['value'])} ({'>=' if g['min'] is not None else '<='} "
           f"{g['min'] if g['min'] is not None else g['max']}): {'passed' if g['passed'] else 'FAILED'}" for g in gate),
@@ -128,6 +157,24 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         f"- code: {_code_version()}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _ood_section(ood: dict[str, Any] | None, figures: Any) -> list[str]:
+    if ood is None:
+        return ["## Out-of-distribution detection", "- none: inputs unlike the training data are not flagged", ""]
+    lines = [
+        "## Out-of-distribution detection",
+        f"- score: {ood['method']} (fitted on train), threshold {_fmt(ood['threshold'])} chosen on val to flag "
+        f"{ood['false_alarm_target']:.0%} of in-distribution cases (flagged on val: {ood['val_false_alarm']:.1%} "
+        f"of {ood['n_val']})",
+        "- an input scoring above the threshold is answered `out_of_distribution: true` and referred to a "
+        "clinician, whatever its prediction set",
+    ]
+    rows = _numbers(figures, "ood") if isinstance(figures, dict) else []
+    if rows:
+        lines += ["", "| figure | value |", "|---|---|",
+                  *(f"| {row[len('ood.'):]} | {_fmt(_lookup({'ood': figures}, row))} |" for row in rows)]
+    return [*lines, ""]
 
 
 def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConfig,
@@ -157,6 +204,8 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
         on_test = set_coverage(y_test, apply_temperature(z_test, temperature), quantile)
         conformal = {"target": config.promote.coverage, "quantile": quantile,
                      "test_coverage": on_test["coverage"], "test_mean_set_size": on_test["mean_set_size"]}
+        detector = report.get("ood_detector")
+        ood = detector.summary() if detector is not None else None
         files = _version_files(storage, checkpoint_key, folder, report, metrics, conformal)
         history = json.loads((folder / "checkpoint" / PROGRESS).read_text()).get("history") or [{}]
         finished = history[-1].get("finished_at")
@@ -164,7 +213,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
             source.setdefault("trained_at", datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"))
         registry = Registry(storage)
         card_path = folder / "model_card.md"
-        card_path.write_text(model_card(name, config, manifest, metrics, gate, conformal, source))
+        card_path.write_text(model_card(name, config, manifest, metrics, gate, conformal, source, ood))
         files["model_card.md"] = card_path
         version = registry.register(name, files, {
             "dataset": report["dataset"], "dataset_sha256": manifest["source"].get("sha256"),
@@ -172,6 +221,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
             "metrics": {"val": _headline(metrics["val"]), "test": _headline(metrics["test"])},
             "gate": gate, "calibration": {"temperature": temperature, "threshold": metrics["threshold"],
                                           "conformal": conformal},
+            "ood": {**(ood or {}), "metrics": metrics.get("ood")} if ood else None,
             "config": config.model_dump(mode="json"),
         })
         pointer = registry.promote(name, version, "passed the gate") if config.promote.make_champion else None
@@ -188,8 +238,10 @@ def _version_files(storage: Storage, checkpoint_key: str, folder: Path, report: 
     checkpoint = storage.download_dir(checkpoint_key, folder / "checkpoint")
     files = {name: checkpoint / name for name in MODEL_FILES}
     calibration = folder / CALIBRATION
+    detector = report.get("ood_detector")
     calibration.write_text(json.dumps({"temperature": metrics["temperature"], "threshold": metrics["threshold"],
-                                       "conformal": conformal}, indent=2))
+                                       "conformal": conformal,
+                                       "ood": detector.to_dict() if detector is not None else None}))
     files[CALIBRATION] = calibration
     for name in report["files"]:
         files[name] = folder / "report" / name

@@ -30,9 +30,25 @@ def result_text(summary: dict[str, Any]) -> str:
             f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
             for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
                          ("ece", 7), ("ece_calibrated", 9))))
+    lines += ood_text(summary["metrics"].get("ood"))
     if summary.get("report"):
         lines += ["", "report: " + ", ".join(summary["report"].values())]
     return "\n".join(lines)
+
+
+def ood_text(ood: dict[str, Any] | None) -> list[str]:
+    """The out-of-distribution detector's figures on test and the OOD sets, one line per kind."""
+    if not ood:
+        return []
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    lines = ["", f"out of distribution ({ood['detector']['method']}): false alarms on test "
+                 f"{pct(ood['false_alarm_rate'])} (target {pct(ood['detector']['false_alarm_target'])})"]
+    for kind in ("far", "near"):
+        pooled = ood.get(kind)
+        if pooled:
+            lines.append(f"  {kind:<5}AUROC {pooled['auroc']:.3f} (lowest set {pooled['min_auroc']:.3f}), "
+                         f"detected {pct(pooled['detection_rate'])}: {', '.join(pooled['sets'])}")
+    return lines
 
 
 def evaluate(args: argparse.Namespace) -> None:

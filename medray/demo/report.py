@@ -11,7 +11,7 @@ from typing import Any
 
 from medray.cluster.storage import Storage
 
-PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png")
+PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png", "ood_scores.png")
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
@@ -38,7 +38,8 @@ def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]
     version = predictions[0]["version"] if predictions else None
     share = f", {len(right) / len(answered):.0%} of them right" if answered else ""
     lines = [f"  {name} v{version}, {len(truths)} test cases: {len(answered)} answered{share}; "
-             f"{len(referred)} referred to a clinician (prediction set of more than one class)"]
+             f"{len(referred)} referred to a clinician (prediction set of more than one class, or out of "
+             f"distribution: {sum(bool(p.get('out_of_distribution')) for p in predictions)})"]
     cases = []
     for kind, pool in (("right", right), ("referred", referred), ("wrong", wrong)):
         if not pool:
@@ -46,7 +47,8 @@ def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]
         i = pool[0]
         p = predictions[i]
         if kind == "referred":
-            answer = f"set {{{', '.join(p['prediction_set'])}}} -> refer to clinician"
+            why = " (out of distribution)" if p.get("out_of_distribution") else ""
+            answer = f"set {{{', '.join(p['prediction_set'])}}}{why} -> refer to clinician"
         else:
             answer = f"{p['label']} (p {p['calibrated_probabilities'][p['label']]:.2f}) -> {kind.upper() if kind == 'wrong' else kind}"
         lines.append(f"    case {i:>3}: true {truths[i]:<22} answer {answer}")

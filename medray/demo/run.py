@@ -263,7 +263,8 @@ def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion
 def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Serve the champions and send each its whole test split, as a client would; show a
     few answers beside the truth: one right, one referred to a clinician (the conformal
-    set holds more than one class), one confidently wrong, where there are such."""
+    set holds more than one class), one confidently wrong, where there are such; then one
+    input unlike the training data (a CT slice), referred."""
     import httpx
 
     from medray.serve.app import deploy
@@ -307,7 +308,26 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
         samples.append({"model": served_names[0], "status": bad.status_code, "answer": bad.json(),
                         "line": f"  bad request to {served_names[0]} (a 2x2 array): HTTP {bad.status_code} "
                                 f"{bad.json().get('detail')}"})
+        samples += _out_of_distribution_case(client, served_names)
     return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
+
+
+def _out_of_distribution_case(client: Any, served_names: list[str]) -> list[dict[str, Any]]:
+    """pydicom's CT slice sent to the first served model that takes image files: unlike
+    anything it was trained on, so it is referred to a clinician rather than answered."""
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    for name in served_names:
+        response = client.post(f"/v1/models/{name}/predict-file", files={"file": ("ct.dcm", ct)})
+        if response.status_code != 200:  # a model for signals or records takes no image file
+            continue
+        (p,) = response.json()["predictions"]
+        verdict = "refer to clinician" if p.get("refer_to_clinician") else "answered"
+        return [{"model": name, "status": 200, "answer": response.json(), "out_of_distribution": True,
+                 "line": f"  a CT slice (pydicom's CT_small.dcm) sent to {name}: out_of_distribution "
+                         f"{p.get('out_of_distribution')} (score {p.get('ood_score')}) -> {verdict}"}]
+    return []
 
 
 def _shutdown(services: list[Any], started_ray: bool) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from medray.cluster import jobs
+from medray.cluster.errors import MedrayError
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +122,34 @@ def test_the_runtime_env_ships_code_unless_the_image_has_it(tmp_path, monkeypatc
 ])
 def test_entrypoint(argv, expected):
     assert jobs.entrypoint(argv) == expected
+
+
+class _Jobs:
+    """A Jobs API client that refuses the first `refusals` submissions with `message`."""
+
+    def __init__(self, refusals: int, message: str):
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def submit_job(self, **job):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(f"Request failed with status code 500: {self.message}")
+        return "raysubmit_1"
+
+
+def test_a_head_without_its_agent_yet_is_waited_for(monkeypatch):
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    client = _Jobs(2, "No available agent to submit job, please try again later..")
+    assert jobs._submit_when_an_agent_is_up(client, entrypoint="x") == "raysubmit_1"
+    assert client.calls == 3
+
+
+def test_any_other_refusal_is_one_clear_error_at_once(monkeypatch):
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    client = _Jobs(5, "runtime_env: working_dir too large")
+    with pytest.raises(MedrayError, match="the cluster refused the job: .*working_dir too large"):
+        jobs._submit_when_an_agent_is_up(client, entrypoint="x")
+    assert client.calls == 1
+    forever = _Jobs(10**6, "No available agent to submit job")
+    with pytest.raises(MedrayError, match="No available agent"):
+        jobs._submit_when_an_agent_is_up(forever, wait_s=0.0, entrypoint="x")

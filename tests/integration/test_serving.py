@@ -63,6 +63,7 @@ def test_served_answers_equal_the_offline_model(served, real_inputs):
     assert response.status_code == 200
     assert_same_answers(response.json()["predictions"], offline.predict(offline.decode(images)))
     for answer in response.json()["predictions"]:
+        assert answer["out_of_distribution"] is None and answer["ood_score"] is None  # null, not left out
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
         assert answer["version"] == 1 and answer["prediction_set"]
 
@@ -230,6 +231,16 @@ def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     assert answer.returncode == 0, answer.stderr
     (prediction,) = json.loads(answer.stdout)["predictions"]
     assert prediction["model"] == "ultrasound" and sum(prediction["probabilities"].values()) == pytest.approx(1)
+
+    # A CT slice sent to the ultrasound model: out of distribution, referred, not answered.
+    from pydicom.data import get_testdata_file
+
+    ct = medray("predict", "ultrasound", get_testdata_file("CT_small.dcm"), "--url", served["deployed"]["url"],
+                "--json")
+    assert ct.returncode == 0, ct.stderr
+    (referred,) = json.loads(ct.stdout)["predictions"]
+    assert referred["out_of_distribution"] is True and referred["refer_to_clinician"] is True
+    assert prediction["out_of_distribution"] is None  # this stand-in version stores no learned detector
 
     signal_file = tmp_path / "beat.npy"
     np.save(signal_file, real_inputs["signals"][0][:50])

@@ -110,7 +110,7 @@ def test_a_non_finite_output_never_becomes_a_label(models, real_inputs):
     # network. Only the output check stands between that and a label.
     assert model.bundle.preprocessor.accepted_range("mean radius")[1] > 1e37
     extreme = model.decode([record(real_inputs, **{"mean radius": 1e37})])
-    assert not np.isfinite(model.bundle.model(extreme).detach().numpy()).all()
+    assert not np.isfinite(model.bundle.model(extreme.tensor).detach().numpy()).all()
     refused(model, [record(real_inputs, **{"mean radius": 1e37})], r"instances\[0\]: the model gave no usable answer")
     with pytest.raises(InputError, match=r"instances\[1\]: the model gave no usable answer"):
         model.answers(np.array([[0.5, -0.5], [np.nan, 0.0]]))

@@ -3,6 +3,7 @@ never repeating submitted values in its errors."""
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -160,3 +161,51 @@ def test_checkpoint_files_alone_rebuild_the_served_model(local_storage, served_r
     served = ServedModel.from_registry(registry, "ultrasound", 1)
     images = real_inputs["images"][:2]
     assert torch.equal(bundle.predict_logits(images), served.bundle.predict_logits(images))
+
+
+# Out of distribution ---------------------------------------------------------------
+def test_a_version_without_a_detector_answers_null(models, real_inputs):
+    model = models["ultrasound"]
+    assert model.ood is None and model.info()["ood"] is None
+    (answer,) = model.predict(model.decode([real_inputs["images"][0].tolist()]))
+    assert (answer["out_of_distribution"], answer["ood_score"], answer["ood_reasons"]) == (None, None, [])
+    assert answer["refer_to_clinician"] == (len(answer["prediction_set"]) > 1)
+
+
+def test_the_detector_scores_every_answer_and_refers_what_it_flags(models, real_inputs):
+    from medray.train.ood import fit_detector
+
+    model = models["ultrasound"]
+    images = real_inputs["images"]
+    embeddings, logits = model.bundle.predict_embeddings(images)
+    model.ood = fit_detector(embeddings, np.zeros(len(images), int), embeddings, logits, logits, false_alarm=0.2)
+    answers = model.predict(model.decode([im.tolist() for im in images]))
+    np.testing.assert_allclose([a["ood_score"] for a in answers], model.ood.score(embeddings, logits), rtol=1e-4)
+    flagged = model.ood.flags(embeddings, logits)
+    assert [a["out_of_distribution"] for a in answers] == flagged.tolist()
+    for answer in answers:
+        if answer["out_of_distribution"]:
+            assert answer["refer_to_clinician"] is True and answer["ood_reasons"][0].startswith("mahalanobis score")
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()
+    (far,) = model.predict(model.decode([noise]))
+    assert far["out_of_distribution"] is True and far["refer_to_clinician"] is True
+    assert far["ood_score"] > model.ood.threshold
+
+
+def test_a_dicom_of_another_modality_is_out_of_distribution(models, real_inputs):
+    from pydicom.data import get_testdata_file
+
+    model = models["ultrasound"]
+    assert model.bundle.preprocessor.stats["dicom"] == {"Modality": ["US"]}  # as BreastMNIST's import records
+    with open(get_testdata_file("CT_small.dcm"), "rb") as handle:
+        ct = handle.read()
+    (answer,) = model.predict(model.decode_file(ct))
+    assert answer["out_of_distribution"] is True and answer["refer_to_clinician"] is True
+    assert answer["ood_reasons"] == ["file metadata Modality differs from the training set's"]
+    assert "CT" not in json.dumps(answer["ood_reasons"])  # field names, never the values
+    (same,) = model.predict(model.decode([base64.b64encode(ct).decode()]))
+    assert same["ood_reasons"] == answer["ood_reasons"]
+    buffer = io.BytesIO()
+    Image.fromarray(real_inputs["images"][0]).save(buffer, format="PNG")
+    (png,) = model.predict(model.decode_file(buffer.getvalue()))  # no metadata: nothing to compare
+    assert png["out_of_distribution"] is None

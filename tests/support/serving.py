@@ -40,7 +40,8 @@ def register(storage, tmp_path: Path, name: str, family: str, preset: str, prepr
     return version
 
 
-IMAGE = Preprocessor("image", "image", [1, 28, 28], {"mean": [0.33], "std": [0.2]})
+IMAGE = Preprocessor("image", "image", [1, 28, 28], {"mean": [0.33], "std": [0.2], "dicom": {"Modality": ["US"]}})
+"""BreastMNIST's statistics, with the DICOM Modality its import records (ultrasound)."""
 SIGNAL = Preprocessor("signal", "signal", [96, 1], {"mean": [0.0], "std": [1.0]})
 
 

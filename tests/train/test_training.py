@@ -194,3 +194,12 @@ def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, 
     report = evaluate_stored_checkpoint(local_storage, "runs/r/ckpt", tmp_path / "report", config)
     assert report["metrics"]["test"]["n"] == plan.manifest["splits"]["test"]["rows"]
     assert (tmp_path / "report" / "roc.png").exists()
+    # The OOD figures: on test and every set the modality builds, plotted beside the others.
+    ood = json.loads((tmp_path / "report" / "metrics.json").read_text())["ood"]
+    assert ood["n_in_distribution"] == plan.manifest["splits"]["test"]["rows"]
+    assert {"noise", "time_reversed" if name == "ecg200_rnn" else "pydicom_ct"} <= set(ood["sets"])
+    assert ood["detector"]["method"] == config.eval.ood_method and "ood_scores.png" in report["files"]
+    detector = report["ood_detector"]  # fitted on train, thresholded on val
+    assert detector.method == "mahalanobis" and detector.n_val == plan.manifest["splits"]["val"]["rows"]
+    assert detector.val_false_alarm <= detector.false_alarm_target == 0.05
+    assert detector.dim == model.features_and_logits(torch.zeros(1, *plan.preprocessor.input_shape))[0].shape[1]

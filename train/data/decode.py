@@ -269,3 +269,72 @@ def _rle_fits(frame: bytes, segment_length: int, segments: int) -> bool:
         if produced > segment_length:
             return False
     return True
+
+
+# DICOM metadata: what kind of image, never whose ---------------------------------------
+DICOM_FIELDS = ("Modality", "PhotometricInterpretation", "BodyPartExamined", "PixelSpacing")
+"""The tags compared between the training set and a served file; none identifies anyone."""
+SPACING_FACTOR = 2.0
+"""A served pixel spacing more than this factor outside the training set's range differs."""
+
+
+def dicom_metadata(data: bytes) -> dict[str, Any]:
+    """A DICOM's `DICOM_FIELDS` that it carries, normalised: Modality and
+    BodyPartExamined upper-case, PhotometricInterpretation as MONOCHROME (1 and 2 decode
+    alike) or COLOUR, PixelSpacing as the mean of its two values in mm. {} for anything
+    that is not a readable DICOM header."""
+    if not isinstance(data, (bytes, bytearray)) or image_format(bytes(data)) != "DICOM":
+        return {}
+    import pydicom
+
+    _keep_pydicom_out_of_logs()
+    found: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            header = pydicom.dcmread(io.BytesIO(bytes(data)), stop_before_pixels=True)
+            for keyword in ("Modality", "BodyPartExamined"):
+                value = str(header.get(keyword) or "").strip().upper()
+                if value:
+                    found[keyword] = value
+            photometric = str(header.get("PhotometricInterpretation") or "").strip().upper()
+            if photometric:
+                found["PhotometricInterpretation"] = "MONOCHROME" if photometric.startswith("MONOCHROME") else "COLOUR"
+            spacing = header.get("PixelSpacing")
+            if spacing is not None:
+                values = [float(v) for v in spacing]
+                if values and all(math.isfinite(v) and v > 0 for v in values):
+                    found["PixelSpacing"] = sum(values) / len(values)
+        except Exception:  # a header pydicom cannot read carries nothing to compare
+            return {}
+    return found
+
+
+def summarize_dicom_metadata(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a training set's DICOMs held (for its manifest): per field, the values seen
+    (PixelSpacing: [min, max]), with the count of DICOM files. {} when there were none."""
+    files = [f for f in files if f]
+    if not files:
+        return {}
+    summary: dict[str, Any] = {"files": len(files)}
+    for keyword in DICOM_FIELDS:
+        values = [f[keyword] for f in files if keyword in f]
+        if values:
+            summary[keyword] = [min(values), max(values)] if keyword == "PixelSpacing" else sorted(set(values))
+    return summary
+
+
+def metadata_differences(training: dict[str, Any] | None, served: dict[str, Any]) -> list[str]:
+    """The fields that both record and that differ: a value the training set never held,
+    or a pixel spacing over SPACING_FACTOR outside its range. Field names only."""
+    differing = []
+    for keyword in DICOM_FIELDS:
+        if not training or keyword not in training or keyword not in served:
+            continue
+        if keyword == "PixelSpacing":
+            low, high = training[keyword]
+            if not low / SPACING_FACTOR <= served[keyword] <= high * SPACING_FACTOR:
+                differing.append(keyword)
+        elif served[keyword] not in training[keyword]:
+            differing.append(keyword)
+    return differing

@@ -2,9 +2,11 @@
 
 Only pixels are kept. Files go through the bounded decoder serving uses
 (`train/data/decode.py`: PNG, JPEG or DICOM told by content, not by suffix; DICOM
-rescale and VOI windowing applied, MONOCHROME1 inverted). None of the DICOM tags,
-identifying or otherwise, and no file names (which often carry patient names) are
-copied into the dataset or named in errors.
+rescale and VOI windowing applied, MONOCHROME1 inverted). No identifying DICOM tag and
+no file name (which often carries a patient's name) is copied into the dataset or named
+in errors; the schema records only what kind of images the DICOMs were (Modality,
+PhotometricInterpretation, BodyPartExamined, pixel spacing: `decode.DICOM_FIELDS`), which
+serving compares with a DICOM it is sent.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_files, tensor_column
-from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image
+from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image, dicom_metadata, summarize_dicom_metadata
 from medray.train.data.splits import three_way_split
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,16 @@ def import_image_folder(
         for path, where in tqdm(list(zip(paths, places)), desc="reading images", unit="img", leave=False)
     ])
     splits = three_way_split(labels, val_fraction, test_fraction, seed)
+    # What kind of images the DICOMs are (Modality, photometry, body part, pixel spacing),
+    # for serving to compare a DICOM it is sent with; no identifying tag is read.
+    dicom = summarize_dicom_metadata([dicom_metadata(path.read_bytes()) for path in paths if _is_dicom(path)])
     return ImportedDataset(
         modality="image",
         classes=classes,
         splits={name: Split(pa.table({"image": tensor_column(images[rows])}), labels[rows])
                 for name, rows in splits.items()},
-        schema={"column": "image", "shape": list(images.shape[1:]), "dtype": "uint8"},
+        schema={"column": "image", "shape": list(images.shape[1:]), "dtype": "uint8",
+                **({"dicom": dicom} if dicom else {})},
         source={
             "kind": "images", "uri": str(folder.resolve()),
             # Per-file checksums would record file names; keep only the combined one.

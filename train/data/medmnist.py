@@ -22,9 +22,11 @@ MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{filename}?download=1"
 # Class names and licenses of the single-label subsets, from MedMNIST's INFO table.
 MEDMNIST_INFO: dict[str, dict] = {
     "breastmnist": {"classes": ["malignant", "normal_benign"], "license": "CC BY 4.0",
-                    "description": "Breast ultrasound (Al-Dhabyani et al. 2020; MedMNIST v2)"},
+                    "description": "Breast ultrasound (Al-Dhabyani et al. 2020; MedMNIST v2)",
+                    "dicom": {"Modality": ["US"]}},
     "pneumoniamnist": {"classes": ["normal", "pneumonia"], "license": "CC BY 4.0",
-                       "description": "Paediatric chest X-ray (Kermany et al. 2018; MedMNIST v2)"},
+                       "description": "Paediatric chest X-ray (Kermany et al. 2018; MedMNIST v2)",
+                       "dicom": {"Modality": ["CR", "DX"]}},
     "dermamnist": {"classes": ["actinic_keratoses", "basal_cell_carcinoma", "benign_keratosis",
                                "dermatofibroma", "melanoma", "melanocytic_nevi", "vascular_lesions"],
                    "license": "CC BY-NC 4.0", "description": "Dermatoscopy (HAM10000; MedMNIST v2)"},
@@ -42,7 +44,8 @@ MEDMNIST_INFO: dict[str, dict] = {
     **{
         flag: {"classes": ["bladder", "femur_left", "femur_right", "heart", "kidney_left", "kidney_right",
                            "liver", "lung_left", "lung_right", "pancreas", "spleen"],
-               "license": "CC BY 4.0", "description": f"Abdominal CT, {view} view (LiTS; MedMNIST v2)"}
+               "license": "CC BY 4.0", "description": f"Abdominal CT, {view} view (LiTS; MedMNIST v2)",
+               "dicom": {"Modality": ["CT"]}}
         for flag, view in (("organamnist", "axial"), ("organcmnist", "coronal"), ("organsmnist", "sagittal"))
     },
 }
@@ -137,7 +140,10 @@ def import_medmnist(source: str, size: int = 28) -> ImportedDataset:
             name: Split(pa.table({"image": tensor_column(images)}), labels)
             for name, (images, labels) in splits.items()
         },
-        schema={"column": "image", "shape": shape, "dtype": "uint8"},
+        # MedMNIST ships pixels only; the DICOM Modality its source images had is known
+        # from the dataset's paper, so a DICOM of another modality is told apart at serving.
+        schema={"column": "image", "shape": shape, "dtype": "uint8",
+                **({"dicom": info["dicom"]} if "dicom" in info else {})},
         source={"kind": "medmnist", "uri": uri, "sha256": sha256_file(path), "flag": flag},
         license=info.get("license", "unknown: check the source's terms"),
         description=info.get("description", "MedMNIST-format images"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +119,17 @@ def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], d
     return batch
 
 
+class OODSet(NamedTuple):
+    """Inputs unlike the training data, built to measure the out-of-distribution detector."""
+
+    features: Any
+    """In the stored form `features_from_table` returns (what `ModelBundle` predicts on)."""
+    kind: Literal["far", "near"]
+    """far: not this kind of input at all (another modality, blank, noise): the detector
+    should flag nearly all of it. near: this kind of input, changed or from elsewhere
+    (a rotated image, a reversed ECG, another population): reported as it measures."""
+
+
 # --- The interface --------------------------------------------------------------------
 
 
@@ -171,6 +182,15 @@ class Modality(ABC):
         default leaves them as they are and draws nothing from `generator`."""
         return inputs
 
+    # Evaluation ------------------------------------------------------------------------
+    @abstractmethod
+    def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
+                 rng: np.random.Generator) -> dict[str, OODSet]:
+        """Named out-of-distribution sets for a model on this modality, built from the
+        test split's features and data installed with medray's dependencies (nothing
+        downloaded); the same sets for the same `rng` seed. Sets that do not apply to
+        this model (leads swapped for a one-lead ECG) are left out."""
+
     # Serving ---------------------------------------------------------------------------
     @abstractmethod
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
@@ -184,6 +204,13 @@ class Modality(ABC):
     def decode_file(self, preprocessor: Preprocessor, data: bytes, model: str) -> np.ndarray:
         """An uploaded file as a batch of one for `transform`."""
         raise InputError(f"file: model '{model}' takes {self.name} input, not image files")
+
+    def metadata_mismatches(self, preprocessor: Preprocessor, instances: list[Any]) -> list[list[str]]:
+        """Per instance (already decoded without error) or uploaded file (bytes), the
+        names of the metadata fields it carries that differ from the training set's (a
+        DICOM's Modality, say): out of distribution whatever the model's score. Names
+        only, never the values. The default: none carry metadata."""
+        return [[] for _ in instances]
 
     @abstractmethod
     def explain(self, model: torch.nn.Module, inputs: torch.Tensor,
@@ -229,4 +256,4 @@ def modality(name: str) -> Modality:
     return MODALITIES[name]
 
 
-__all__ = ["MODALITIES", "Modality", "TensorModality", "modality"]
+__all__ = ["MODALITIES", "Modality", "OODSet", "TensorModality", "modality"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
-from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image
-from medray.train.modalities import TensorModality, check_numbers, numeric_array
+from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image, dicom_metadata, metadata_differences
+from medray.train.modalities import OODSet, TensorModality, check_numbers, numeric_array
 
 if TYPE_CHECKING:
     from medray.train.data.preprocess import Batch, Preprocessor
@@ -36,7 +37,9 @@ class ImageModality(TensorModality):
         images = _channels_first(np.asarray(train_features), schema["shape"]).astype(np.float64) / 255.0
         mean = images.mean(axis=(0, 2, 3)).tolist()
         std = np.maximum(images.std(axis=(0, 2, 3)), 1e-6).tolist()
-        return schema["column"], list(images.shape[1:]), {"mean": mean, "std": std}
+        # What the training set's DICOMs were (recorded at import), for `metadata_mismatches`.
+        dicom = {"dicom": schema["dicom"]} if schema.get("dicom") else {}
+        return schema["column"], list(images.shape[1:]), {"mean": mean, "std": std, **dicom}
 
     def transform(self, preprocessor: Preprocessor, batch: Batch | np.ndarray) -> np.ndarray:
         images = _channels_first(np.asarray(batch), preprocessor.input_shape)
@@ -50,6 +53,10 @@ class ImageModality(TensorModality):
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return augment_images(inputs, generator)
 
+    def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
+                 rng: np.random.Generator) -> dict[str, OODSet]:
+        return image_ood_sets(preprocessor, np.asarray(test_features), rng)
+
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
         channels, height, width = preprocessor.input_shape
         return {"type": "image", "height": height, "width": width, "channels": channels,
@@ -61,6 +68,12 @@ class ImageModality(TensorModality):
 
     def decode_file(self, preprocessor: Preprocessor, data: bytes, model: str) -> np.ndarray:
         return _encoded_image(preprocessor, "file", data)[None]
+
+    def metadata_mismatches(self, preprocessor: Preprocessor, instances: list[Any]) -> list[list[str]]:
+        training = preprocessor.stats.get("dicom")
+        if not training:  # no record of the training set's DICOMs: nothing to compare
+            return [[] for _ in instances]
+        return [metadata_differences(training, dicom_metadata(_file_bytes(item))) for item in instances]
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         return [{"type": "grad_cam", "map": m.round(4).tolist()} for m in grad_cam(model, inputs)]
@@ -134,6 +147,13 @@ def _instance(preprocessor: Preprocessor, index: int, item: Any) -> np.ndarray:
     return array
 
 
+def _file_bytes(item: Any) -> bytes | None:
+    """An uploaded file, or a base64 instance's file (decode already checked it); else None."""
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    return base64.b64decode(item, validate=True) if isinstance(item, str) else None
+
+
 def _encoded_image(preprocessor: Preprocessor, field: str, data: bytes) -> np.ndarray:
     channels, height, width = preprocessor.input_shape
     if width != height:
@@ -152,3 +172,98 @@ def _channels_first(images: np.ndarray, shape: list[int]) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         return np.transpose(images, (0, 3, 1, 2))
     return images
+
+
+# Out-of-distribution sets ------------------------------------------------------------
+
+
+def image_ood_sets(preprocessor: Preprocessor, test_images: np.ndarray,
+                   rng: np.random.Generator) -> dict[str, OODSet]:
+    """Images unlike the training set's, in its stored form ((N, H, W) or (N, H, W, C) uint8).
+
+    far: pydicom's bundled test images by DICOM Modality (CT, MR, the rest: CR, US, NM,
+    secondary captures...; identical pixel data in several transfer syntaxes counted
+    once), scikit-learn's handwritten digits, blank frames of one grey level, uniform
+    noise. near: the test images upside down and rotated by 90 degrees (not mirrored
+    left-right: training augments with that flip, so it is in distribution by design).
+    """
+    stored = test_images.shape[1:]
+    count = len(test_images)
+    sets = {name: OODSet(images, "far") for name, images in _pydicom_images(stored).items()}
+    sets["handwritten_digits"] = OODSet(_digit_images(stored, rng, max(count, 1)), "far")
+    levels = rng.integers(0, 256, size=(count,) + (1,) * len(stored))
+    sets["blank"] = OODSet(np.broadcast_to(levels, (count, *stored)).astype(np.uint8), "far")
+    sets["noise"] = OODSet(rng.integers(0, 256, size=(count, *stored)).astype(np.uint8), "far")
+    sets["flipped_vertically"] = OODSet(np.ascontiguousarray(test_images[:, ::-1]), "near")
+    if stored[0] == stored[1]:  # a rotated non-square image no longer has the model's shape
+        sets["rotated_90"] = OODSet(np.ascontiguousarray(np.rot90(test_images, k=1, axes=(1, 2))), "near")
+    return sets
+
+
+def _as_stored(image: np.ndarray, stored: tuple[int, ...]) -> np.ndarray:
+    """A decoded (S, S) grey or (S, S, 3) RGB uint8 image resized to `stored`."""
+    from PIL import Image
+
+    height, width = stored[:2]
+    mode = "L" if len(stored) == 2 else "RGB"
+    picture = Image.fromarray(image).convert(mode)
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(picture, dtype=np.uint8)
+    if len(stored) == 3 and stored[2] != 3:  # a channel count other than grey or RGB
+        array = np.repeat(np.asarray(picture.convert("L"))[:, :, None], stored[2], axis=2)
+    return array
+
+
+@functools.lru_cache(maxsize=4)
+def _pydicom_images_cached(stored: tuple[int, ...]) -> dict[str, np.ndarray]:
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_files
+
+    from medray.train.data.decode import image_format
+
+    groups: dict[str, list[np.ndarray]] = {}
+    seen: set[bytes] = set()
+    size = max(stored[:2])
+    for path in sorted(get_testdata_files()):  # the files installed with pydicom; nothing downloaded
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:  # a folder among them
+            continue
+        if image_format(data) is None:
+            continue
+        try:
+            decoded = decode_image(data, size, "L" if len(stored) == 2 else "RGB")
+        except ImageRefused:  # compressed with a codec not installed, no pixels, ...
+            continue
+        image = _as_stored(decoded, stored)
+        if image.tobytes() in seen:
+            continue
+        seen.add(image.tobytes())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                kind = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) \
+                    if image_format(data) == "DICOM" else ""
+            except Exception:  # a header pydicom reads leniently for pixels but not here
+                kind = ""
+        group = f"pydicom_{kind.lower()}" if kind in ("CT", "MR") else "pydicom_other"
+        groups.setdefault(group, []).append(image)
+    return {name: np.stack(images) for name, images in sorted(groups.items())}
+
+
+def _pydicom_images(stored: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """pydicom's test images that decode, in stored form, per group (decoded once per shape)."""
+    return {name: images.copy() for name, images in _pydicom_images_cached(tuple(stored)).items()}
+
+
+def _digit_images(stored: tuple[int, ...], rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` of scikit-learn's 1,797 handwritten digits (8x8, 0-16) as 0-255 images of `stored`."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images
+    chosen = digits[rng.permutation(len(digits))[:count]]
+    return np.stack([_as_stored((d * (255.0 / 16.0)).round().astype(np.uint8), stored) for d in chosen])

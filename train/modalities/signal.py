@@ -9,6 +9,7 @@ scaling, time shifts and noise. Explanations are per-time-step saliency.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +17,14 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
-from medray.train.modalities import TensorModality, check_numbers, finite_extremes, fitted_range, numeric_array
+from medray.train.modalities import (
+    OODSet,
+    TensorModality,
+    check_numbers,
+    finite_extremes,
+    fitted_range,
+    numeric_array,
+)
 
 if TYPE_CHECKING:
     from medray.train.data.preprocess import Batch, Preprocessor
@@ -44,6 +52,10 @@ class SignalModality(TensorModality):
 
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return augment_signals(inputs, generator)
+
+    def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
+                 rng: np.random.Generator) -> dict[str, OODSet]:
+        return signal_ood_sets(preprocessor, np.asarray(test_features), rng)
 
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
         length, channels = preprocessor.input_shape
@@ -120,3 +132,81 @@ def _instance(preprocessor: Preprocessor, index: int, item: Any) -> np.ndarray:
 def _time_major(signals: np.ndarray) -> np.ndarray:
     """(N, L) -> (N, L, 1); (N, L, C) stays."""
     return signals[:, :, None] if signals.ndim == 2 else signals
+
+
+# Out-of-distribution sets ------------------------------------------------------------
+
+OTHER_ECG_WINDOW_S = 0.8
+"""Seconds of pydicom's 12-lead ECG cut into each series: about one heartbeat, as a UCR
+ECG series (ECG200: one beat in 96 samples) holds."""
+
+
+def signal_ood_sets(preprocessor: Preprocessor, test_signals: np.ndarray,
+                    rng: np.random.Generator) -> dict[str, OODSet]:
+    """Series unlike the training set's, in its stored form ((N, L) or (N, L, C), its dtype).
+
+    near: the test series time-reversed; their leads in reverse order (models of two or
+    more leads only); another ECG recording resampled to the model's length: pydicom's
+    bundled 12-lead `waveform_ecg.dcm` (1 kHz) cut into 0.8 s windows, each lead a
+    series, z-normalised as UCR series are, then given each channel's training mean and
+    std (no second UCR dataset is installed). far: flat lines at a level within each
+    channel's training range (a lead off), gaussian noise of each channel's training
+    mean and std (an unconnected amplifier).
+    """
+    series = _time_major(test_signals.astype(np.float64))
+    count, length, channels = series.shape
+    stats = preprocessor.stats
+    mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+    low, high = (np.asarray([v if v is not None else m + sign * 4 * s
+                             for v, m, s in zip(stats.get(key, [None] * channels), mean, std)])
+                 for key, sign in (("min", -1), ("max", 1)))
+    stored = lambda x: (x[:, :, 0] if test_signals.ndim == 2 else x).astype(test_signals.dtype)  # noqa: E731
+    sets = {"time_reversed": OODSet(stored(series[:, ::-1].copy()), "near")}
+    if channels > 1:
+        sets["leads_swapped"] = OODSet(stored(series[:, :, ::-1].copy()), "near")
+    other = _other_ecg_series(length, channels)
+    if len(other):
+        sets["other_ecg_resampled"] = OODSet(stored(np.clip(other * std + mean, low, high)), "near")
+    levels = rng.uniform(low, high, size=(count, 1, channels))
+    sets["flat"] = OODSet(stored(np.broadcast_to(levels, (count, length, channels)).copy()), "far")
+    noise = rng.normal(mean, std, size=(count, length, channels))
+    sets["noise"] = OODSet(stored(np.clip(noise, low, high)), "far")
+    return sets
+
+
+@functools.lru_cache(maxsize=4)
+def _other_ecg_cached(length: int, channels: int) -> np.ndarray:
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_files
+    from scipy.signal import resample
+
+    paths = get_testdata_files("waveform_ecg.dcm")  # installed with pydicom; nothing downloaded
+    if not paths:
+        return np.empty((0, length, channels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        recording = pydicom.dcmread(paths[0])
+        groups = [(np.asarray(recording.waveform_array(i), np.float64),
+                   float(recording.WaveformSequence[i].SamplingFrequency))
+                  for i in range(len(recording.WaveformSequence))]
+    windows = []
+    for samples, frequency in groups:  # samples: (time, leads)
+        step = int(round(OTHER_ECG_WINDOW_S * frequency))
+        for start in range(0, len(samples) - step + 1, step):
+            window = resample(samples[start:start + step], length, axis=0)  # FFT: no aliasing
+            leads = window.shape[1]
+            # One lead per series for a one-channel model, else `channels` leads in turn.
+            for first in range(0, leads - channels + 1, channels):
+                windows.append(window[:, first:first + channels])
+    if not windows:  # a model of more leads than the recording has
+        return np.empty((0, length, channels))
+    other = np.stack(windows)
+    centred = other - other.mean(axis=1, keepdims=True)
+    return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-12)
+
+
+def _other_ecg_series(length: int, channels: int) -> np.ndarray:
+    """pydicom's 12-lead ECG as z-normalised (N, length, channels) series (empty if absent)."""
+    return _other_ecg_cached(length, channels).copy()

@@ -11,6 +11,7 @@ Explanations are the attention model's weights over the features.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
-from medray.train.modalities import Modality, check_numbers, finite_extremes, fitted_range
+from medray.train.modalities import Modality, OODSet, check_numbers, finite_extremes, fitted_range
 
 if TYPE_CHECKING:
     from medray.train.data.preprocess import Batch, Preprocessor
@@ -86,6 +87,11 @@ class TabularModality(Modality):
     def accepted_range(self, preprocessor: Preprocessor, key: int | str) -> tuple[float, float]:
         """For numeric column `key`."""
         return fitted_range(next(c for c in preprocessor.stats["columns"] if c["name"] == key))
+
+    # Evaluation ------------------------------------------------------------------------
+    def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
+                 rng: np.random.Generator) -> dict[str, OODSet]:
+        return tabular_ood_sets(preprocessor, pd.DataFrame(test_features), rng)
 
     def feature_names(self, preprocessor: Preprocessor) -> list[str]:
         names = []
@@ -153,3 +159,108 @@ def _feature(field: str, column: dict[str, Any], value: Any) -> Any:
     low, high = fitted_range(column)
     check_numbers(field, np.asarray([number]), low, high)
     return number
+
+
+# Out-of-distribution sets ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappedTable:
+    """Another table installed with medray's dependencies whose columns mean the same as
+    some of a model's features: its records, mapped onto those features, come from
+    another population. Features it lacks are unknown (imputed, as a null in a request)."""
+
+    name: str
+    columns: dict[str, str]
+    """Model feature name -> the table's column of the same quantity in the same unit."""
+
+    def load(self) -> pd.DataFrame:
+        from sklearn import datasets
+
+        # Only scikit-learn's bundled tables: nothing is downloaded.
+        return getattr(datasets, f"load_{self.name}")(as_frame=True, scaled=False).frame
+
+
+MAPPED_TABLES = (
+    # Efron et al. 2004 (442 diabetes patients): age in years and total serum cholesterol
+    # (`s1`, mg/dL) are Cleveland's `age` and `chol`. Its sex code is undocumented and its
+    # `bp` is mean arterial pressure, not resting systolic (`trestbps`): neither is mapped.
+    MappedTable("diabetes", {"age": "age", "chol": "s1"}),
+)
+
+
+def tabular_ood_sets(preprocessor: Preprocessor, test: pd.DataFrame,
+                     rng: np.random.Generator) -> dict[str, OODSet]:
+    """Records unlike the training set's, as a DataFrame of the test split's columns.
+
+    far: every number at its training minimum or maximum (side drawn per value), and
+    random records (numbers uniform over the training range); categories drawn at random
+    in both. near: test records with one number (drawn per record) one training span
+    beyond its range, still inside what serving takes; the test records with each
+    column shuffled on its own (every value plausible, the combinations not); other
+    tables' records mapped onto the features they share (`MAPPED_TABLES`, where every
+    mapped feature is one of the model's numbers).
+    """
+    columns = preprocessor.stats["columns"]
+    count = len(test)
+    numeric = [c for c in columns if c["type"] == "numeric"]
+    ranges = {c["name"]: _training_range(c, test[c["name"]]) for c in numeric}
+
+    def drawn(pick_number) -> pd.DataFrame:
+        frame = {}
+        for column in columns:
+            if column["type"] == "categorical":
+                frame[column["name"]] = np.asarray(column["categories"], dtype=object)[
+                    rng.integers(0, len(column["categories"]), count)]
+            else:
+                frame[column["name"]] = pick_number(*ranges[column["name"]]).astype(np.float64)
+        return pd.DataFrame(frame, columns=list(test.columns))
+
+    sets = {
+        "range_edge": OODSet(drawn(lambda low, high: np.where(rng.random(count) < 0.5, low, high)), "far"),
+        "random_records": OODSet(drawn(lambda low, high: rng.uniform(low, high, count)), "far"),
+    }
+    if numeric and count:
+        beyond = test.copy()
+        chosen = rng.integers(0, len(numeric), count)
+        above = rng.random(count) < 0.5
+        for index, column in enumerate(numeric):
+            low, high = ranges[column["name"]]
+            span = max(high - low, 1e-6)
+            rows = chosen == index
+            values = beyond[column["name"]].to_numpy(dtype=np.float64, copy=True)
+            values[rows] = np.where(above[rows], high + span, low - span)
+            beyond[column["name"]] = values
+        sets["one_value_beyond_range"] = OODSet(beyond, "near")
+    shuffled = pd.DataFrame({name: test[name].to_numpy()[rng.permutation(count)] for name in test.columns},
+                            columns=list(test.columns))
+    sets["shuffled_columns"] = OODSet(shuffled, "near")
+    numeric_names = {c["name"] for c in numeric}
+    for table in MAPPED_TABLES:
+        if set(table.columns) <= numeric_names:
+            sets[f"{table.name}_mapped"] = OODSet(_mapped(table, columns, list(test.columns)), "near")
+    # The test split's column dtypes (pandas' text dtype for categories), as stored records come back.
+    return {name: OODSet(ood.features.astype(test.dtypes.to_dict()), ood.kind) for name, ood in sets.items()}
+
+
+def _training_range(column: dict[str, Any], test_values: pd.Series) -> tuple[float, float]:
+    """The training min and max of a numeric column (a checkpoint saved before they were
+    fitted: the test split's)."""
+    if column.get("min") is not None and column.get("max") is not None:
+        return float(column["min"]), float(column["max"])
+    values = test_values.to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+
+
+def _mapped(table: MappedTable, columns: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    source = table.load()
+    frame = {}
+    for column in columns:
+        if column["name"] in table.columns:
+            frame[column["name"]] = source[table.columns[column["name"]]].to_numpy(dtype=np.float64)
+        elif column["type"] == "categorical":
+            frame[column["name"]] = np.full(len(source), None, dtype=object)
+        else:
+            frame[column["name"]] = np.full(len(source), np.nan)
+    return pd.DataFrame(frame, columns=order)

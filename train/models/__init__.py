@@ -13,7 +13,8 @@ architecture is the preset called "seed" in every family.
     # build_model_from_config(family, config_dict) rebuilds the same module.
 
 Every model maps a float tensor to logits of shape (B, num_classes); the loss or the
-caller applies softmax.
+caller applies softmax. `model.features_and_logits(x)` gives the classifier's input (the
+penultimate features, (B, D)) with the same logits, in one pass, in every family.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+import torch
 from torch import nn
 
 from medray.cluster.errors import ConfigError
@@ -118,6 +120,13 @@ def check_num_classes(config: Any) -> None:
         raise ModelConfigError(
             f"{type(config).__name__}.num_classes must be at least 2, got {config.num_classes}"
         )
+
+
+def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input of `head`'s last layer, `head`'s output): the features the classifier reads,
+    which out-of-distribution detection (`medray.train.ood`) measures, and the logits."""
+    features = head[:-1](x)
+    return features, head[-1](features)
 
 
 # The family modules import the names above, so they come after them.

@@ -109,6 +109,11 @@ class AttentionNet(nn.Module):
         features, _ = self.encoder(x)
         return self.head(features)
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features (B, D): the encoder's output, the classifier's input, logits)."""
+        features, _ = self.encoder(x)
+        return features, self.head(features)
+
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-feature importance (B, F), each row non-negative and summing to 1.
 

@@ -18,6 +18,7 @@ from medray.train.models import (
     check_num_classes,
     check_positive_int_tuple,
     check_positive_ints,
+    penultimate,
 )
 
 MODALITY = "image"
@@ -99,6 +100,10 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features (B, D): the classifier's input, logits (B, num_classes))."""
+        return penultimate(self.head, self.features(x))
 
     def grad_cam_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (after its

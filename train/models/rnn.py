@@ -17,6 +17,7 @@ from medray.train.models import (
     check_fractions,
     check_num_classes,
     check_positive_ints,
+    penultimate,
 )
 
 MODALITY = "signal"
@@ -110,6 +111,10 @@ class RNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features (B, dense_units): the classifier's input, logits)."""
+        return penultimate(self.head, self.encoder(x))
 
 
 def _between_layers(config: RNNConfig) -> float:
