@@ -80,11 +80,13 @@ def storage(request, tmp_path):
     return request.getfixturevalue("s3_storage")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session(s3_endpoint):
-    """One small local Ray for the whole run (start-up costs seconds). Started after the
-    S3 server so that its workers inherit the AWS variables, as a cluster's nodes would
-    have their credentials."""
+    """One small local Ray per test module that asks for it (start-up costs seconds), shut
+    down with the module: a Ray left running beside test_cluster_jobs.py's own `ray start`
+    cluster left that head with no job agent ("No available agent to submit job"). Started
+    after the S3 server so that its workers inherit the AWS variables, as a cluster's nodes
+    would have their credentials."""
     import ray
 
     from medray.cluster.runtime import RAY_TUNING
