@@ -40,6 +40,13 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _agent_port() -> list[str]:
+    """A node's dashboard agent listens on 52365 unless told otherwise; any other Ray on the
+    machine may hold that port, and a head whose agent cannot bind it answers every job
+    submission "No available agent to submit job" (its dashboard_agent.log says why)."""
+    return [f"--dashboard-agent-listen-port={free_port()}"]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head (2 CPUs, dashboard with the Jobs API) and one worker node (1 CPU)."""
@@ -50,7 +57,8 @@ def cluster(tmp_path_factory):
     system = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
     # --block: each node is one process group this test starts and stops itself (`ray stop`
     # would stop every Ray on the machine, the test session's own included).
-    head = subprocess.Popen(RAY + ["start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+    head = subprocess.Popen(RAY + ["start", "--head", f"--port={gcs_port}", "--num-cpus=2", *_agent_port(),
+                                   "--include-dashboard=true",
                                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--block",
                                    "--disable-usage-stats", f"--system-config={system}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -60,6 +68,7 @@ def cluster(tmp_path_factory):
     def start_worker():
         state["worker"] = subprocess.Popen(
             RAY + ["start", f"--address={state['gcs']}", "--num-cpus=1", '--resources={"worker_node": 1}', "--block",
+                   *_agent_port(),
                    "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         _wait_for_nodes(state, 2)
