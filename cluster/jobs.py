@@ -217,9 +217,13 @@ def submit(address: str | None, argv: list[str], wait: bool = True, python: str 
     return result
 
 
-# A head that has just started (or one under load) answers 500 "No available agent to
-# submit job" until its dashboard agent registers; that is worth waiting for, any other
-# refusal is not.
+# The head hands a submission to its node's dashboard agent; when none has registered
+# within Ray's own wait (10 s), it answers 500 "No available agent to submit job, please
+# try again later". On a head that has just started (or one under load) the agent may
+# still come, so that answer is retried for AGENT_WAIT_S more, any other refusal is not.
+# An agent that never starts does not come: the usual cause is its listen port (52365
+# unless `ray start --dashboard-agent-listen-port` says otherwise) held by another Ray on
+# that machine, which the head's dashboard_agent.log names; waiting only delays that error.
 AGENT_WAIT_S = 60.0
 
 

@@ -65,7 +65,7 @@ def ensure_ray(config: RayConfig | None = None, dashboard: bool = False) -> None
 
 def free_port(preferred: int | None = None) -> int:
     """A TCP port free on 127.0.0.1: `preferred` when it is free, else one the OS picks.
-    Free when asked only: the caller binds it next, before another process can."""
+    Free when asked only: another process may take it before the caller binds it."""
     import socket
 
     with socket.socket() as sock:

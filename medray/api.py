@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from medray.cluster.storage import Storage
     from medray.serve.model import ServedModel
 
+
 def open_storage(storage: str | Storage | None = None, config: MedrayConfig | None = None) -> Storage:
     """A `Storage` is used as given; otherwise the root given, else $MEDRAY_STORAGE, else
     ~/.medray. The config's storage settings (encryption, KMS key, retries) apply

@@ -21,6 +21,7 @@ version stored without a detector answers `out_of_distribution: null`.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -51,14 +52,6 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.tensor)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.tensor.shape
-
-
-def _as_inputs(inputs: Inputs | torch.Tensor) -> Inputs:
-    return inputs if isinstance(inputs, Inputs) else Inputs(inputs, ((),) * len(inputs))
 
 
 @dataclass
@@ -99,8 +92,9 @@ class ServedModel:
                 "threshold": self.threshold, "coverage": self.coverage, "input": self.input_schema(),
                 "ood": self.ood.summary() if self.ood is not None else None}
 
-    @property
+    @functools.cached_property
     def kind(self) -> Modality:
+        """The modality's methods, looked up once: every request goes through them."""
         return modality(self.modality)
 
     def input_schema(self) -> dict[str, Any]:
@@ -108,32 +102,32 @@ class ServedModel:
 
     # Requests -> model inputs ---------------------------------------------------------
     def decode(self, instances: list[Any]) -> Inputs:
-        """Validate and transform instances into the model's input tensor (N, ...)."""
+        """Validate and transform instances into the model's `Inputs` (N, ...)."""
         if not isinstance(instances, list) or not instances:
             raise InputError("instances: must be a non-empty list")
-        pre = self.bundle.preprocessor
-        tensor = torch.from_numpy(pre.transform(self.kind.decode(pre, instances)))
-        return Inputs(tensor, tuple(map(tuple, self.kind.metadata_mismatches(pre, instances))))
+        return self._inputs(self.kind.decode(self.bundle.preprocessor, instances), instances)
 
     def decode_file(self, data: bytes) -> Inputs:
         """An uploaded file (an image model's PNG, JPEG or DICOM) as a batch of one."""
+        return self._inputs(self.kind.decode_file(self.bundle.preprocessor, data, self.name), [data])
+
+    def _inputs(self, batch: Any, sent: list[Any]) -> Inputs:
+        """The decoded `batch` preprocessed, with the metadata mismatches of what was `sent`."""
         pre = self.bundle.preprocessor
-        tensor = torch.from_numpy(pre.transform(self.kind.decode_file(pre, data, self.name)))
-        return Inputs(tensor, tuple(map(tuple, self.kind.metadata_mismatches(pre, [data]))))
+        tensor = torch.from_numpy(pre.transform(batch))
+        return Inputs(tensor, tuple(map(tuple, self.kind.metadata_mismatches(pre, sent))))
 
     # Predictions ----------------------------------------------------------------------
-    def predict(self, inputs: Inputs | torch.Tensor) -> list[dict[str, Any]]:
+    def predict(self, inputs: Inputs) -> list[dict[str, Any]]:
         """One answer per input; `InputError` naming `instances[i]` when the model gave
         no usable answer for input i (see `answers`)."""
-        inputs = _as_inputs(inputs)
         embeddings, logits = self._forward(inputs.tensor)
         return self.answers(logits, embeddings, inputs.metadata_mismatch)
 
-    def predict_requests(self, requests: list[Inputs | torch.Tensor]) -> list[dict[str, Any]]:
+    def predict_requests(self, requests: list[Inputs]) -> list[dict[str, Any]]:
         """Several requests' inputs in one forward pass, answered per request as
         {"predictions": [...]} or {"error": message}: an unusable answer for one request's
         instance refuses that request alone, its index counted within the request."""
-        requests = [_as_inputs(r) for r in requests]
         embeddings, logits = self._forward(torch.cat([r.tensor for r in requests]))
         out, start = [], 0
         for inputs in requests:
@@ -214,11 +208,11 @@ class ServedModel:
         return out
 
     # Explanations ---------------------------------------------------------------------
-    def explain(self, inputs: Inputs | torch.Tensor) -> list[dict[str, Any]]:
+    def explain(self, inputs: Inputs) -> list[dict[str, Any]]:
         """Why, per instance, for the predicted class: the modality's explanation (Grad-CAM
         for images, attention over features for records, per-time-step saliency for signals)."""
         self.bundle.model.eval()
-        return self.kind.explain(self.bundle.model, _as_inputs(inputs).tensor, self.bundle.preprocessor)
+        return self.kind.explain(self.bundle.model, inputs.tensor, self.bundle.preprocessor)
 
 
 def _is_distribution(p: np.ndarray) -> bool:

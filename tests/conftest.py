@@ -80,13 +80,27 @@ def storage(request, tmp_path):
     return request.getfixturevalue("s3_storage")
 
 
+@pytest.fixture
+def wdbc(local_storage):
+    """Local storage holding scikit-learn's WDBC as dataset `wdbc`, with a validation
+    fraction that leaves an odd number of val rows (91), which two workers cannot split
+    equally."""
+    from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
+
+    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc",
+                                                options=ImportOptions(val_fraction=0.16)))
+    return local_storage
+
+
 @pytest.fixture(scope="module")
 def ray_session(s3_endpoint):
     """One small local Ray per test module that asks for it (start-up costs seconds), shut
-    down with the module: a Ray left running beside test_cluster_jobs.py's own `ray start`
-    cluster left that head with no job agent ("No available agent to submit job"). Started
-    after the S3 server so that its workers inherit the AWS variables, as a cluster's nodes
-    would have their credentials."""
+    down with the module: each module starts from an empty Ray (no Serve app, actor or
+    placement group left by another), and none idles beside the nodes
+    test_cluster_jobs.py starts itself (those bind free dashboard-agent ports, so another
+    Ray on the machine does not stop them taking jobs). Started after the S3 server so
+    that its workers inherit the AWS variables, as a cluster's nodes would have their
+    credentials."""
     import ray
 
     from medray.cluster.runtime import RAY_TUNING

@@ -11,21 +11,21 @@ import medray
 from support.project import PROJECT
 
 
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], cwd="/", capture_output=True,
-                          text=True, timeout=120)
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    """This Python with `args`, from / (not the repository root): the installed package."""
+    return subprocess.run([sys.executable, *args], cwd="/", capture_output=True, text=True, timeout=120)
 
 
 def test_import_medray_and_the_cli_parser_load_neither_torch_nor_ray():
-    result = run_python("import sys, medray, medray.cluster.storage, medray.cli\n"
-                        "medray.cli.build_parser().format_help()\n"
-                        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    result = run_python("-c", "import sys, medray, medray.cluster.storage, medray.cli\n"
+                              "medray.cli.build_parser().format_help()\n"
+                              "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
 def test_version_from_the_command_line():
-    result = run_python("", "-m", "medray.cli", "--version")
+    result = run_python("-m", "medray.cli", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"medray {medray.__version__}"
     assert medray.__version__ != "0+unknown"  # the installed package's metadata was found
@@ -64,6 +64,6 @@ def test_import_then_list_on_local_storage_as_the_cli_lists(tmp_path):
     assert (row["name"], row["versions"], row["classes"]) == ("wdbc", [1], manifest["classes"])
     assert medray.describe_dataset("wdbc@v1", root) == manifest
 
-    cli = run_python("", "-m", "medray.cli", "data", "list", "--json", "--storage", root)
+    cli = run_python("-m", "medray.cli", "data", "list", "--json", "--storage", root)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == listing

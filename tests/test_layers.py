@@ -3,6 +3,7 @@ tune -> train -> cluster; and every import spells `medray.…` (a bare `import t
 only from the repository root, and `train` is another package on PyPI)."""
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -54,10 +55,11 @@ def imported_names(source: str, module: str | None, is_package: bool = False) ->
     return names
 
 
-def facade_names() -> set[str]:
+@functools.cache
+def facade_names() -> frozenset[str]:
     import medray
 
-    return {f"medray.{name}" for name in medray.__all__}
+    return frozenset(f"medray.{name}" for name in medray.__all__)
 
 
 def violations(path: Path) -> list[str]:

@@ -58,17 +58,14 @@ class ModelBundle:
     def classes(self) -> list[str]:
         return self.labels.classes
 
-    @torch.no_grad()
     def predict_logits(self, batch: Any, batch_size: int = 512) -> torch.Tensor:
-        self.model.eval()
-        inputs = torch.from_numpy(self.preprocessor.transform(batch))
-        return torch.cat([self.model(chunk) for chunk in inputs.split(batch_size)]) if len(inputs) else \
-            torch.empty(0, len(self.classes))
+        """Logits (N, K) of stored rows: `predict_embeddings`' second half."""
+        return torch.from_numpy(self.predict_embeddings(batch, batch_size)[1])
 
     @torch.no_grad()
     def predict_embeddings(self, batch: Any, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """(penultimate features (N, D), logits (N, K)) of stored rows, preprocessed as
-        `predict_logits` does; what out-of-distribution detection is fitted on."""
+        """(penultimate features (N, D), logits (N, K)) of stored rows, preprocessed, from
+        one pass; what out-of-distribution detection is fitted on."""
         self.model.eval()
         inputs = torch.from_numpy(self.preprocessor.transform(batch))
         pairs = [self.model.features_and_logits(chunk) for chunk in inputs.split(batch_size)]

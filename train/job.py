@@ -190,7 +190,7 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
         embeddings[split], logits = bundle.predict_embeddings(features[split])
         outputs[split] = (bundle.labels.apply(labels), logits)
     ood_detector = fit_detector(
-        embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1], outputs["train"][1],
+        embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1],
         false_alarm=config.eval.ood_false_alarm, method=config.eval.ood_method,
     )
     metrics = evaluate_model_outputs(

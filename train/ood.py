@@ -17,7 +17,7 @@ Two scores, both from one forward pass (`ModelBundle.predict_embeddings`):
 
 Pure NumPy, no Ray; the fitted numbers travel as plain JSON (`to_dict`).
 
-    detector = fit_detector(train_emb, train_y, val_emb, val_logits, train_logits)
+    detector = fit_detector(train_emb, train_y, val_emb, val_logits)
     flagged = detector.flags(emb, logits)            # score > threshold
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,13 @@ class OODDetector:
         """One score per row (N,); higher = less like the training data."""
         if self.method == "energy":
             return energy_score(logits)
-        return mahalanobis_score(np.asarray(embeddings, dtype=np.float64), self.means, self.precision)
+        return mahalanobis_score(np.asarray(embeddings, dtype=np.float64), self.means, self.precision,
+                                 self._mean_terms)
+
+    @cached_property
+    def _mean_terms(self) -> np.ndarray | None:
+        """m_k^T P m_k per class: fixed once fitted, so computed once, not per request."""
+        return None if self.means is None else mahalanobis_mean_terms(self.means, self.precision)
 
     def flags(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Whether each row is out of distribution (N,) bool. A non-finite score is
@@ -106,14 +113,22 @@ def energy_score(logits: np.ndarray) -> np.ndarray:
         return -(top[:, 0] + np.log(np.exp(z - top).sum(axis=1)))
 
 
-def mahalanobis_score(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """min over classes k of (x - mu_k)^T P (x - mu_k), per row (N,)."""
+def mahalanobis_mean_terms(means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """m_k^T P m_k per class (K,)."""
+    return np.einsum("kd,kd->k", means @ precision, means)
+
+
+def mahalanobis_score(x: np.ndarray, means: np.ndarray, precision: np.ndarray,
+                      mean_terms: np.ndarray | None = None) -> np.ndarray:
+    """min over classes k of (x - mu_k)^T P (x - mu_k), per row (N,); `mean_terms` is
+    `mahalanobis_mean_terms(means, precision)` when the caller keeps it."""
     # (x-m)^T P (x-m) = x^T P x - 2 x^T P m + m^T P m, for all classes at once.
+    if mean_terms is None:
+        mean_terms = mahalanobis_mean_terms(means, precision)
     xp = x @ precision
     quad_x = np.einsum("nd,nd->n", xp, x)
     cross = xp @ means.T
-    quad_m = np.einsum("kd,kd->k", means @ precision, means)
-    return (quad_x[:, None] - 2 * cross + quad_m[None, :]).min(axis=1)
+    return (quad_x[:, None] - 2 * cross + mean_terms[None, :]).min(axis=1)
 
 
 def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
@@ -142,11 +157,9 @@ def threshold_for(val_scores: np.ndarray, false_alarm: float) -> float:
 
 
 def fit_detector(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
-                 val_logits: np.ndarray, train_logits: np.ndarray | None = None, false_alarm: float = 0.05,
-                 method: str = "mahalanobis") -> OODDetector:
+                 val_logits: np.ndarray, false_alarm: float = 0.05, method: str = "mahalanobis") -> OODDetector:
     """A detector fitted on the train split and thresholded on the val split to flag at
-    most `false_alarm` of in-distribution cases. `train_logits` is not needed by either
-    score; it is taken so that a score fitted on logits can be added without a new call."""
+    most `false_alarm` of in-distribution cases."""
     if not 0 < false_alarm < 1:
         raise ValueError(f"false_alarm must lie in (0, 1), got {false_alarm}")
     if method not in METHODS:

@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-
 from medray.cluster.config import GateRule, MedrayConfig
 from medray.cluster.errors import ConfigError
 from medray.cluster.registry import Registry
@@ -68,12 +67,12 @@ def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def _numbers(tree: Any, prefix: str, nested: bool = True) -> list[str]:
-    """The dotted names of the numbers in `tree` (in nested dicts too, if `nested`)."""
+def _numbers(tree: Any, prefix: str, nested: bool = True) -> dict[str, Any]:
+    """The numbers in `tree` (in nested dicts too, if `nested`) by dotted name."""
     if not isinstance(tree, dict):
-        return [prefix] if _is_number(tree) else []
-    return [name for key, value in tree.items() if nested or not isinstance(value, dict)
-            for name in _numbers(value, f"{prefix}.{key}")]
+        return {prefix: tree} if _is_number(tree) else {}
+    return {name: number for key, value in tree.items() if nested or not isinstance(value, dict)
+            for name, number in _numbers(value, f"{prefix}.{key}").items()}
 
 
 def _code_version() -> str:
@@ -170,10 +169,10 @@ def _ood_section(ood: dict[str, Any] | None, figures: Any) -> list[str]:
         "- an input scoring above the threshold is answered `out_of_distribution: true` and referred to a "
         "clinician, whatever its prediction set",
     ]
-    rows = _numbers(figures, "ood") if isinstance(figures, dict) else []
+    rows = _numbers(figures, "ood") if isinstance(figures, dict) else {}
     if rows:
         lines += ["", "| figure | value |", "|---|---|",
-                  *(f"| {row[len('ood.'):]} | {_fmt(_lookup({'ood': figures}, row))} |" for row in rows)]
+                  *(f"| {name.removeprefix('ood.')} | {_fmt(value)} |" for name, value in rows.items())]
     return [*lines, ""]
 
 
@@ -204,8 +203,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
         on_test = set_coverage(y_test, apply_temperature(z_test, temperature), quantile)
         conformal = {"target": config.promote.coverage, "quantile": quantile,
                      "test_coverage": on_test["coverage"], "test_mean_set_size": on_test["mean_set_size"]}
-        detector = report.get("ood_detector")
-        ood = detector.summary() if detector is not None else None
+        ood = report["ood_detector"].summary()
         files = _version_files(storage, checkpoint_key, folder, report, metrics, conformal)
         history = json.loads((folder / "checkpoint" / PROGRESS).read_text()).get("history") or [{}]
         finished = history[-1].get("finished_at")
@@ -221,7 +219,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
             "metrics": {"val": _headline(metrics["val"]), "test": _headline(metrics["test"])},
             "gate": gate, "calibration": {"temperature": temperature, "threshold": metrics["threshold"],
                                           "conformal": conformal},
-            "ood": {**(ood or {}), "metrics": metrics.get("ood")} if ood else None,
+            "ood": {**ood, "metrics": metrics["ood"]},
             "config": config.model_dump(mode="json"),
         })
         pointer = registry.promote(name, version, "passed the gate") if config.promote.make_champion else None
@@ -238,10 +236,8 @@ def _version_files(storage: Storage, checkpoint_key: str, folder: Path, report: 
     checkpoint = storage.download_dir(checkpoint_key, folder / "checkpoint")
     files = {name: checkpoint / name for name in MODEL_FILES}
     calibration = folder / CALIBRATION
-    detector = report.get("ood_detector")
     calibration.write_text(json.dumps({"temperature": metrics["temperature"], "threshold": metrics["threshold"],
-                                       "conformal": conformal,
-                                       "ood": detector.to_dict() if detector is not None else None}))
+                                       "conformal": conformal, "ood": report["ood_detector"].to_dict()}))
     files[CALIBRATION] = calibration
     for name in report["files"]:
         files[name] = folder / "report" / name

@@ -305,16 +305,18 @@ def _serve_and_ask(storage: Storage, results: list[dict[str, Any]]) -> dict[str,
             samples.append({"model": name, "status": status, "answer": answer,
                             **served_cases(name, predictions, truths)})
         bad = client.post(f"/v1/models/{served_names[0]}/predict", json={"instances": [[[1, 2], [3, 4]]]})
-        samples.append({"model": served_names[0], "status": bad.status_code, "answer": bad.json(),
+        refusal = bad.json()
+        samples.append({"model": served_names[0], "status": bad.status_code, "answer": refusal,
                         "line": f"  bad request to {served_names[0]} (a 2x2 array): HTTP {bad.status_code} "
-                                f"{bad.json().get('detail')}"})
+                                f"{refusal.get('detail')}"})
         samples += _out_of_distribution_case(client, served_names)
     return {"url": deployed["url"], "models": deployed["models"], "samples": samples}
 
 
 def _out_of_distribution_case(client: Any, served_names: list[str]) -> list[dict[str, Any]]:
     """pydicom's CT slice sent to the first served model that takes image files: unlike
-    anything it was trained on, so it is referred to a clinician rather than answered."""
+    anything it was trained on, so it should be referred to a clinician rather than
+    answered; the line says which it was."""
     from pydicom.data import get_testdata_file
 
     ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
@@ -322,9 +324,10 @@ def _out_of_distribution_case(client: Any, served_names: list[str]) -> list[dict
         response = client.post(f"/v1/models/{name}/predict-file", files={"file": ("ct.dcm", ct)})
         if response.status_code != 200:  # a model for signals or records takes no image file
             continue
-        (p,) = response.json()["predictions"]
+        answer = response.json()
+        (p,) = answer["predictions"]
         verdict = "refer to clinician" if p.get("refer_to_clinician") else "answered"
-        return [{"model": name, "status": 200, "answer": response.json(), "out_of_distribution": True,
+        return [{"model": name, "status": 200, "answer": answer, "out_of_distribution": True,
                  "line": f"  a CT slice (pydicom's CT_small.dcm) sent to {name}: out_of_distribution "
                          f"{p.get('out_of_distribution')} (score {p.get('ood_score')}) -> {verdict}"}]
     return []

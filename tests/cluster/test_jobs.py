@@ -10,8 +10,7 @@ import pytest
 
 from medray.cluster import jobs
 from medray.cluster.errors import MedrayError
-
-PROJECT = Path(__file__).resolve().parents[2]
+from support.project import PROJECT
 
 PYPROJECT = textwrap.dedent("""
     [build-system]

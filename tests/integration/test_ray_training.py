@@ -10,30 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from medray.cluster.config import load_config
 from medray.cluster.errors import ConfigError
-from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
 from medray.train.job import evaluate_checkpoint, run_training
-
-CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
-
-
-@pytest.fixture
-def wdbc(local_storage):
-    # A validation fraction that leaves an odd number of val rows (91), which two workers
-    # cannot split equally.
-    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc",
-                                                options=ImportOptions(val_fraction=0.16)))
-    return local_storage
-
-
-def small(*overrides):
-    return load_config(CONFIGS / "wdbc_attention.yaml",
-                       ["optim.epochs=3", "eval.bootstrap=50", "train.patience=0", *overrides])
+from support.training import small_wdbc_config
 
 
 def test_two_worker_training_reports_metrics_checkpoint_and_plots(wdbc, ray_session):
-    summary = run_training(small("scaling.num_workers=2", "train.name=two-workers"), wdbc)
+    summary = run_training(small_wdbc_config("scaling.num_workers=2", "train.name=two-workers"), wdbc)
     assert summary["epochs_run"] == 3
     test = summary["metrics"]["test"]
     for key in ("auroc", "accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "auroc_ci"):
@@ -54,7 +37,7 @@ def test_two_worker_training_reports_metrics_checkpoint_and_plots(wdbc, ray_sess
     assert reported["val_auroc"] == pytest.approx(summary["metrics"]["val"]["auroc"])
 
     # The checkpoint alone rebuilds the model; re-evaluation gives the same numbers.
-    again = evaluate_checkpoint(wdbc, "two-workers", small(), "test")
+    again = evaluate_checkpoint(wdbc, "two-workers", small_wdbc_config(), "test")
     assert again["metrics"]["auroc"] == pytest.approx(test["auroc"])
     assert again["metrics"]["accuracy"] == pytest.approx(test["accuracy"])
 
@@ -71,7 +54,7 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
     # Uncached data: each epoch streams its shard from storage again (seconds per epoch),
     # so the kill lands mid-run, and the restarted workers must stream the data anew.
     epochs = 8
-    config = small(f"optim.epochs={epochs}", "scaling.num_workers=2", "scaling.max_failures=2",
+    config = small_wdbc_config(f"optim.epochs={epochs}", "scaling.num_workers=2", "scaling.max_failures=2",
                    "train.name=killed", "train.keep_checkpoints=1", "train.cache_data=false")
     run_dir = Path(wdbc.root.removeprefix("file://")) / "runs" / "killed"
     killed: list[int] = []
@@ -109,4 +92,4 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
 
 def test_more_workers_than_the_cluster_has_is_refused(wdbc, ray_session):
     with pytest.raises(ConfigError, match="asks for 8 workers x 1 CPU = 8 CPUs, but the cluster has 2"):
-        run_training(small("scaling.num_workers=8"), wdbc)
+        run_training(small_wdbc_config("scaling.num_workers=8"), wdbc)

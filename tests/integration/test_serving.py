@@ -15,11 +15,11 @@ import pytest
 
 from medray.cluster.config import load_config
 from medray.serve.model import ServedModel
+from support.project import PROJECT
 from support.serving import assert_same_answers
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).resolve().parents[2]
 CANARY = 424242.125
 PORT = 8311
 

@@ -178,7 +178,7 @@ def test_the_detector_scores_every_answer_and_refers_what_it_flags(models, real_
     model = models["ultrasound"]
     images = real_inputs["images"]
     embeddings, logits = model.bundle.predict_embeddings(images)
-    model.ood = fit_detector(embeddings, np.zeros(len(images), int), embeddings, logits, logits, false_alarm=0.2)
+    model.ood = fit_detector(embeddings, np.zeros(len(images), int), embeddings, logits, false_alarm=0.2)
     answers = model.predict(model.decode([im.tolist() for im in images]))
     np.testing.assert_allclose([a["ood_score"] for a in answers], model.ood.score(embeddings, logits), rtol=1e-4)
     flagged = model.ood.flags(embeddings, logits)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medray.cluster.registry import Registry
+from medray.serve.model import SERVED_FILES
 from medray.train.checkpoint import save_checkpoint
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.models import InputSpec, build_model
@@ -33,7 +34,7 @@ def register(storage, tmp_path: Path, name: str, family: str, preset: str, prepr
     save_checkpoint(folder, model, family, preprocessor, LabelMap(classes, classes, list(range(len(classes)))),
                     f"{name}@v1", progress={"epoch": 0})
     (folder / "calibration.json").write_text(json.dumps(calibration or CALIBRATION))
-    files = {f: folder / f for f in ("weights.pt", "model.json", "data.json", "calibration.json")}
+    files = {f: folder / f for f in SERVED_FILES}
     registry = Registry(storage)
     version = registry.register(name, files, {"modality": preprocessor.modality, "classes": classes})
     registry.promote(name, version)

@@ -3,7 +3,6 @@ a modality's name."""
 
 import ast
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,10 @@ from medray.cluster.errors import ConfigError
 from medray.train.data.preprocess import Preprocessor
 from medray.train.modalities import MODALITIES, modality
 from medray.train.models import InputSpec
+from support.project import PROJECT
 
-ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("cluster", "train", "tune", "serve", "medray")
-REGISTRY = ROOT / "train" / "modalities"
+REGISTRY = PROJECT / "train" / "modalities"
 
 
 def test_the_registry_refuses_an_unknown_modality_naming_the_choices():
@@ -130,9 +129,9 @@ def test_the_dispatch_check_finds_what_it_should(source, lines):
 
 def test_no_code_outside_the_registry_branches_on_a_modality_name():
     offenders = [
-        f"{path.relative_to(ROOT)}:{line}"
+        f"{path.relative_to(PROJECT)}:{line}"
         for folder in SCANNED
-        for path in sorted((ROOT / folder).rglob("*.py"))
+        for path in sorted((PROJECT / folder).rglob("*.py"))
         if REGISTRY not in path.parents
         for line in modality_dispatch(path.read_text())
     ]

@@ -26,7 +26,7 @@ def test_mahalanobis_recovers_the_gaussian_case_and_flags_the_stated_share():
     val_x, _ = gaussian_classes(rng, 1000)
     test_x, _ = gaussian_classes(rng, 2000)
     no_logits = np.zeros((len(val_x), 2))
-    detector = fit_detector(train_x, train_y, val_x, no_logits, None, false_alarm=0.05)
+    detector = fit_detector(train_x, train_y, val_x, no_logits, false_alarm=0.05)
     np.testing.assert_allclose(detector.means[:, 0], [-2.0, 2.0], atol=0.06)
     np.testing.assert_allclose(detector.precision, np.eye(DIM), atol=0.08)
     # The threshold is the 95% point of chi-square(DIM), up to sampling error.
@@ -49,7 +49,7 @@ def test_energy_is_minus_logsumexp():
     np.testing.assert_allclose(energy_score(logits), [-np.log(2), -10 - np.log1p(np.exp(-20)), -1000 - np.log(2)])
     rng = np.random.default_rng(1)
     confident = np.column_stack([rng.normal(8, 1, 500), np.zeros(500)])
-    detector = fit_detector(None, None, None, confident, None, false_alarm=0.1, method="energy")
+    detector = fit_detector(None, None, None, confident, false_alarm=0.1, method="energy")
     assert detector.flags(None, np.zeros((3, 2))).all()  # flat logits: the model knows none of its classes
 
 
@@ -69,7 +69,7 @@ def test_round_trip_through_json_keeps_the_scores():
     rng = np.random.default_rng(2)
     train_x, train_y = gaussian_classes(rng, 100)
     val_x, _ = gaussian_classes(rng, 50)
-    detector = fit_detector(train_x, train_y, val_x, np.zeros((100, 2)), None)
+    detector = fit_detector(train_x, train_y, val_x, np.zeros((100, 2)))
     again = OODDetector.from_dict(json.loads(json.dumps(detector.to_dict())))
     assert again.summary() == detector.summary()
     probe = rng.standard_normal((20, DIM)) * 3
@@ -79,8 +79,8 @@ def test_round_trip_through_json_keeps_the_scores():
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="false_alarm"):
-        fit_detector(None, None, None, np.zeros((3, 2)), None, false_alarm=0.0, method="energy")
+        fit_detector(None, None, None, np.zeros((3, 2)), false_alarm=0.0, method="energy")
     with pytest.raises(ValueError, match="OOD method"):
-        fit_detector(None, None, None, np.zeros((3, 2)), None, method="knn")
+        fit_detector(None, None, None, np.zeros((3, 2)), method="knn")
     with pytest.raises(ValueError, match="class means"):
         OODDetector("mahalanobis", 1.0, 0.05, 0.05, 10)

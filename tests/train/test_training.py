@@ -11,29 +11,13 @@ import torch
 from medray.cluster.config import load_config
 from medray.cluster.errors import ConfigError, NotFoundError
 from medray.train.checkpoint import load_bundle, save_checkpoint
-from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
+from medray.train.data.importers import ImportRequest, import_dataset
 from medray.train.data.loading import read_split_arrays
 from medray.train.job import plan_training
-
-CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
-
-
-@pytest.fixture
-def wdbc(local_storage):
-    # A validation fraction that leaves an odd number of val rows (91), which two workers
-    # cannot split equally.
-    import_dataset(local_storage, ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc",
-                                                options=ImportOptions(val_fraction=0.16)))
-    return local_storage
-
-
-def small(*overrides):
-    return load_config(CONFIGS / "wdbc_attention.yaml",
-                       ["optim.epochs=3", "eval.bootstrap=50", "train.patience=0", *overrides])
-
+from support.training import CONFIGS, small_wdbc_config
 
 def test_checkpoint_round_trip_gives_identical_outputs(wdbc, tmp_path):
-    plan = plan_training(small(), wdbc)
+    plan = plan_training(small_wdbc_config(), wdbc)
     from medray.train.models import build_model_from_config
 
     torch.manual_seed(0)
@@ -60,7 +44,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(wdbc, tmp_path):
 ])
 def test_bad_configs_fail_before_training(wdbc, overrides, error, message):
     with pytest.raises(error, match=message):
-        plan_training(small(*overrides), wdbc)
+        plan_training(small_wdbc_config(*overrides), wdbc)
 
 
 def test_every_shipped_config_loads_and_plans(local_storage, shared_data):

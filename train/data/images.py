@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +39,10 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def read_image(path: Path, size: int, mode: str, where: str) -> np.ndarray:
+def read_image(path: Path, size: int, mode: str, where: str) -> tuple[np.ndarray, dict[str, Any]]:
     """One file as a (size, size) grey or (size, size, 3) RGB uint8 array, through the
-    decoder serving uses. Errors name `where` (a position), never the file's name."""
+    decoder serving uses, and its `dicom_metadata` ({} unless a DICOM) from the same
+    bytes, so each file is read once. Errors name `where` (a position), never the file's name."""
     limits = DecodeLimits.for_input(size, size)
     try:
         too_large = path.stat().st_size > limits.max_bytes
@@ -50,9 +52,10 @@ def read_image(path: Path, size: int, mode: str, where: str) -> np.ndarray:
     if too_large:
         raise DataImportError(f"{where} is larger than the {limits.max_bytes}-byte limit")
     try:
-        return decode_image(data, size, mode, limits)
+        pixels = decode_image(data, size, mode, limits)
     except ImageRefused as refused:
         raise DataImportError(f"{where} {refused}") from None
+    return pixels, dicom_metadata(data)
 
 
 def _files(folder: Path) -> dict[str, list[Path]]:
@@ -92,14 +95,14 @@ def import_image_folder(
     # carry patient names, and errors reach logs.
     places = [f"file {i + 1} of {len(files[name])} (in path order) in class folder '{name}'"
               for name in classes for i in range(len(files[name]))]
-    images = np.stack([
-        read_image(path, size, mode, where)
-        for path, where in tqdm(list(zip(paths, places)), desc="reading images", unit="img", leave=False)
-    ])
+    read = [read_image(path, size, mode, where)
+            for path, where in tqdm(list(zip(paths, places)), desc="reading images", unit="img", leave=False)]
+    images = np.stack([pixels for pixels, _ in read])
     splits = three_way_split(labels, val_fraction, test_fraction, seed)
+    is_dicom = [_is_dicom(path) for path in paths]
     # What kind of images the DICOMs are (Modality, photometry, body part, pixel spacing),
     # for serving to compare a DICOM it is sent with; no identifying tag is read.
-    dicom = summarize_dicom_metadata([dicom_metadata(path.read_bytes()) for path in paths if _is_dicom(path)])
+    dicom = summarize_dicom_metadata([metadata for (_, metadata), dicom in zip(read, is_dicom) if dicom])
     return ImportedDataset(
         modality="image",
         classes=classes,
@@ -112,7 +115,7 @@ def import_image_folder(
             # Per-file checksums would record file names; keep only the combined one.
             "sha256": sha256_files(paths, root=folder)["sha256"],
             "files": len(paths),
-            "dicom_files": int(sum(_is_dicom(p) for p in paths)),
+            "dicom_files": int(sum(is_dicom)),
             "options": {"size": size, "grayscale": grayscale, "val_fraction": val_fraction,
                         "test_fraction": test_fraction, "seed": seed},
         },

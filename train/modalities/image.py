@@ -217,12 +217,7 @@ def _as_stored(image: np.ndarray, stored: tuple[int, ...]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _pydicom_images_cached(stored: tuple[int, ...]) -> dict[str, np.ndarray]:
-    import warnings
-
-    import pydicom
     from pydicom.data import get_testdata_files
-
-    from medray.train.data.decode import image_format
 
     groups: dict[str, list[np.ndarray]] = {}
     seen: set[bytes] = set()
@@ -233,23 +228,16 @@ def _pydicom_images_cached(stored: tuple[int, ...]) -> dict[str, np.ndarray]:
                 data = handle.read()
         except OSError:  # a folder among them
             continue
-        if image_format(data) is None:
-            continue
         try:
             decoded = decode_image(data, size, "L" if len(stored) == 2 else "RGB")
-        except ImageRefused:  # compressed with a codec not installed, no pixels, ...
+        except ImageRefused:  # not an image, compressed with a codec not installed, no pixels, ...
             continue
         image = _as_stored(decoded, stored)
-        if image.tobytes() in seen:
+        pixels = image.tobytes()
+        if pixels in seen:
             continue
-        seen.add(image.tobytes())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                kind = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) \
-                    if image_format(data) == "DICOM" else ""
-            except Exception:  # a header pydicom reads leniently for pixels but not here
-                kind = ""
+        seen.add(pixels)
+        kind = dicom_metadata(data).get("Modality", "")  # {} for a PNG or JPEG, or a header it cannot read
         group = f"pydicom_{kind.lower()}" if kind in ("CT", "MR") else "pydicom_other"
         groups.setdefault(group, []).append(image)
     return {name: np.stack(images) for name, images in sorted(groups.items())}

@@ -288,6 +288,8 @@ def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
     assert manifest["classes"] == ["benign", "malignant"]
     assert manifest["schema"]["shape"] == [16, 16]
     assert manifest["source"]["dicom_files"] == 8
+    # What kind of images the DICOMs were, for serving to compare; no identifying tag.
+    assert manifest["schema"]["dicom"] == {"files": 8, "Modality": ["US"], "PhotometricInterpretation": ["MONOCHROME"]}
     assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == 20
     images, labels = read_split_arrays(local_storage, "imgs", "train")
     assert images.shape[1:] == (16, 16) and images.dtype == np.uint8
