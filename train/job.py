@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,27 @@ class WorkerPlan:
     """Per training class, for `optim.class_weights`."""
     progress: bool = True
     """Rank 0 announces each epoch (a search reports per trial instead)."""
+    launched_at: float | None = None
+    """Wall time the run (or trial) was launched: each report's `startup_seconds` counts from it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+    """The dataset side of a plan: its manifest, label map and preprocessing fitted on
+    train. It depends only on the `data` section, so a search fits it once for all trials."""
+
+    manifest: dict[str, Any]
+    labels: LabelMap
+    preprocessor: Preprocessor
+
+    def split_arrays(self, storage: Storage, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """One split read and preprocessed in this process: (float32 inputs, class indices)."""
+        features, labels = read_split_arrays(storage, self.manifest, split)
+        return self.preprocessor.transform(features), self.labels.apply(labels)
+
+    def preprocessed_bytes(self, split: str) -> int:
+        """What `split_arrays(split)` will hold, from the manifest alone (before reading)."""
+        return self.manifest["splits"][split]["rows"] * (int(np.prod(self.preprocessor.input_shape)) * 4 + 8)
 
 
 @dataclasses.dataclass
@@ -73,7 +95,7 @@ class TrainingPlan:
             counts[self.labels.index[source_index]] += count
         return counts
 
-    def worker_plan(self, progress: bool = True) -> WorkerPlan:
+    def worker_plan(self, progress: bool = True, launched_at: float | None = None) -> WorkerPlan:
         """What this run's workers are handed (each gets a pickled copy)."""
         config = self.config
         return WorkerPlan(
@@ -81,7 +103,7 @@ class TrainingPlan:
             labels=self.labels, dataset=self.dataset_ref, optim=config.optim, train=config.train,
             mixed_precision=config.scaling.mixed_precision,
             threads_per_worker=config.scaling.cpus_per_worker, train_rows=self.manifest["splits"]["train"]["rows"],
-            train_class_counts=tuple(self.train_class_counts()), progress=progress,
+            train_class_counts=tuple(self.train_class_counts()), progress=progress, launched_at=launched_at,
         )
 
 
@@ -93,18 +115,25 @@ def run_name(config: MedrayConfig, stem: str) -> str:
     return f"{stem}-{stamp}"
 
 
-def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> TrainingPlan:
-    """Resolve everything the run needs; a bad dataset, model or class setting fails here."""
+def plan_data(config: MedrayConfig, storage: Storage) -> DataPlan:
+    """The dataset, its label map and preprocessing; a bad dataset or class setting fails here."""
     if not config.data.dataset:
         raise ConfigError("no dataset chosen: set data.dataset=NAME (see `medray data list`)")
     manifest = read_manifest(storage, config.data.dataset)
     labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
     train_features, _ = read_split_arrays(storage, manifest, "train")
-    preprocessor = Preprocessor.fit(manifest, train_features)
-    spec = InputSpec(manifest["modality"], tuple(preprocessor.input_shape))
-    model_config = model_config_for(config.model.family, config.model.preset, spec, len(labels.classes),
+    return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features))
+
+
+def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None,
+                  data: DataPlan | None = None) -> TrainingPlan:
+    """Resolve everything the run needs; a bad dataset, model or class setting fails here.
+    `data`, when given, is `plan_data` of this config, already fitted (a search's trials)."""
+    data = data or plan_data(config, storage)
+    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape))
+    model_config = model_config_for(config.model.family, config.model.preset, spec, len(data.labels.classes),
                                     config.model.options)
-    return TrainingPlan(config, manifest, labels, preprocessor, dataclasses.asdict(model_config),
+    return TrainingPlan(config, data.manifest, data.labels, data.preprocessor, dataclasses.asdict(model_config),
                         run_name(config, config_name or config.model.family))
 
 
@@ -120,8 +149,8 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     datasets = training_datasets(storage, plan)
     log.info("training %s/%s on %s with %d worker(s); run %s", config.model.family, config.model.preset,
              plan.dataset_ref, config.scaling.num_workers, storage.uri(f"runs/{plan.run_name}"))
-    trainer = build_trainer(plan.worker_plan(), datasets, plan.run_name, storage.arrow_path("runs"), filesystem,
-                            config.scaling)
+    trainer = build_trainer(plan.worker_plan(launched_at=time.time()), datasets, plan.run_name,
+                            storage.arrow_path("runs"), filesystem, config.scaling)
     result = trainer.fit()
     if result.error:
         from medray.cluster.console import summarized

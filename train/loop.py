@@ -1,9 +1,11 @@
-"""The Ray-aware part of training: `train_loop_per_worker` and the TorchTrainer around it.
+"""The epochs of one training run, and the Ray Train worker that runs them.
 
-Each worker streams its shard of the dataset from storage through Ray Data, runs the
-pure steps of `train/steps.py` under DDP, and reports every epoch with a checkpoint
-from rank 0. After a worker dies, Ray Train restarts the group and the loop resumes
-from the latest checkpoint's epoch.
+`fit` is the loop: the pure steps of `train/steps.py` over a feed of batches, with a
+report (and, from rank 0, a checkpoint) every epoch, resuming from the latest
+checkpoint's epoch. What runs it is a `Runner`: a Ray Train worker under DDP
+(`train_loop_per_worker`, which streams its dataset shard through Ray Data), or a
+one-process Tune trial (`medray.tune.trial`). After a worker dies, Ray Train restarts
+the group and the loop resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import functools
 import math
 import tempfile
 import time
-from collections.abc import Iterator
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,20 +31,48 @@ from medray.train.models import build_model_from_config
 from medray.train.modalities import modality
 from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy", "epoch_seconds", "worker_nodes")
+
+
+class ArrayFeed:
+    """Batches of (inputs, labels) from tensors in memory, in a new order every epoch
+    (the same order for the same seed and epoch, so a restarted worker sees the same batches)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    @classmethod
+    def from_arrays(cls, inputs: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
+                    seed: int) -> "ArrayFeed":
+        """Over arrays that may be read-only (Ray's object store hands out read-only views):
+        they are only ever indexed, which copies, never written."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return cls(torch.from_numpy(inputs), torch.from_numpy(targets), batch_size, shuffle, seed)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.arange(len(self.targets))
+        if self.shuffle:
+            order = torch.randperm(len(self.targets), generator=torch.Generator().manual_seed(self.seed + epoch))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.inputs[index], self.targets[index]
+
 
 class ShardFeed:
-    """Batches of (inputs, labels) tensors from one worker's Ray Data shard.
+    """Batches of (inputs, labels) tensors from a Ray Data dataset (a worker's shard).
 
-    With `cache`, the shard is read from storage once and then reshuffled in memory
-    each epoch: for small datasets the per-epoch streaming setup costs more than the
-    epoch itself. Without it the shard streams from storage every epoch.
+    With `cache`, the shard is read from storage once (`load`) and then reshuffled in
+    memory each epoch: for small datasets the per-epoch streaming setup costs more than
+    the epoch itself. Without it the shard streams from storage every epoch.
     """
 
     def __init__(self, shard, preprocessor: Preprocessor, labels: LabelMap, batch_size: int,
                  cache: bool, shuffle: bool, seed: int):
         self.shard, self.preprocessor, self.labels = shard, preprocessor, labels
         self.batch_size, self.cache, self.shuffle, self.seed = batch_size, cache, shuffle, seed
-        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cached: ArrayFeed | None = None
 
     def _stream(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.shard.iter_batches(
@@ -51,21 +83,45 @@ class ShardFeed:
             yield (torch.from_numpy(self.preprocessor.transform(batch)),
                    torch.from_numpy(self.labels.apply(batch["label"])))
 
+    def load(self) -> "ShardFeed":
+        """Read a cached shard now (a no-op when streaming or already read)."""
+        if self.cache and self._cached is None:
+            parts = list(self._stream(0))
+            inputs, targets = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])) if parts else \
+                (torch.empty(0), torch.empty(0, dtype=torch.long))
+            self._cached = ArrayFeed(inputs, targets, self.batch_size, self.shuffle, self.seed)
+        return self
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not self.cache:
             yield from self._stream(epoch)
             return
-        if self._cached is None:
-            parts = list(self._stream(epoch))
-            self._cached = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])) if parts else \
-                (torch.empty(0), torch.empty(0, dtype=torch.long))
-        inputs, targets = self._cached
-        order = torch.arange(len(targets))
-        if self.shuffle:
-            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(self.seed + epoch))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield inputs[index], targets[index]
+        self.load()
+        yield from self._cached.epoch(epoch)
+
+
+class Feed(Protocol):
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class Runner(Protocol):
+    """What `fit` needs from whatever runs it."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def latest_checkpoint(self) -> Any:
+        """The checkpoint to resume from (with `as_directory()`), or None."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model on this runner's device (wrapped for DDP where there is a group)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_directory: str | None) -> None:
+        """Hand one epoch's metrics, and rank 0's checkpoint folder, to Ray."""
+
+    def worker_nodes(self) -> int:
+        """How many nodes the run spans."""
 
 
 def _improved(value: float | None, best: float | None, mode: str) -> bool:
@@ -74,21 +130,75 @@ def _improved(value: float | None, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+class RayTrainRunner:
+    """A Ray Train worker of a (possibly multi-node) DDP group."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def latest_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, Any], checkpoint_directory: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_directory) if checkpoint_directory else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def worker_nodes(self) -> int:
+        return _worker_nodes()
+
+
 def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Runs on every Ray Train worker (bound to its plan by `build_trainer`)."""
     import logging
 
     import ray.train
-    import ray.train.torch
 
-    # Ray logs every report at INFO; the one progress line per epoch below says it better.
+    # Ray logs every report at INFO; the one progress line per epoch says it better.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    runner = RayTrainRunner()
+    seed = plan.train.seed * 1000 + runner.rank
+    per_worker_batch = max(1, plan.optim.batch_size // runner.world)
+    cache = plan.train.cache_data
+
+    def open_feeds() -> tuple[ShardFeed, ShardFeed]:
+        # Validation is not split (see build_trainer): every worker scores all of it, so
+        # each computes the same metrics and early-stopping decision without a gather.
+        return (ShardFeed(ray.train.get_dataset_shard("train"), plan.preprocessor, plan.labels, per_worker_batch,
+                          cache, shuffle=True, seed=seed).load(),
+                ShardFeed(ray.train.get_dataset_shard("val"), plan.preprocessor, plan.labels, 512,
+                          cache, shuffle=False, seed=seed).load())
+
+    fit(plan, runner, open_feeds)
+
+
+def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, Feed]]) -> None:
+    """Train `plan` for its epochs on this runner, reporting every epoch.
+
+    `open_feeds` gives the (train, val) feeds with their data read, called before the
+    first epoch so that each report can say how long reading took (`data_seconds`)
+    apart from the epochs. Every report also carries the start-up: `startup_seconds`
+    from `plan.launched_at` to the first epoch, `worker_started_at`, and
+    `checkpoint_seconds`, the time spent saving and handing over checkpoints so far
+    (the last one's own hand-over is not in it)."""
+    worker_started_at = time.time()
+    rank, world, device = runner.rank, runner.world, runner.device
     optim, train_cfg = plan.optim, plan.train
     torch.set_num_threads(max(1, int(plan.threads_per_worker)))
     torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
-    device = ray.train.torch.get_device()
     mixed_precision = plan.mixed_precision == "bf16" or (
         plan.mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
@@ -104,7 +214,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
 
     start_epoch, history, best, stale = 0, [], None, 0
     resumed_from = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = runner.latest_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_train_state(directory)
@@ -113,22 +223,21 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
         resumed_from = state["epoch"]
-    model = ray.train.torch.prepare_model(model)
-    nodes = _worker_nodes()
+    model = runner.prepare_model(model)
+    nodes = runner.worker_nodes()
+    read_started = time.perf_counter()
+    train_feed, val_feed = open_feeds()
+    timings = {"launched_at": plan.launched_at, "worker_started_at": worker_started_at, "data_seconds": time.perf_counter() - read_started,
+               "startup_seconds": None, "checkpoint_seconds": 0.0}
 
-    seed = train_cfg.seed * 1000 + rank
-    train_feed = ShardFeed(ray.train.get_dataset_shard("train"), preprocessor, labels, per_worker_batch,
-                           train_cfg.cache_data, shuffle=True, seed=seed)
-    # Validation is not split (see build_trainer): every worker scores all of it, so each
-    # computes the same metrics and early-stopping decision without a gather.
-    val_feed = ShardFeed(ray.train.get_dataset_shard("val"), preprocessor, labels, 512,
-                         train_cfg.cache_data, shuffle=False, seed=seed)
     augmenter = modality(preprocessor.modality).augment if train_cfg.augment else None
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + rank)
     metric, mode, patience = train_cfg.metric, train_cfg.metric_mode, train_cfg.patience
 
     for epoch in range(start_epoch, optim.epochs):
         started = time.perf_counter()
+        if timings["startup_seconds"] is None:
+            timings["startup_seconds"] = time.time() - plan.launched_at if plan.launched_at else None
         batches = train_feed.epoch(epoch)
         if augmenter:
             batches = ((augmenter(x, generator), y) for x, y in batches)
@@ -145,14 +254,13 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             stale += 1
         stop = bool(patience) and stale >= patience
         metrics["stopped_early"] = stop and epoch + 1 < optim.epochs
-        history.append({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
-                                                    "epoch_seconds", "worker_nodes")}, "finished_at": time.time()})
+        history.append({**{k: metrics[k] for k in HISTORY_KEYS}, "finished_at": time.time()})
         if rank == 0 and plan.progress:
             emit_progress({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
                                                        "epoch_seconds", "resumed_from_epoch", "stopped_early")},
                            "epochs": optim.epochs})
+        saving = time.perf_counter()
         with tempfile.TemporaryDirectory() as directory:
-            report_checkpoint = None
             if rank == 0:
                 save_checkpoint(
                     directory, model, plan.family, preprocessor, labels, plan.dataset,
@@ -160,8 +268,10 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
                     train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "epoch": epoch, "history": history, "best": best, "stale": stale},
                 )
-                report_checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(_reportable(metrics), checkpoint=report_checkpoint)
+            report = {**_reportable(metrics), **timings, "reported_at": time.time()}
+            report["checkpoint_seconds"] += time.perf_counter() - saving
+            runner.report(report, directory if rank == 0 else None)
+        timings["checkpoint_seconds"] += time.perf_counter() - saving
         if stop:
             break
 

@@ -1,15 +1,17 @@
-"""Hyperparameter search: a Tune function trainable that builds one TorchTrainer per trial.
+"""Hyperparameter search: Ray Tune runs one function trainable per trial (`tune/trial.py`).
 
-Ray Train V2 style: each trial is a driver function that needs no resources itself and
-launches a TorchTrainer whose workers report through `TuneReportCallback`, so ASHA sees
-every epoch and can stop a trial early. Everything lands under `{root}/runs/{search}/`:
-Tune's state (what `--resume` restores), each trial's Train run under `trials/`, and
-`search.json` (the base config and the space) written before the first trial.
+A one-worker trial trains in its function; a multi-worker trial launches a TorchTrainer
+(Ray Train V2) whose workers report through `TuneReportCallback`. Either way every epoch
+reaches Tune, so ASHA can stop a trial early. Everything lands under
+`{root}/runs/{search}/`: Tune's state (what `--resume` restores), each trial's
+checkpoints (`trial_key`), and `search.json` (the base config, the space and how the
+trials run) written before the first trial.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +23,7 @@ from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.names import check_run_name
 from medray.cluster.storage import Storage
 from medray.tune.spaces import apply_params, base_point, check_space, space_for, to_tune
+from medray.tune.trial import trains_directly, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +73,6 @@ def _concurrency(config: MedrayConfig) -> int:
     return max(1, fit)
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search: str) -> None:
-    """One trial: the base config with this trial's values, trained by its own TorchTrainer."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from medray.train.job import plan_training, training_datasets
-    from medray.train.loop import build_trainer
-
-    config = apply_params(base, params)
-    storage = Storage(root, config.storage)  # the search's encryption and retry settings, here too
-    plan = plan_training(config, storage)
-    filesystem, _ = storage.arrow_filesystem()
-    trainer = build_trainer(
-        plan.worker_plan(progress=False), training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
-        storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling, callbacks=[TuneReportCallback()],
-    )
-    trainer.fit()
-
-
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -112,6 +96,24 @@ class IncumbentASHA(ASHAScheduler):
         if self.incumbent and all(trial.config.get(k) == v for k, v in self.incumbent.items()):
             return TrialScheduler.CONTINUE
         return decision
+
+
+class TrialClock(Callback):
+    """When Tune started and ended each trial (driver clock), for the start-up breakdown;
+    made when the search starts (`created`)."""
+
+    def __init__(self) -> None:
+        self.created = time.time()
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.time()
+
+    on_trial_error = on_trial_complete
 
 
 class TrialLines(Callback):
@@ -142,8 +144,10 @@ class TrialLines(Callback):
         ended = failure or ("stopped early (patience)" if result.get("stopped_early") else
                             "stopped by ASHA" if 0 < epochs < self.epochs else "full budget")
         best = self.best.get(trial.trial_id)
-        log.info("trial %d/%d %s: %d epochs, best %s %s, %s", self.finished, self.trials, trial.trial_id, epochs,
-                 self.metric, "n/a" if best is None else f"{best:.4f}", ended)
+        startup = result.get("startup_seconds")
+        log.info("trial %d/%d %s: %d epochs, best %s %s, %s, start-up %s", self.finished, self.trials,
+                 trial.trial_id, epochs, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
+                 "n/a" if startup is None else f"{startup:.1f} s")
 
 
 def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
@@ -171,14 +175,17 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
 
 
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
-           space: dict[str, dict[str, Any]], restore: bool):
+           space: dict[str, dict[str, Any]], restore: bool, direct: bool, clock: TrialClock):
     from ray import tune
 
+    from medray.tune.trial import run_trial, search_data, trial_resources
+
     metric, mode = config.train.metric, config.train.metric_mode
-    # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
-    # refuses an empty request, so it asks for one byte of memory instead of a CPU.
+    # with_parameters puts the shared data in the object store once for all trials.
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, root=storage.root, search=search), {"memory": 1})
+        tune.with_parameters(run_trial, base=base, root=storage.root, search=search,
+                             shared=search_data(config, storage, direct), direct=direct),
+        trial_resources(config, direct))
     filesystem, _ = storage.arrow_filesystem()
     if restore:
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
@@ -196,10 +203,18 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
                                       reduction_factor=config.tune.reduction_factor),
             time_budget_s=config.tune.time_budget_s,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            # A one-worker trial's process (torch imported, CPU held) runs the next trial.
+            reuse_actors=direct,
         ),
-        run_config=tune.RunConfig(name=search, storage_path=storage.arrow_path("runs"),
-                                  storage_filesystem=filesystem,
-                                  callbacks=[TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples)]),
+        run_config=tune.RunConfig(
+            name=search, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
+            # What a TorchTrainer's own configs say for its trials (`build_trainer`), for
+            # the trials that train in their function.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode),
+            failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
+            callbacks=[clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples)]),
     )
 
 
@@ -216,6 +231,7 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
             raise NotFoundError(f"no search named '{resume}' in {storage.uri('runs')}")
         saved = storage.read_json(key)
         search, base, space = resume, saved["base"], saved["space"]
+        direct = saved.get("trials_train_directly", False)  # searches saved before this ran TorchTrainers
         config = apply_params(base, {})
     else:
         search = search_name(config, config_name)
@@ -224,24 +240,29 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         space = space_for(config)
         check_space(space, base)
         _check_models(base, storage, space)
+        direct = trains_directly(config)
     ensure_ray(config.ray, dashboard=True)
     check_placement(config.scaling)
     if not resume:
         storage.write_json(f"runs/{search}/{SEARCH_FILE}", {"base": base, "space": space,
+                                                            "trials_train_directly": direct,
                                                             "created_at": datetime.now(timezone.utc).isoformat()})
-    log.info("search %s: %d trials of %s, budget %d epochs each, results in %s", search,
-             config.tune.num_samples, config.model.family, config.optim.epochs, storage.uri(f"runs/{search}"))
-    results = _tuner(config, storage, search, base, space, restore=bool(resume)).fit()
-    return summarize(results, config, storage, search, space)
+    log.info("search %s: %d trials of %s, budget %d epochs each, %s, results in %s", search,
+             config.tune.num_samples, config.model.family, config.optim.epochs,
+             "each trial in its Tune function" if direct else "a TorchTrainer per trial",
+             storage.uri(f"runs/{search}"))
+    clock = TrialClock()
+    results = _tuner(config, storage, search, base, space, restore=bool(resume), direct=direct, clock=clock).fit()
+    return summarize(results, config, storage, search, space, direct, clock)
 
 
 def summarize(results, config: MedrayConfig, storage: Storage, search: str,
-              space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+              space: dict[str, dict[str, Any]], direct: bool, clock: TrialClock | None = None) -> dict[str, Any]:
     metric = config.train.metric
     trials = []
     for result in results:
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-        record = trial_record(storage, f"runs/{search}/trials/{trial_id}", metric, config.train.metric_mode)
+        record = trial_record(storage, trial_key(search, trial_id, direct), metric, config.train.metric_mode)
         patience_stop = record["stopped_by_patience"]
         trials.append({
             "trial": trial_id,
@@ -254,25 +275,34 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
             "seconds": _trial_seconds(result) or record["seconds"],
             "error": str(result.error).splitlines()[0] if result.error else None,
             "checkpoint": record["checkpoint"],
+            "timings": trial_timings(result.metrics or {}, record["seconds"], clock, trial_id),
         })
     finished = [t for t in trials if t[metric] is not None]
+    spans = None
+    if clock and clock.started and clock.ended:
+        spans = {"before_first_trial": min(clock.started.values()) - clock.created,
+                 "trials": max(clock.ended.values()) - min(clock.started.values())}
     if not finished:
         raise MedrayError(f"no trial of search '{search}' reported {metric}")
     best = (max if config.train.metric_mode == "max" else min)(finished, key=lambda t: t[metric])
     summary = {
         "search": search,
         "runs": storage.uri(f"runs/{search}"),
+        "trials_train_directly": direct,
         "metric": metric,
         "trials": trials,
         "best": best,
         "trial_epochs": sum(t["epochs_run"] for t in trials),
         "stopped_by_asha": sum(t["stopped_by_asha"] for t in trials),
+        # Wall time before Tune started the first trial (reading the data, checking the
+        # space's models, starting Tune), and from then until the last trial ended.
+        "search_seconds": spans,
     }
     storage.write_json(f"runs/{search}/summary.json", summary)
     return summary
 
 
-def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> dict[str, Any]:
+def trial_record(storage: Storage, folder: str, metric: str, mode: str) -> dict[str, Any]:
     """What one trial's kept checkpoints say: epochs trained, its best value and checkpoint.
 
     Read from the checkpoints rather than from Tune's results: across an interrupt and
@@ -281,9 +311,9 @@ def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> di
     from medray.train.checkpoint import PROGRESS
 
     checkpoints = []
-    for name in storage.list_dir(trial_key):
-        if name.startswith("checkpoint_") and storage.exists(f"{trial_key}/{name}/{PROGRESS}"):
-            checkpoints.append((f"{trial_key}/{name}", storage.read_json(f"{trial_key}/{name}/{PROGRESS}")))
+    for name in storage.list_dir(folder):
+        if name.startswith("checkpoint_") and storage.exists(f"{folder}/{name}/{PROGRESS}"):
+            checkpoints.append((f"{folder}/{name}", storage.read_json(f"{folder}/{name}/{PROGRESS}")))
     if not checkpoints:
         return {"epochs_run": 0, "best_value": None, "checkpoint": None, "seconds": 0.0,
                 "stopped_by_patience": False}
@@ -298,6 +328,29 @@ def trial_record(storage: Storage, trial_key: str, metric: str, mode: str) -> di
         "seconds": float(sum(h.get("epoch_seconds") or 0.0 for h in latest["history"])),  # epochs alone
         "stopped_by_patience": bool(latest["metrics"].get("stopped_early")),
     }
+
+
+def trial_timings(last: dict[str, Any], epoch_seconds: float, clock: TrialClock | None,
+                  trial_id: str) -> dict[str, float | None]:
+    """Where a trial's wall time went, in seconds, from its last report and the driver's clock:
+    scheduling (Tune started the trial -> its function ran), workers (-> the training
+    process was up: a TorchTrainer's controller and worker group), data (reading and
+    preprocessing), startup (function -> first epoch, all of the above but scheduling),
+    epochs, checkpoints (saving and handing over, but the last hand-over) and teardown
+    (the last report -> Tune saw the trial end). None where it was not measured (a trial
+    finished before a resume, or one that never reported)."""
+    started = clock.started.get(trial_id) if clock else None
+    ended = clock.ended.get(trial_id) if clock else None
+    launched = last.get("launched_at")
+    worker = last.get("worker_started_at")
+    reported = last.get("reported_at")
+
+    def between(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else max(0.0, b - a)
+
+    return {"scheduling": between(started, launched), "workers": between(launched, worker),
+            "data": last.get("data_seconds"), "startup": last.get("startup_seconds"), "epochs": epoch_seconds,
+            "checkpoints": last.get("checkpoint_seconds"), "teardown": between(reported, ended)}
 
 
 def _trial_seconds(result) -> float | None:
@@ -315,14 +368,17 @@ def _is_number(value: Any) -> bool:
 def trial_table(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
     keys = list(summary["trials"][0]["config"]) if summary["trials"] else []
-    header = f"{'trial':<12}{'epochs':>7}  {metric:>10}  {'stopped':<10}" + "".join(f"{k.split('.')[-1]:>14}" for k in keys)
+    header = f"{'trial':<12}{'epochs':>7}  {metric:>10}  {'stopped':<10}{'start-up':>9}" + \
+        "".join(f"{k.split('.')[-1]:>14}" for k in keys)
     lines = [header]
     for t in summary["trials"]:
         stopped = "ASHA" if t["stopped_by_asha"] else "patience" if t["stopped_by_patience"] else \
             "error" if t["error"] else "-"
         value = "n/a" if t[metric] is None else f"{t[metric]:.4f}"
+        startup = (t.get("timings") or {}).get("startup")
+        startup = "n/a" if startup is None else f"{startup:.1f} s"
         cells = "".join(f"{_cell(t['config'].get(k)):>14}" for k in keys)
-        lines.append(f"{t['trial']:<12}{t['epochs_run']:>7}  {value:>10}  {stopped:<10}{cells}")
+        lines.append(f"{t['trial']:<12}{t['epochs_run']:>7}  {value:>10}  {stopped:<10}{startup:>9}{cells}")
     lines.append(f"best: {summary['best']['trial']} ({metric} {summary['best'][metric]:.4f}); "
                  f"{summary['stopped_by_asha']} of {len(summary['trials'])} trials stopped early by ASHA; "
                  f"{summary['trial_epochs']} trial-epochs in all")

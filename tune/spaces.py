@@ -46,6 +46,10 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
+SEARCHABLE = ("model.", "optim.", "train.")
+"""The sections a search varies. The data and its preprocessing are fixed, so every trial
+is judged on the same task and the search prepares them once (`tune/trial.py`); so are
+the scaling (how a trial runs) and everything after training."""
 
 
 def space_for(config: MedrayConfig) -> dict[str, dict[str, Any]]:
@@ -107,6 +111,9 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> MedrayConfig:
 def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> None:
     """Fail before any trial starts if a key does not exist or a range is malformed."""
     for key, spec in space.items():
+        if not key.startswith(SEARCHABLE):
+            raise ConfigError(f"tune.space['{key}']: a search varies only {', '.join(p + '*' for p in SEARCHABLE)} "
+                              f"keys; set '{key}' in the config instead (it is the same for every trial)")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
             raise ConfigError(f"tune.space['{key}'] must be one of {', '.join(KINDS)} with its arguments, "
                               f"e.g. {{loguniform: [1e-4, 1e-2]}}")

@@ -19,9 +19,13 @@ SEARCH = ["tune", "train/configs/wdbc_attention.yaml", "--samples", "4", "optim.
           "tune.reduction_factor=2", "scaling.num_workers=1", "eval.bootstrap=50", "train.name=search1"]
 
 
+def search_objects(s3, bucket):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="root/runs/search1/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
 def trial_checkpoints(s3, bucket):
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="root/runs/search1/trials/")
-    return {o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith("progress.json")}
+    return {key for key in search_objects(s3, bucket) if key.endswith("progress.json")}
 
 
 def test_search_interrupt_resume_promote_rollback(s3_bucket):
@@ -42,9 +46,14 @@ def test_search_interrupt_resume_promote_rollback(s3_bucket):
     process.wait(timeout=120)
 
     resumed = json.loads(medray("tune", "--resume", "search1", "--promote", "--json", env=env).stdout)
-    assert len(resumed["trials"]) == 4
+    assert len(resumed["trials"]) == 4 and resumed["trials_train_directly"]  # one worker: no TorchTrainer
     assert all(t["error"] is None and t["epochs_run"] >= 1 for t in resumed["trials"]), \
         [(t["config"]["model.preset"], t["epochs_run"], t["error"]) for t in resumed["trials"]]
+    # Every trial's checkpoints are in its own folder, written through the encrypting filesystem.
+    assert {key.split("/")[3] for key in trial_checkpoints(s3, s3_bucket)} == \
+        {f"trial_{t['trial']}" for t in resumed["trials"]}
+    assert all(s3.head_object(Bucket=s3_bucket, Key=key).get("ServerSideEncryption") == "AES256"
+               for key in search_objects(s3, s3_bucket))
     assert resumed["trial_epochs"] == sum(t["epochs_run"] for t in resumed["trials"]) <= 4 * 3
     promotion = resumed["promotion"]
     assert promotion["promoted"] and promotion["version"] == 1 and promotion["champion"]

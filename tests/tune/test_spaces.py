@@ -50,6 +50,13 @@ def test_malformed_space_is_refused_with_the_key_named():
         check_space({"optim.lrate": {"choice": [1]}}, base)
 
 
+@pytest.mark.parametrize("key", ["data.positive_class", "scaling.num_workers", "eval.bootstrap"])
+def test_a_space_cannot_vary_the_data_or_how_trials_run(key):
+    base = load_config(Path(__file__).parents[2] / "train/configs/wdbc_attention.yaml").model_dump(mode="json")
+    with pytest.raises(ConfigError, match=rf"tune.space\['{key}'\]: a search varies only model.\*, optim.\*, train.\* keys"):
+        check_space({key: {"choice": [1, 2]}}, base)
+
+
 def test_base_point_takes_the_configs_own_values_that_the_space_can_draw():
     base = load_config(Path(__file__).parents[2] / "train/configs/breastmnist_cnn.yaml").model_dump(mode="json")
     point = base_point(SPACES["cnn"], base)
