@@ -104,3 +104,17 @@ def test_search_space_errors_before_any_trial(tmp_path):
                       env=env, check=False)
     assert bad_gate.returncode == 2 and "exactly one of min or max" in bad_gate.stderr
     assert "Traceback" not in bad_key.stderr + bad_option.stderr + too_big.stderr
+
+
+def test_a_multi_worker_search_runs_each_trial_as_a_torch_trainer(ray_session, wdbc):
+    from medray.tune.run import run_search
+    from support.training import small_wdbc_config
+
+    # One trial of one epoch: a TorchTrainer's start-up (tens of seconds here) is what this pays.
+    config = small_wdbc_config("tune.num_samples=1", "optim.epochs=1", "scaling.num_workers=2", "train.name=search2")
+    summary = run_search(config, wdbc)
+    assert summary["trials_train_directly"] is False and len(summary["trials"]) == 1
+    for trial in summary["trials"]:
+        assert trial["error"] is None and trial["epochs_run"] == 1
+        assert f"/runs/search2/trials/{trial['trial']}/checkpoint_" in trial["checkpoint"]
+        assert trial["timings"]["workers"] > 0 and trial["timings"]["startup"] >= trial["timings"]["workers"]

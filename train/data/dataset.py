@@ -110,6 +110,19 @@ def tensor_column(values: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 
+def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], dtype: str) -> dict[str, np.ndarray]:
+    """Ray hands fixed-size-list cells over as an object array of rows; stack and reshape.
+
+    Ray Data runs this in its own worker processes, which import this module to unpickle
+    it: it lives here, not with the modalities, so that they do not import torch too
+    (seconds per process, on a node whose CPUs are busy training)."""
+    values = batch[column]
+    if values.dtype == object:
+        values = np.stack(values) if len(values) else np.empty((0, int(np.prod(shape))), dtype=dtype)
+    batch[column] = values.astype(dtype, copy=False).reshape(len(values), *shape)
+    return batch
+
+
 def tensor_from_column(column: pa.ChunkedArray | pa.Array, shape: list[int], dtype: str) -> np.ndarray:
     """Inverse of `tensor_column`, without a Python loop over rows."""
     if isinstance(column, pa.ChunkedArray):

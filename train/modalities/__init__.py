@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from medray.cluster.errors import ConfigError, InputError
-from medray.train.data.dataset import tensor_from_column
+from medray.train.data.dataset import reshape_batch, tensor_from_column
 
 if TYPE_CHECKING:
     import torch
@@ -108,15 +108,6 @@ def check_numbers(field: str, values: np.ndarray, low: float, high: float, what:
         raise InputError(f"{field}: holds NaN or infinity")
     if (values < low).any() or (values > high).any():
         raise InputError(f"{field}: {what}must lie in [{low:g}, {high:g}]")
-
-
-def reshape_batch(batch: dict[str, np.ndarray], column: str, shape: list[int], dtype: str) -> dict[str, np.ndarray]:
-    """Ray hands fixed-size-list cells over as an object array of rows; stack and reshape."""
-    values = batch[column]
-    if values.dtype == object:
-        values = np.stack(values) if len(values) else np.empty((0, int(np.prod(shape))), dtype=dtype)
-    batch[column] = values.astype(dtype, copy=False).reshape(len(values), *shape)
-    return batch
 
 
 class OODSet(NamedTuple):
