@@ -56,6 +56,15 @@ class WorkerPlan:
     launched_at: float | None = None
     """Wall time the run (or trial) was launched: each report's `startup_seconds` counts from it."""
 
+    def batch_size_per_worker(self, world: int) -> int:
+        """Each of `world` workers' share of `optim.batch_size` (DDP sums their gradients)."""
+        return max(1, self.optim.batch_size // world)
+
+    def seed_of(self, rank: int) -> int:
+        """Worker `rank`'s seed for shuffling and augmentation (the initial weights come
+        from `train.seed` alone, the same on every worker)."""
+        return self.train.seed * 1000 + rank
+
 
 @dataclasses.dataclass(frozen=True)
 class DataPlan:

@@ -31,6 +31,8 @@ from medray.train.models import build_model_from_config
 from medray.train.modalities import modality
 from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
+VAL_BATCH_SIZE = 512
+"""Validation batches: no gradients are kept, so they can be larger than training's."""
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy", "epoch_seconds", "worker_nodes")
 
 
@@ -170,19 +172,19 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     # Ray logs every report at INFO; the one progress line per epoch says it better.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     runner = RayTrainRunner()
-    seed = plan.train.seed * 1000 + runner.rank
-    per_worker_batch = max(1, plan.optim.batch_size // runner.world)
-    cache = plan.train.cache_data
+    # Validation is not split (see build_trainer): every worker scores all of it, so each
+    # computes the same metrics and early-stopping decision without a gather.
+    fit(plan, runner, lambda: shard_feeds(plan, ray.train.get_dataset_shard("train"),
+                                          ray.train.get_dataset_shard("val"), runner.rank, runner.world))
 
-    def open_feeds() -> tuple[ShardFeed, ShardFeed]:
-        # Validation is not split (see build_trainer): every worker scores all of it, so
-        # each computes the same metrics and early-stopping decision without a gather.
-        return (ShardFeed(ray.train.get_dataset_shard("train"), plan.preprocessor, plan.labels, per_worker_batch,
-                          cache, shuffle=True, seed=seed).load(),
-                ShardFeed(ray.train.get_dataset_shard("val"), plan.preprocessor, plan.labels, 512,
-                          cache, shuffle=False, seed=seed).load())
 
-    fit(plan, runner, open_feeds)
+def shard_feeds(plan: WorkerPlan, train, val, rank: int = 0, world: int = 1) -> tuple[ShardFeed, ShardFeed]:
+    """(train, val) feeds over Ray Data datasets for worker `rank` of `world`, a cached
+    shard read now."""
+    seed, cache = plan.seed_of(rank), plan.train.cache_data
+    return (ShardFeed(train, plan.preprocessor, plan.labels, plan.batch_size_per_worker(world), cache,
+                      shuffle=True, seed=seed).load(),
+            ShardFeed(val, plan.preprocessor, plan.labels, VAL_BATCH_SIZE, cache, shuffle=False, seed=seed).load())
 
 
 def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, Feed]]) -> None:
@@ -205,7 +207,7 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
     preprocessor, labels = plan.preprocessor, plan.labels
     model = build_model_from_config(plan.family, plan.model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    per_worker_batch = max(1, optim.batch_size // world)
+    per_worker_batch = plan.batch_size_per_worker(world)
     steps_per_epoch = max(1, math.ceil(plan.train_rows / world / per_worker_batch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * optim.epochs, int(round(steps_per_epoch * optim.warmup_epochs))))
@@ -225,19 +227,19 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
         resumed_from = state["epoch"]
     model = runner.prepare_model(model)
     nodes = runner.worker_nodes()
+    augmenter = modality(preprocessor.modality).augment if train_cfg.augment else None
+    generator = torch.Generator().manual_seed(plan.seed_of(rank))
+    metric, mode, patience = train_cfg.metric, train_cfg.metric_mode, train_cfg.patience
     read_started = time.perf_counter()
     train_feed, val_feed = open_feeds()
-    timings = {"launched_at": plan.launched_at, "worker_started_at": worker_started_at, "data_seconds": time.perf_counter() - read_started,
-               "startup_seconds": None, "checkpoint_seconds": 0.0}
-
-    augmenter = modality(preprocessor.modality).augment if train_cfg.augment else None
-    generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + rank)
-    metric, mode, patience = train_cfg.metric, train_cfg.metric_mode, train_cfg.patience
+    first_epoch_at = time.time()
+    timings = {"launched_at": plan.launched_at, "worker_started_at": worker_started_at,
+               "data_seconds": time.perf_counter() - read_started,
+               "startup_seconds": first_epoch_at - plan.launched_at if plan.launched_at else None,
+               "checkpoint_seconds": 0.0}
 
     for epoch in range(start_epoch, optim.epochs):
         started = time.perf_counter()
-        if timings["startup_seconds"] is None:
-            timings["startup_seconds"] = time.time() - plan.launched_at if plan.launched_at else None
         batches = train_feed.epoch(epoch)
         if augmenter:
             batches = ((augmenter(x, generator), y) for x, y in batches)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -23,7 +23,10 @@ from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.names import check_run_name
 from medray.cluster.storage import Storage
 from medray.tune.spaces import apply_params, base_point, check_space, space_for, to_tune
-from medray.tune.trial import trains_directly, trial_key
+from medray.tune.trial import TRIAL_PREFIX, trains_directly, trial_key
+
+if TYPE_CHECKING:
+    from medray.train.job import DataPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +39,13 @@ def search_name(config: MedrayConfig, config_name: str | None) -> str:
     return run_name(config, f"tune-{config_name or config.model.family}")
 
 
-def _check_models(base: dict[str, Any], storage: Storage, space: dict[str, dict[str, Any]]) -> None:
+def _check_models(base: dict[str, Any], data: DataPlan, space: dict[str, dict[str, Any]]) -> None:
     """Every preset x option value the space can draw builds a model for this dataset,
     so a bad combination fails here, once, rather than in every trial that draws it."""
-    from medray.train.job import plan_training
     from medray.train.models import InputSpec, model_config_for
 
     config = validate_config(base)
-    plan = plan_training(config, storage)
-    spec = InputSpec(plan.manifest["modality"], tuple(plan.preprocessor.input_shape))
+    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape))
 
     def values(spec: dict[str, Any]) -> list:
         (kind, args), = spec.items()
@@ -56,7 +57,7 @@ def _check_models(base: dict[str, Any], storage: Storage, space: dict[str, dict[
     for preset in presets:
         for draw in option_draws:
             trial = apply_params(base, {"model.preset": preset, **draw})
-            model_config_for(trial.model.family, trial.model.preset, spec, len(plan.labels.classes),
+            model_config_for(trial.model.family, trial.model.preset, spec, len(data.labels.classes),
                              trial.model.options)
 
 
@@ -74,7 +75,7 @@ def _concurrency(config: MedrayConfig) -> int:
 
 
 def _trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 class IncumbentASHA(ASHAScheduler):
@@ -114,6 +115,14 @@ class TrialClock(Callback):
         self.ended[trial.trial_id] = time.time()
 
     on_trial_error = on_trial_complete
+
+    def spans(self) -> dict[str, float] | None:
+        """Seconds from this clock's making to the first trial's start, and from then to
+        the last trial's end; None when no trial ran under it."""
+        if not (self.started and self.ended):
+            return None
+        first = min(self.started.values())
+        return {"before_first_trial": first - self.created, "trials": max(self.ended.values()) - first}
 
 
 class TrialLines(Callback):
@@ -175,7 +184,7 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
 
 
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
-           space: dict[str, dict[str, Any]], restore: bool, direct: bool, clock: TrialClock):
+           space: dict[str, dict[str, Any]], data: DataPlan, restore: bool, direct: bool, clock: TrialClock):
     from ray import tune
 
     from medray.tune.trial import run_trial, search_data, trial_resources
@@ -184,7 +193,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
     # with_parameters puts the shared data in the object store once for all trials.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, root=storage.root, search=search,
-                             shared=search_data(config, storage, direct), direct=direct),
+                             shared=search_data(data, storage, direct), direct=direct),
         trial_resources(config, direct))
     filesystem, _ = storage.arrow_filesystem()
     if restore:
@@ -222,6 +231,7 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
                resume: str | None = None) -> dict[str, Any]:
     """Run (or resume) a search; returns the trial table and the best trial."""
     from medray.cluster.runtime import check_placement, ensure_ray
+    from medray.train.job import plan_data
 
     if resume:
         # Resuming unpickles Tune's state from runs/NAME/: the name must stay inside runs/.
@@ -239,8 +249,12 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         base["train"]["name"] = None
         space = space_for(config)
         check_space(space, base)
-        _check_models(base, storage, space)
         direct = trains_directly(config)
+    # The data are fitted once, for the checks below and for every trial (a space
+    # cannot vary them: `tune.spaces.SEARCHABLE`).
+    data = plan_data(config, storage)
+    if not resume:
+        _check_models(base, data, space)
     ensure_ray(config.ray, dashboard=True)
     check_placement(config.scaling)
     if not resume:
@@ -252,7 +266,8 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
              "each trial in its Tune function" if direct else "a TorchTrainer per trial",
              storage.uri(f"runs/{search}"))
     clock = TrialClock()
-    results = _tuner(config, storage, search, base, space, restore=bool(resume), direct=direct, clock=clock).fit()
+    results = _tuner(config, storage, search, base, space, data, restore=bool(resume), direct=direct,
+                     clock=clock).fit()
     return summarize(results, config, storage, search, space, direct, clock)
 
 
@@ -261,7 +276,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
     metric = config.train.metric
     trials = []
     for result in results:
-        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix(TRIAL_PREFIX)
         record = trial_record(storage, trial_key(search, trial_id, direct), metric, config.train.metric_mode)
         patience_stop = record["stopped_by_patience"]
         trials.append({
@@ -278,10 +293,6 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
             "timings": trial_timings(result.metrics or {}, record["seconds"], clock, trial_id),
         })
     finished = [t for t in trials if t[metric] is not None]
-    spans = None
-    if clock and clock.started and clock.ended:
-        spans = {"before_first_trial": min(clock.started.values()) - clock.created,
-                 "trials": max(clock.ended.values()) - min(clock.started.values())}
     if not finished:
         raise MedrayError(f"no trial of search '{search}' reported {metric}")
     best = (max if config.train.metric_mode == "max" else min)(finished, key=lambda t: t[metric])
@@ -294,9 +305,9 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
         "best": best,
         "trial_epochs": sum(t["epochs_run"] for t in trials),
         "stopped_by_asha": sum(t["stopped_by_asha"] for t in trials),
-        # Wall time before Tune started the first trial (reading the data, checking the
-        # space's models, starting Tune), and from then until the last trial ended.
-        "search_seconds": spans,
+        # Wall time before Tune started the first trial (preparing and sharing the data,
+        # starting Tune), and from then until the last trial ended.
+        "search_seconds": clock.spans() if clock else None,
     }
     storage.write_json(f"runs/{search}/summary.json", summary)
     return summary

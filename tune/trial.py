@@ -52,13 +52,11 @@ class SearchData:
         return ray.get(self.splits)
 
 
-def search_data(config: MedrayConfig, storage: Storage, direct: bool) -> SearchData:
-    """Fitted once in the driver, after Ray is up (the splits go into its object store)."""
+def search_data(data: DataPlan, storage: Storage, direct: bool) -> SearchData:
+    """The search's fitted `data`, with its splits in the object store when the trials
+    train directly and the splits are small enough. In the driver, after Ray is up."""
     import ray
 
-    from medray.train.job import plan_data
-
-    data = plan_data(config, storage)
     shared_bytes = sum(data.preprocessed_bytes(split) for split in ("train", "val"))
     if not direct or shared_bytes > SHARE_LIMIT_BYTES:
         if direct:
@@ -73,9 +71,14 @@ def trains_directly(config: MedrayConfig) -> bool:
     return config.scaling.num_workers == 1
 
 
+TRIAL_PREFIX = "trial_"
+"""Tune's folder (and name) for trial ID is TRIAL_PREFIX + ID."""
+
+
 def trial_key(search: str, trial_id: str, direct: bool) -> str:
-    """The folder that holds a trial's checkpoints."""
-    return f"runs/{search}/trial_{trial_id}" if direct else f"runs/{search}/trials/{trial_id}"
+    """The folder that holds a trial's checkpoints: Tune's trial folder, or the trial's
+    TorchTrainer run (named by the trial ID) under `trials/`."""
+    return f"runs/{search}/{TRIAL_PREFIX}{trial_id}" if direct else f"runs/{search}/trials/{trial_id}"
 
 
 def trial_resources(config: MedrayConfig, direct: bool) -> dict[str, float]:
@@ -122,6 +125,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search
     import ray.tune
 
     from medray.train.job import plan_training, training_datasets
+    from medray.train.loop import fit
     from medray.tune.spaces import apply_params
 
     launched_at = time.time()
@@ -130,35 +134,29 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search
     plan = plan_training(config, storage, data=shared.data)
     worker_plan = plan.worker_plan(progress=False, launched_at=launched_at)
     if direct:
-        _train_here(worker_plan, config, storage, plan, shared)
+        fit(worker_plan, TrialRunner(config.scaling.use_gpu), lambda: _feeds(worker_plan, storage, plan, shared))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from medray.train.loop import build_trainer
 
     filesystem, _ = storage.arrow_filesystem()
-    trainer = build_trainer(
-        worker_plan, training_datasets(storage, plan), ray.tune.get_context().get_trial_id(),
-        storage.arrow_path(f"runs/{search}/trials"), filesystem, config.scaling, callbacks=[TuneReportCallback()],
-    )
+    runs, name = trial_key(search, ray.tune.get_context().get_trial_id(), direct=False).rsplit("/", 1)
+    trainer = build_trainer(worker_plan, training_datasets(storage, plan), name, storage.arrow_path(runs), filesystem,
+                            config.scaling, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
-def _train_here(worker_plan, config: MedrayConfig, storage: Storage, plan, shared: SearchData) -> None:
+def _feeds(worker_plan, storage: Storage, plan, shared: SearchData):
+    """A one-worker trial's (train, val) feeds: the search's shared arrays, or its own
+    Ray Data stream when they were too large to share. Rank 0's seed: the same draws as
+    a one-worker TorchTrainer."""
     from medray.train.job import training_datasets
-    from medray.train.loop import ArrayFeed, ShardFeed, fit
+    from medray.train.loop import VAL_BATCH_SIZE, ArrayFeed, shard_feeds
 
-    seed = config.train.seed * 1000  # rank 0's seed: the same draws as a one-worker TorchTrainer
-    batch_size = config.optim.batch_size
-
-    def open_feeds():
-        if shared.splits is not None:
-            splits = shared.shared_splits()
-            return (ArrayFeed.from_arrays(*splits["train"], batch_size, shuffle=True, seed=seed),
-                    ArrayFeed.from_arrays(*splits["val"], 512, shuffle=False, seed=seed))
+    if shared.splits is None:
         datasets = training_datasets(storage, plan)
-        cache = config.train.cache_data
-        return (ShardFeed(datasets["train"], plan.preprocessor, plan.labels, batch_size, cache, True, seed).load(),
-                ShardFeed(datasets["val"], plan.preprocessor, plan.labels, 512, cache, False, seed).load())
-
-    fit(worker_plan, TrialRunner(config.scaling.use_gpu), open_feeds)
+        return shard_feeds(worker_plan, datasets["train"], datasets["val"])
+    splits, seed = shared.shared_splits(), worker_plan.seed_of(0)
+    return (ArrayFeed.from_arrays(*splits["train"], worker_plan.optim.batch_size, shuffle=True, seed=seed),
+            ArrayFeed.from_arrays(*splits["val"], VAL_BATCH_SIZE, shuffle=False, seed=seed))

@@ -55,7 +55,7 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
     # so the kill lands mid-run, and the restarted workers must stream the data anew.
     epochs = 8
     config = small_wdbc_config(f"optim.epochs={epochs}", "scaling.num_workers=2", "scaling.max_failures=2",
-                   "train.name=killed", "train.keep_checkpoints=1", "train.cache_data=false")
+                               "train.name=killed", "train.keep_checkpoints=1", "train.cache_data=false")
     run_dir = Path(wdbc.root.removeprefix("file://")) / "runs" / "killed"
     killed: list[int] = []
 

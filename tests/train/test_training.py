@@ -16,6 +16,7 @@ from medray.train.data.loading import read_split_arrays
 from medray.train.job import plan_training
 from support.training import CONFIGS, small_wdbc_config
 
+
 def test_checkpoint_round_trip_gives_identical_outputs(wdbc, tmp_path):
     plan = plan_training(small_wdbc_config(), wdbc)
     from medray.train.models import build_model_from_config

@@ -35,5 +35,5 @@ def test_the_shared_size_is_known_from_the_manifest_before_reading(wdbc):
 @pytest.mark.parametrize("direct, limit", [(False, 1 << 30), (True, 1000)])
 def test_nothing_is_shared_for_trainer_trials_or_over_the_limit(wdbc, monkeypatch, direct, limit):
     monkeypatch.setattr(trial, "SHARE_LIMIT_BYTES", limit)  # WDBC's train + val: about 59 kB
-    shared = trial.search_data(small_wdbc_config(), wdbc, direct)
+    shared = trial.search_data(plan_data(small_wdbc_config(), wdbc), wdbc, direct)
     assert shared.splits is None and shared.data.manifest["name"] == "wdbc"

@@ -1,5 +1,7 @@
 """What a search says about its trials: where each trial's time went, and the table."""
 
+import pytest
+
 from medray.tune.run import TrialClock, trial_table, trial_timings
 
 LAST_REPORT = {"launched_at": 100.0, "worker_started_at": 100.4, "data_seconds": 0.2, "startup_seconds": 0.9,
@@ -10,8 +12,8 @@ def test_the_breakdown_comes_from_the_last_report_and_the_drivers_clock():
     clock = TrialClock()
     clock.started["a1"], clock.ended["a1"] = 99.5, 112.25
     timings = trial_timings(LAST_REPORT, 10.5, clock, "a1")
-    assert timings == {"scheduling": 0.5, "workers": 0.4000000000000057, "data": 0.2, "startup": 0.9,
-                       "epochs": 10.5, "checkpoints": 0.3, "teardown": 0.25}
+    assert timings == pytest.approx({"scheduling": 0.5, "workers": 0.4, "data": 0.2, "startup": 0.9,
+                                     "epochs": 10.5, "checkpoints": 0.3, "teardown": 0.25})
 
 
 def test_what_was_not_measured_is_none_not_zero():
