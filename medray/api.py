@@ -52,7 +52,11 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
                    drop: Sequence[str] = (), classes: list[str] | None = None, sep: str = ",",
                    grayscale: bool = True, license: str | None = None, source_label: str | None = None,
                    val_fraction: float | None = None, test_fraction: float | None = None, seed: int | None = None,
-                   image_size: int | None = None) -> dict[str, Any]:
+                   image_size: int | None = None, outcomes: str | None = None, labels: str | None = None,
+                   patient_column: str = "patient", time_column: str = "time", variable_column: str = "variable",
+                   value_column: str = "value", time_unit: str = "minutes", static: Sequence[str] = (),
+                   scores: Sequence[str] = (), window_hours: float = 48.0,
+                   out_of_range: str = "drop") -> dict[str, Any]:
     """`medray data import`: validate the source and publish it as the dataset's next
     version; returns its manifest. The options are `medray data import --help`'s."""
     from medray.cluster.config import validate_config
@@ -66,7 +70,10 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
     request = importers.ImportRequest(
         kind=kind, source=source, name=name, dataset=dataset, target=target, columns=columns, missing=missing,
         categorical=list(categorical), group=group, drop=list(drop), classes=classes, sep=sep, grayscale=grayscale,
-        license=license, source_label=source_label, options=options,
+        license=license, source_label=source_label, options=options, outcomes=outcomes, labels=labels,
+        patient_column=patient_column, time_column=time_column, variable_column=variable_column,
+        value_column=value_column, time_unit=time_unit, static=list(static), scores=list(scores),
+        window_hours=window_hours, out_of_range=out_of_range,
     )
     return importers.import_dataset(open_storage(storage), request)
 

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.metrics import roc_curve
+from sklearn.metrics import average_precision_score, roc_curve
 
 # Temperatures outside this range mean the validation set is degenerate (e.g. perfectly
 # separable, which drives T to 0); clamping keeps the probabilities usable.
@@ -179,6 +179,46 @@ def auroc_with_ci(
         boot.append(_macro_auroc_from_draws(p, columns, draws))
     low, high = np.quantile(np.concatenate(boot), [alpha / 2, 1 - alpha / 2])
     return {"value": value, "low": float(low), "high": float(high)}
+
+
+def auprc(y_true: ArrayLike, pos_scores: ArrayLike) -> float | None:
+    """Area under the precision-recall curve of class 1 (average precision, the step
+    interpolation, as scikit-learn): what a rare positive class (13.9% deaths in
+    PhysioNet 2012) makes of a ranking, where AUROC looks kinder. None without a positive."""
+    y = _labels(y_true)
+    if not (y == 1).any():
+        return None
+    return float(average_precision_score(y == 1, np.asarray(pos_scores, dtype=np.float64)))
+
+
+def challenge_score(sensitivity: float | None, ppv: float | None) -> float | None:
+    """min(sensitivity, PPV) at the operating threshold: the PhysioNet/CinC 2012
+    challenge's event-1 score (Silva et al. 2012); None where either is undefined."""
+    if sensitivity is None or ppv is None:
+        return None
+    return float(min(sensitivity, ppv))
+
+
+def baseline_metrics(y_true: ArrayLike, scores: ArrayLike, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUROC (with its bootstrap CI) and AUPRC of one baseline's scores for class 1, on
+    the rows where it has a score (a severity score is missing for some patients): the
+    figures that compare with the model's on the same split. `n` counts those rows."""
+    y, s = _labels(y_true), np.asarray(scores, dtype=np.float64)
+    scored = np.isfinite(s)
+    y, s = y[scored], s[scored]
+    if y.size == 0 or len(np.unique(y)) < 2:
+        return {"auroc": None, "auroc_ci": [None, None], "auprc": None, "n": int(y.size)}
+    # Ranks only: any increasing map of the scores gives the same AUROC and AUPRC.
+    auroc = auroc_with_ci(y, _rank_probabilities(s), n_boot=n_boot, seed=seed)
+    return {"auroc": auroc["value"], "auroc_ci": [auroc["low"], auroc["high"]], "auprc": auprc(y, s),
+            "n": int(y.size)}
+
+
+def _rank_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Scores of any scale (SAPS-I points) as values in [0, 1] with the same order."""
+    from scipy.stats import rankdata
+
+    return (rankdata(scores) - 1) / max(len(scores) - 1, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,7 +439,8 @@ def evaluate_split(
 
     With a `temperature`, AUROC and the classification metrics use the calibrated
     probabilities (the threshold was chosen on those); `ece` is always before scaling,
-    `ece_calibrated` after (None without a temperature).
+    `ece_calibrated` after (None without a temperature). Binary models also get AUPRC
+    and the challenge score min(sensitivity, PPV) at the threshold (None for K > 2).
     """
     y = _labels(y_true)
     z = _logits_2d(logits, y.size)
@@ -407,11 +448,14 @@ def evaluate_split(
     probs = raw if temperature is None else apply_temperature(z, temperature)
     auroc = auroc_with_ci(y, probs, n_boot=n_boot, seed=seed)
     metrics = classification_metrics(y, probs, threshold=threshold, class_names=class_names)
+    binary = probs.shape[1] == 2
     return {
         "auroc": auroc["value"],
         "auroc_ci": [auroc["low"], auroc["high"]],
+        "auprc": auprc(y, probs[:, 1]) if binary else None,
         **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "sensitivity",
                                    "specificity", "ppv", "npv", "f1")},
+        "challenge_score": challenge_score(metrics["sensitivity"], metrics["ppv"]) if binary else None,
         "ece": expected_calibration_error(y, raw),
         "ece_calibrated": None if temperature is None else expected_calibration_error(y, probs),
         "threshold": metrics["threshold"],
@@ -585,9 +629,12 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
 
 
 def plot_roc(
-    y_true: ArrayLike, probs: ArrayLike, class_names: Sequence[str], path: str | os.PathLike
+    y_true: ArrayLike, probs: ArrayLike, class_names: Sequence[str], path: str | os.PathLike,
+    baselines: dict[str, np.ndarray] | None = None,
 ) -> str:
-    """ROC curve of class 1 (binary) or one-vs-rest curve per class, AUROC in the legend."""
+    """ROC curve of class 1 (binary) or one-vs-rest curve per class, AUROC in the legend;
+    a binary model's same-run baselines (scores for class 1, NaN where missing) dashed
+    beside it, each on the rows it scores."""
     y = _labels(y_true)
     p = _probs_2d(probs, y.size)
     columns = [1] if p.shape[1] == 2 else range(p.shape[1])
@@ -599,7 +646,15 @@ def plot_roc(
             continue  # undefined without both positives and negatives
         fpr, tpr, _ = roc_curve(positive, p[:, k])
         auc = auroc_with_ci(positive.astype(np.int64), p[:, k], n_boot=0)["value"]
-        ax.plot(fpr, tpr, lw=1.8, label=f"{class_names[k]} (AUROC {auc:.3f})")
+        ax.plot(fpr, tpr, lw=1.8, label=f"{'model' if baselines else class_names[k]} (AUROC {auc:.3f})")
+    for name, scores in (baselines or {}).items() if p.shape[1] == 2 else ():
+        scored = np.isfinite(scores)
+        positive = y[scored] == 1
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, scores[scored])
+        auc = baseline_metrics(y[scored], scores[scored], n_boot=0)["auroc"]
+        ax.plot(fpr, tpr, lw=1.1, ls=(0, (4, 2)), label=f"{name} (AUROC {auc:.3f}, n={int(scored.sum())})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
            ylabel="True positive rate (sensitivity)",
@@ -716,13 +771,15 @@ def write_report(
     test: tuple[ArrayLike, ArrayLike],
     history: Sequence[dict],
     class_names: Sequence[str],
+    baselines: dict[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
     """Write metrics.json and the four plots into `out_dir` (created if missing).
 
     `metrics` is `evaluate_model_outputs`' result. The ROC, reliability and confusion
     plots show the test split: the temperature was fitted on val, so only test shows
     whether calibration carries over. `val` is taken for symmetry with
-    `evaluate_model_outputs` and is not plotted.
+    `evaluate_model_outputs` and is not plotted. `baselines` (name -> test scores) join
+    the ROC plot.
     Returns {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"} ->
     file path.
     """
@@ -742,7 +799,7 @@ def write_report(
     return {
         "metrics": str(metrics_path),
         "roc": plot_roc(y_test, before if after is None else after, class_names,
-                        out / "roc.png"),
+                        out / "roc.png", baselines),
         "reliability": plot_reliability(y_test, before, after, out / "reliability.png"),
         "confusion_matrix": plot_confusion_matrix(metrics["test"]["confusion_matrix"],
                                                   class_names, out / "confusion_matrix.png"),

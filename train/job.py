@@ -201,7 +201,7 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         "dataset": report["dataset"],
         "metrics": {"val": report["metrics"]["val"], "test": report["metrics"]["test"],
                     "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"],
-                    "ood": report["metrics"]["ood"]},
+                    "ood": report["metrics"]["ood"], "baselines": report["metrics"]["baselines"]},
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
     }
     storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
@@ -214,19 +214,22 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
 
     The out-of-distribution detector is fitted on the train split's features and
     thresholded on val (`eval.ood_method`, `eval.ood_false_alarm`): `report["ood_detector"]`;
-    its figures on test and the modality's OOD sets are `report["metrics"]["ood"]` (`evaluate_ood`)."""
+    its figures on test and the modality's OOD sets are `report["metrics"]["ood"]` (`evaluate_ood`).
+    The modality's same-run baselines (`Modality.baselines`), scored on the same test
+    rows, are `report["metrics"]["baselines"]`."""
     from medray.train.checkpoint import load_bundle
-    from medray.train.evaluate import evaluate_model_outputs, plot_ood_scores, write_report
+    from medray.train.evaluate import baseline_metrics, evaluate_model_outputs, plot_ood_scores, write_report
+    from medray.train.modalities import modality
     from medray.train.ood import fit_detector
 
     with tempfile.TemporaryDirectory(prefix="medray-ckpt-") as local:
         bundle = load_bundle(storage.download_dir(checkpoint_key, local))
     manifest = read_manifest(storage, bundle.dataset)
-    outputs, embeddings, features = {}, {}, {}
+    outputs, embeddings, features, labels = {}, {}, {}, {}
     for split in ("train", "val", "test"):
-        features[split], labels = read_split_arrays(storage, manifest, split)
+        features[split], labels[split] = read_split_arrays(storage, manifest, split)
         embeddings[split], logits = bundle.predict_embeddings(features[split])
-        outputs[split] = (bundle.labels.apply(labels), logits)
+        outputs[split] = (bundle.labels.apply(labels[split]), logits)
     ood_detector = fit_detector(
         embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1],
         false_alarm=config.eval.ood_false_alarm, method=config.eval.ood_method,
@@ -237,8 +240,15 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
     )
     metrics["ood"], ood_scores = evaluate_ood(bundle, ood_detector, features["test"], embeddings["test"],
                                               outputs["test"][1], n_boot=config.eval.bootstrap, seed=config.train.seed)
+    baselines = modality(manifest["modality"]).baselines(
+        manifest["schema"], (features["train"], labels["train"]), (features["test"], labels["test"]),
+        bundle.labels, seed=config.train.seed)
+    metrics["baselines"] = {name: {**baseline_metrics(outputs["test"][0], b.scores, n_boot=config.eval.bootstrap,
+                                                      seed=config.train.seed), "description": b.description}
+                            for name, b in baselines.items()}
     history = history if history is not None else bundle.progress.get("history", [])
-    files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes)
+    files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes,
+                         {name: b.scores for name, b in baselines.items()})
     files["ood_scores"] = plot_ood_scores(*ood_scores, ood_detector.threshold, Path(out_dir) / "ood_scores.png")
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
             "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"),

@@ -16,7 +16,10 @@ def data_import(args: argparse.Namespace) -> None:
         columns=args.columns, missing=args.missing, categorical=args.categorical or [], group=args.group,
         drop=args.drop or [], classes=args.classes, sep=args.sep, grayscale=not args.rgb, license=args.license,
         source_label=args.source_label, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, image_size=args.size,
+        seed=args.seed, image_size=args.size, outcomes=args.outcomes, labels=args.labels,
+        patient_column=args.patient_column, time_column=args.time_column, variable_column=args.variable_column,
+        value_column=args.value_column, time_unit=args.time_unit, static=args.static or [], scores=args.scores or [],
+        window_hours=args.window_hours, out_of_range=args.out_of_range,
     )
     emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
 
@@ -35,6 +38,8 @@ def describe_text(manifest: dict[str, Any]) -> str:
     if "features" in schema:
         lines.append(f"  features: {len(schema['features'])} ({', '.join(f['name'] for f in schema['features'][:8])}"
                      + (", …)" if len(schema["features"]) > 8 else ")"))
+    elif "variables" in schema:
+        lines += _time_series_lines(schema, quality)
     else:
         lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}")
     for name in ("train", "val", "test"):
@@ -52,6 +57,25 @@ def describe_text(manifest: dict[str, Any]) -> str:
         f"  created: {manifest['created_at']}",
     ]
     return "\n".join(lines)
+
+
+def _time_series_lines(schema: dict[str, Any], quality: dict[str, Any]) -> list[str]:
+    names = [v["name"] for v in schema["variables"]]
+    statics = [s["name"] + (" (categorical)" if s.get("categories") else "") for s in schema["statics"]]
+    lines = [
+        f"  variables: {len(names)} time-varying ({', '.join(names[:8])}" + (", …)" if len(names) > 8 else ")")
+        + f", over {schema['window_minutes'] / 60:g} h from admission",
+        f"  statics:  {', '.join(statics) or 'none'}",
+    ]
+    if schema.get("reference_scores"):
+        scores = ", ".join(s["name"] for s in schema["reference_scores"])
+        lines.append(f"  reference scores: {scores} (not model inputs)")
+    if "observations" in quality:
+        per_patient = quality["observations"] / max(quality.get("patients", 0), 1)
+        dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in quality.get("dropped", {}).items())
+        lines.append(f"  observations: {quality['observations']} kept ({per_patient:.0f} per patient)"
+                     + (f"; dropped: {dropped}" if dropped else ""))
+    return lines
 
 
 def data_list(args: argparse.Namespace) -> None:
@@ -90,12 +114,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Import a source (file, folder, s3:// object, URL or dataset name) as a new, validated "
                     "dataset version.",
     )
-    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images"])
+    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events"])
     imp.add_argument("source", help="path, s3:// or https:// URL, or a dataset name (MedMNIST flag, UCR "
                                     "dataset, scikit-learn dataset)")
     imp.add_argument("--name", required=True, help="dataset name on storage")
     imp.add_argument("--dataset", help="which dataset inside a multi-dataset source (UCR folder)")
-    imp.add_argument("--target", help="csv: the label column")
+    imp.add_argument("--target", help="csv, events: the label column (events: of the --labels table)")
     imp.add_argument("--columns", type=csv_list, help="csv: column names for a file without a header row")
     imp.add_argument("--missing", type=csv_list, help="csv: cell texts meaning missing (default: '',?,NA,NaN)")
     imp.add_argument("--categorical", type=csv_list, help="csv: categorical columns")
@@ -105,6 +129,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--sep", default=",", help="csv: field separator")
     imp.add_argument("--size", type=int, help="images: side length to resize to (default 64)")
     imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")
+    imp.add_argument("--outcomes", help="physionet2012: the outcomes file (Outcomes-a.txt)")
+    imp.add_argument("--labels", help="events: the labels table (CSV or Parquet), one row per patient")
+    imp.add_argument("--patient-column", default="patient", help="events: the patient column of both tables")
+    imp.add_argument("--time-column", default="time", help="events: the time column (number or HH:MM)")
+    imp.add_argument("--variable-column", default="variable", help="events: the variable-name column")
+    imp.add_argument("--value-column", default="value", help="events: the value column")
+    imp.add_argument("--time-unit", default="minutes", choices=["minutes", "hours"],
+                     help="events: the unit of a numeric time since admission (default minutes)")
+    imp.add_argument("--static", type=csv_list, help="events: labels-table columns kept as static descriptors")
+    imp.add_argument("--scores", type=csv_list,
+                     help="events: labels-table columns kept as reference scores (higher = worse; not model inputs)")
+    imp.add_argument("--window-hours", type=float, default=48.0,
+                     help="physionet2012, events: observations later than this after admission are dropped "
+                          "(default 48)")
+    imp.add_argument("--out-of-range", default="drop", choices=["drop", "refuse"],
+                     help="physionet2012, events: physiologically impossible values are dropped and counted "
+                          "(default) or refuse the import")
     imp.add_argument("--val-fraction", type=float, help="share carved for validation (default 0.15)")
     imp.add_argument("--test-fraction", type=float, help="share held out for test when the source has none")
     imp.add_argument("--seed", type=int, help="split seed (default 0)")

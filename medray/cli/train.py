@@ -30,10 +30,29 @@ def result_text(summary: dict[str, Any]) -> str:
             f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
             for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
                          ("ece", 7), ("ece_calibrated", 9))))
+    test = summary["metrics"]["test"]
+    if test.get("auprc") is not None:
+        lines.append(f"test AUPRC {test['auprc']:.3f}   challenge score min(sens, PPV) "
+                     f"{'n/a' if test.get('challenge_score') is None else format(test['challenge_score'], '.3f')}")
+    lines += baselines_text(summary["metrics"].get("baselines"), test)
     lines += ood_text(summary["metrics"].get("ood"))
     if summary.get("report"):
         lines += ["", "report: " + ", ".join(summary["report"].values())]
     return "\n".join(lines)
+
+
+def baselines_text(baselines: dict[str, Any] | None, test: dict[str, Any]) -> list[str]:
+    """The same-run baselines beside the model, on the same test patients."""
+    if not baselines:
+        return []
+    number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = ["", f"{'on the test split':<24}{'AUROC (95% CI)':<24}{'AUPRC':>7}{'n':>7}",
+             f"{'model':<24}{number(test['auroc']):<24}{number(test.get('auprc')):>7}{test['n']:>7}"]
+    for name, b in baselines.items():
+        ci = b["auroc_ci"]
+        auroc = number(b["auroc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None else "")
+        lines.append(f"{name:<24}{auroc:<24}{number(b['auprc']):>7}{b['n']:>7}")
+    return lines
 
 
 def ood_text(ood: dict[str, Any] | None) -> list[str]:

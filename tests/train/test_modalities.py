@@ -19,13 +19,27 @@ REGISTRY = PROJECT / "train" / "modalities"
 
 
 def test_the_registry_refuses_an_unknown_modality_naming_the_choices():
-    with pytest.raises(ConfigError, match=r"^unknown input modality 'video'; choose one of: image, signal, tabular$"):
+    with pytest.raises(ConfigError, match=r"^unknown input modality 'video'; choose one of: image, signal, tabular, "
+                                          r"timeseries$"):
         modality("video")
     assert [modality(name).name for name in ("image", "signal", "tabular")] == ["image", "signal", "tabular"]
 
 
 # Each modality's stored rows, schema, and one transformed value worked out by hand.
 _AGES = [40.0, 60.0, np.nan, 50.0]
+
+
+def _patients(*rows):
+    """Stored timeseries columns for patients given as ([(minutes, variable, value)], age)."""
+    def lists(k, dtype):
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [np.asarray([o[k] for o in obs], dtype=dtype) for obs, _ in rows]
+        return column
+    return pd.DataFrame({"obs_minutes": lists(0, np.float32), "obs_variable": lists(1, np.int16),
+                         "obs_value": lists(2, np.float32),
+                         "static_Age": np.asarray([age for _, age in rows], dtype=np.float64)})
+
+
 STORED = {
     # pixels 0 and 255: mean 0.5, std 0.5 -> pixel 255 becomes +1
     "image": ({"column": "image", "shape": [2, 2], "dtype": "uint8"},
@@ -37,6 +51,12 @@ STORED = {
     "tabular": ({"features": [{"name": "age", "type": "numeric"},
                               {"name": "smoker", "type": "categorical", "categories": ["no", "yes"]}]},
                 pd.DataFrame({"age": _AGES, "smoker": ["no", "yes", None, "no"]}), (1, 0), 10 / np.sqrt(50)),
+    # HR 80, 100 (patient 0, steps 0 and 1) and 90: mean 90, std sqrt(200/3) -> 100 at step 1
+    "timeseries": ({"variables": [{"name": "HR", "range": [0, 300]}, {"name": "Temp", "range": None}],
+                    "statics": [{"name": "Age", "column": "static_Age", "categories": None}],
+                    "reference_scores": [], "window_minutes": 180},
+                   _patients(([(10, 0, 80), (70, 0, 100), (75, 1, 37.5)], 70.0), ([(0, 0, 90)], np.nan)),
+                   (0, 1, 0, 0), 10 / np.sqrt(200 / 3)),
 }
 
 

@@ -27,13 +27,21 @@ SIGNAL_1 = InputSpec("signal", (96, 1))  # ECG200
 SIGNAL_3 = InputSpec("signal", (96, 3))
 TABLE_13 = InputSpec("tabular", (13,))
 TABLE_30 = InputSpec("tabular", (30,))
+ICU_6 = InputSpec("timeseries", (48, 6, 3))  # 48 hourly steps of 6 variables
+ICU_10 = InputSpec("timeseries", (12, 10, 3))
 
 SPECS = {
-    "cnn": [IMAGE_SMALL, IMAGE_RGB],
-    "rnn": [SIGNAL_1, SIGNAL_3],
-    "attention": [TABLE_13, TABLE_30],
+    "image": [IMAGE_SMALL, IMAGE_RGB],
+    "signal": [SIGNAL_1, SIGNAL_3],
+    "tabular": [TABLE_13, TABLE_30],
+    "timeseries": [ICU_6, ICU_10],
 }
 ALL_PRESETS = [(family, preset) for family, f in FAMILIES.items() for preset in f.presets]
+
+
+def _specs(family, preset):
+    """Inputs of every modality the preset takes."""
+    return [spec for name in FAMILIES[family].preset_modalities[preset] for spec in SPECS[name]]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +60,11 @@ def _model(family, preset, spec, num_classes=2, overrides=None, seed=0):
 
 
 def _batch(spec, n, seed=0):
-    return torch.randn(n, *spec.shape, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(n, *spec.shape, generator=torch.Generator().manual_seed(seed))
+    if spec.modality == "timeseries":  # (value, mask, delta): a 0/1 mask, delta >= 0
+        x[..., 1] = (x[..., 1] > 0).float()
+        x[..., 2] = x[..., 2].abs()
+    return x
 
 
 def _randomize(model, seed=0):
@@ -80,7 +92,7 @@ def _param_count(model):
 
 @pytest.mark.parametrize("family,preset", ALL_PRESETS)
 def test_logits_have_one_row_per_example_and_one_column_per_class(family, preset):
-    for spec in SPECS[family]:
+    for spec in _specs(family, preset):
         model = _model(family, preset, spec, num_classes=3).eval()
         with torch.no_grad():
             logits = model(_batch(spec, 5))
@@ -128,6 +140,11 @@ def test_resnet_stem_downsamples_only_images_that_stay_at_least_28_wide():
 #   MHA(64) 4*64*64+4*64; LN 128; head 130.
 # attention ft: tokenizer 2*F*64 + CLS 64; 3 blocks of MHA 16640 + FFN (64*170+170 +
 #   85*64+64) + LNs (128 in the first block, 256 in the others); readout LN 128; head 130.
+# Time series (T, V, 3) with V=6: rnn seed and bigru read 18 channels per step, as above.
+# rnn grud (H=64): input decay 2*V; hidden decay V*64+64; GRUCell 3*64*2V + 3*64*64 +
+#   6*64; dense 64*64+64; head 130.
+# attention time_transformer: tokenizer 3V*64+64; time embedding T*64; CLS 64; 2 blocks
+#   as ft's (16640 + 11050 + 5504, LNs 128 then 256); readout LN 128; head 130.
 EXPECTED_PARAMS = {
     ("cnn", "seed", IMAGE_SMALL): 684_034,
     ("cnn", "seed", IMAGE_RGB): 1_143_362,
@@ -141,6 +158,10 @@ EXPECTED_PARAMS = {
     ("attention", "seed", TABLE_30): 99_138,
     ("attention", "ft_transformer", TABLE_13): 102_208,
     ("attention", "ft_transformer", TABLE_30): 104_384,
+    ("rnn", "seed", ICU_6): 84_162,
+    ("rnn", "bigru", ICU_6): 123_330,
+    ("rnn", "grud", ICU_6): 19_726,
+    ("attention", "time_transformer", ICU_6): 71_382,
 }
 
 
@@ -358,7 +379,7 @@ def test_ft_transformer_matches_a_reference_reading_the_cls_token():
 
 @pytest.mark.parametrize("family,preset", ALL_PRESETS)
 def test_same_seed_builds_the_same_model(family, preset):
-    spec = SPECS[family][0]
+    spec = _specs(family, preset)[0]
     a, b = _model(family, preset, spec, seed=7), _model(family, preset, spec, seed=7)
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(ta, tb), name
@@ -376,6 +397,8 @@ OVERFIT_SPECS = {
     ("rnn", "bigru"): InputSpec("signal", (32, 1)),
     ("attention", "seed"): TABLE_13,
     ("attention", "ft_transformer"): TABLE_13,
+    ("rnn", "grud"): InputSpec("timeseries", (16, 4, 3)),
+    ("attention", "time_transformer"): InputSpec("timeseries", (16, 4, 3)),
 }
 
 
@@ -404,7 +427,7 @@ def test_overfits_a_tiny_batch(family, preset):
 
 @pytest.mark.parametrize("family,preset", ALL_PRESETS)
 def test_rebuilds_from_its_stored_config_and_weights(family, preset):
-    spec = SPECS[family][-1]
+    spec = _specs(family, preset)[-1]
     model = _model(family, preset, spec)
     model.train()
     with torch.no_grad():

@@ -67,13 +67,17 @@ class ImportedDataset:
     splits: dict[str, Split]
     schema: dict[str, Any]
     """Feature schema: `{"column", "shape", "dtype"}` for image/signal,
-    `{"features": [{"name", "type", "categories"?}]}` for tabular."""
+    `{"features": [{"name", "type", "categories"?}]}` for tabular, `{"variables", "statics",
+    "reference_scores", "window_minutes"}` for timeseries (`events.py`)."""
     source: dict[str, Any]
     """Where it came from: `kind`, `uri`, `sha256` (or per-file `files`), `options`. What
     of it is stored is decided by `importers.provenance`: never a local path or file name."""
     license: str
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
+    """What the importer measured beyond the shared report (e.g. each clinical variable's
+    coverage, the values dropped): merged into the manifest's quality section."""
 
 
 def describe_source(source: dict[str, Any]) -> str:
@@ -167,14 +171,32 @@ def _row_digests(table: pa.Table) -> np.ndarray:
             width = column.type.list_size
             values = np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width))
             row_bytes = values.view(np.uint8).reshape(len(values), -1)
-            column_digest = np.frombuffer(
-                b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in row_bytes),
-                dtype=np.uint64,
-            )
+            column_digest = _blake_digests(row.tobytes() for row in row_bytes)
+        elif _is_variable_list(column.type):
+            column_digest = _list_digests(column)
         else:
             column_digest = pd.util.hash_array(column.to_numpy(zero_copy_only=False))
         digests = digests * np.uint64(1_000_003) ^ column_digest
     return digests
+
+
+def _is_variable_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def _blake_digests(rows) -> np.ndarray:
+    return np.frombuffer(b"".join(hashlib.blake2b(row, digest_size=8).digest() for row in rows), dtype=np.uint64)
+
+
+def _list_digests(column: pa.ListArray | pa.LargeListArray) -> np.ndarray:
+    """Per row of a variable-length list column: a digest of its length and its contents."""
+    offsets = column.offsets.to_numpy()  # into column.values, also for a sliced array
+    values = column.values.to_numpy(zero_copy_only=False)
+    if values.dtype == object:  # e.g. strings: hash each element first
+        values = pd.util.hash_array(values)
+    values = np.ascontiguousarray(values)
+    return _blake_digests(int(end - start).to_bytes(8, "little") + values[start:end].tobytes()
+                          for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
 
 
 def _missing_per_column(dataset: ImportedDataset) -> dict[str, int]:
@@ -182,7 +204,7 @@ def _missing_per_column(dataset: ImportedDataset) -> dict[str, int]:
     for split in dataset.splits.values():
         for name, column in zip(split.features.column_names, split.features.columns):
             missing = column.null_count
-            if pa.types.is_fixed_size_list(column.type):
+            if pa.types.is_fixed_size_list(column.type) or _is_variable_list(column.type):
                 values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 missing = int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0
             elif pa.types.is_floating(column.type):
@@ -217,6 +239,7 @@ def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
         "class_balance": balance,
         "duplicates_across_splits": duplicates,
         "constant_features": _constant_features(dataset),
+        **dataset.quality,
     }
 
 

@@ -23,7 +23,7 @@ from medray.train.data.dataset import DataImportError, ImportedDataset, check_na
 
 log = logging.getLogger(__name__)
 
-IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images")
+IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events")
 
 
 class ImportOptions(Section):
@@ -50,6 +50,7 @@ class ImportRequest:
     dataset: str | None = None
     """Which dataset inside a multi-dataset source (UCR folder)."""
     target: str | None = None
+    """The label column (csv; events: of the labels table)."""
     columns: list[str] | None = None
     missing: list[str] | None = None
     categorical: list[str] = field(default_factory=list)
@@ -62,6 +63,25 @@ class ImportRequest:
     source_label: str | None = None
     """The user's name for the source, stored instead of its path or file name."""
     options: ImportOptions = field(default_factory=ImportOptions)
+    # Clinical time series (physionet2012, events): see `medray.train.data.events`.
+    outcomes: str | None = None
+    """physionet2012: the outcomes file (RecordID, SAPS-I, SOFA, ..., In-hospital_death)."""
+    labels: str | None = None
+    """events: the labels table (CSV or Parquet), one row per patient."""
+    patient_column: str = "patient"
+    time_column: str = "time"
+    variable_column: str = "variable"
+    value_column: str = "value"
+    time_unit: str = "minutes"
+    """events: the unit of a numeric time (`minutes` or `hours`); `HH:MM` text is read as such."""
+    static: list[str] = field(default_factory=list)
+    """events: labels-table columns kept as static descriptors."""
+    scores: list[str] = field(default_factory=list)
+    """events: labels-table columns kept as reference scores (not model inputs)."""
+    window_hours: float = 48.0
+    """Observations later than this after admission are dropped (and counted)."""
+    out_of_range: str = "drop"
+    """Physiologically impossible values: `drop` (and count) or `refuse` the import."""
 
 
 # A label is one line of ordinary text.
@@ -134,7 +154,33 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
 
         return import_image_folder(request.source, options.image_size, request.grayscale, options.val_fraction,
                                    options.test_fraction, options.seed)
+    if request.kind in ("physionet2012", "events"):
+        return _read_time_series(request, staging)
     raise DataImportError(f"unknown import kind '{request.kind}'; use one of {', '.join(IMPORT_KINDS)}")
+
+
+def _read_time_series(request: ImportRequest, staging: Path) -> ImportedDataset:
+    from medray.train.data.events import EventOptions, SeriesOptions, import_events, import_physionet2012
+    from medray.train.data.sources import local_source
+
+    options = request.options
+    series = SeriesOptions(window_hours=request.window_hours, out_of_range=request.out_of_range,
+                           val_fraction=options.val_fraction, test_fraction=options.test_fraction, seed=options.seed)
+    if request.kind == "physionet2012":
+        if not request.outcomes:
+            raise DataImportError("a physionet2012 import needs --outcomes FILE (the archive's Outcomes-a.txt)")
+        # Each file fetched into its own folder: two s3:// objects may share a name.
+        return import_physionet2012(local_source(request.source, staging / "archive"),
+                                    local_source(request.outcomes, staging / "outcomes"), series)
+    if not request.labels or not request.target:
+        raise DataImportError("an events import needs --labels FILE and --target COLUMN (the labels table's label)")
+    columns = EventOptions(
+        target=request.target, patient_column=request.patient_column, time_column=request.time_column,
+        variable_column=request.variable_column, value_column=request.value_column, time_unit=request.time_unit,
+        static=list(request.static), scores=list(request.scores), classes=request.classes, sep=request.sep,
+    )
+    return import_events(local_source(request.source, staging / "events"),
+                         local_source(request.labels, staging / "labels"), columns, series)
 
 
 def _local(source: str, staging: Path) -> str:

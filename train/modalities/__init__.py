@@ -1,6 +1,7 @@
 """Modalities and the registry that finds them.
 
-A modality is one kind of input data (images, signals, tabular records) and one module
+A modality is one kind of input data (images, signals, tabular records, clinical
+time series) and one module
 here owns everything about it: how its stored columns come back from a dataset version,
 how preprocessing is fitted on the train split and applied, augmentation, the input
 schema a served model publishes, how a request (JSON or an uploaded file) is checked
@@ -33,7 +34,7 @@ from medray.train.data.dataset import reshape_batch, tensor_from_column
 if TYPE_CHECKING:
     import torch
 
-    from medray.train.data.preprocess import Batch, Preprocessor
+    from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 # --- Helpers the modality modules share -------------------------------------------
 # These live above the modality imports below because the modality modules import them.
@@ -121,6 +122,15 @@ class OODSet(NamedTuple):
     (a rotated image, a reversed ECG, another population): reported as it measures."""
 
 
+class Baseline(NamedTuple):
+    """A classical reference scored on the same test rows as the model (`Modality.baselines`)."""
+
+    scores: np.ndarray
+    """Per test row, higher predicting the training's class 1; NaN where it has none."""
+    description: str
+    """What it is, in a line for the report."""
+
+
 # --- The interface --------------------------------------------------------------------
 
 
@@ -182,6 +192,14 @@ class Modality(ABC):
         downloaded); the same sets for the same `rng` seed. Sets that do not apply to
         this model (leads swapped for a one-lead ECG) are left out."""
 
+    def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
+                  labels: LabelMap, seed: int) -> dict[str, Baseline]:
+        """Classical references computed in the same run, on the same test rows: named
+        scores for the test split from models fitted on `train` ((features, dataset
+        labels) as `features_from_table` gives them) or from the source itself. The
+        default: none."""
+        return {}
+
     # Serving ---------------------------------------------------------------------------
     @abstractmethod
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
@@ -233,10 +251,11 @@ class TensorModality(Modality, ABC):
 
 
 # The modality modules import the names above, so they come after them.
-from medray.train.modalities import image, signal, tabular  # noqa: E402
+from medray.train.modalities import image, signal, tabular, timeseries  # noqa: E402
 
 MODALITIES: dict[str, Modality] = {
-    kind.name: kind for kind in (image.ImageModality(), signal.SignalModality(), tabular.TabularModality())
+    kind.name: kind for kind in (image.ImageModality(), signal.SignalModality(), tabular.TabularModality(),
+                                 timeseries.TimeSeriesModality())
 }
 
 
@@ -247,4 +266,4 @@ def modality(name: str) -> Modality:
     return MODALITIES[name]
 
 
-__all__ = ["MODALITIES", "Modality", "OODSet", "TensorModality", "modality"]
+__all__ = ["MODALITIES", "Baseline", "Modality", "OODSet", "TensorModality", "modality"]

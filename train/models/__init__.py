@@ -1,10 +1,12 @@
 """Model families and the registry that builds them.
 
-Three families, one module each: `cnn` (images), `rnn` (signals), `attention`
-(tabular records, one token per feature). Each module has a config dataclass, an
-`nn.Module` built from that config alone, and `PRESETS`: named architectures, each a
-dict of the hyperparameters it uses with their defaults. The seed's reference
-architecture is the preset called "seed" in every family.
+Three families, one module each: `cnn` (images), `rnn` (signals and clinical time
+series), `attention` (tabular records, one token per feature, and clinical time series,
+one token per time step). Each module has a config dataclass, an `nn.Module` built from
+that config alone, `PRESETS`: named architectures, each a dict of the hyperparameters it
+uses with their defaults, `PRESET_MODALITIES`: the input modalities each preset takes,
+and `AXIS_FIELDS`: the config field that receives each axis of an input's shape. The
+seed's reference architecture is the preset called "seed" in every family.
 
     spec = InputSpec("image", (1, 28, 28))
     config = model_config_for("cnn", "resnet", spec, num_classes=2, overrides={"dropout": 0.1})
@@ -122,6 +124,44 @@ def check_num_classes(config: Any) -> None:
         )
 
 
+def input_shape_fields(
+    preset_modalities: Mapping[str, tuple[str, ...]], axis_fields: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Per modality any preset takes: the config field receiving each axis of its input
+    shape, in the order of the modality's `shape_axes` (so the modality, not the family,
+    says what its shape holds)."""
+    taken = dict.fromkeys(name for names in preset_modalities.values() for name in names)
+    return {name: tuple(axis_fields[axis] for axis in modality(name).shape_axes) for name in taken}
+
+
+def check_input_sizes(
+    config: Any,
+    preset_modalities: Mapping[str, tuple[str, ...]],
+    shape_fields: Mapping[str, tuple[str, ...]],
+) -> None:
+    """The input size fields `config` sets must be exactly those of one modality its
+    preset takes (the others None, so a stored config shows what the input was), each a
+    positive integer."""
+    every = sorted(set().union(*shape_fields.values()))
+    given = {name for name in every if getattr(config, name) is not None}
+    check_positive_ints(config, *sorted(given))
+    takes = preset_modalities[config.preset]
+    if not any(given == set(shape_fields[name]) for name in takes):
+        expected = " or ".join(f"{name} ({', '.join(shape_fields[name])})" for name in takes)
+        raise ModelConfigError(
+            f"{type(config).__name__}: preset {config.preset!r} takes {expected} as input "
+            f"sizes, got {', '.join(n for n in every if n in given) or 'none'}"
+        )
+
+
+OBSERVATION_CHANNELS = ("value", "mask", "delta")
+"""The channels of a clinical time series input (time, variables, channels), in the order
+`medray.train.modalities.timeseries` builds them: the standardised value forward-filled
+from the last observation, the observation mask, and the days since the variable's last
+observation (GRU-D's delta). The presets that read them by meaning (grud,
+time_transformer) index them by these names."""
+
+
 def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(input of `head`'s last layer, `head`'s output): the features the classifier reads,
     which out-of-distribution detection (`medray.train.ood`) measures, and the logits."""
@@ -142,7 +182,8 @@ class InputSpec:
     """A name in `medray.train.modalities.MODALITIES`."""
     shape: tuple[int, ...]
     """One size per axis of the modality's `shape_axes`: image (C, H, W); signal (L, C),
-    length then channels; tabular (F,) numeric features."""
+    length then channels; tabular (F,) numeric features; timeseries (T, V, 3), time steps,
+    variables, then OBSERVATION_CHANNELS."""
 
     def __post_init__(self) -> None:
         try:
@@ -169,22 +210,20 @@ class Family:
     config_cls: type
     model_cls: type[nn.Module]
     presets: Mapping[str, Mapping[str, Any]]
-    modality: str
-    """The input modality every preset of this family takes."""
-    shape_fields: tuple[str, ...]
-    """The config field that receives each axis of InputSpec.shape, in order."""
+    preset_modalities: Mapping[str, tuple[str, ...]]
+    """The input modalities each preset takes."""
+    shape_fields: Mapping[str, tuple[str, ...]]
+    """Per modality a preset takes: the config field that receives each axis of
+    InputSpec.shape, in order."""
 
 
 FAMILIES: dict[str, Family] = {
-    "cnn": Family(cnn.CNNConfig, cnn.CNN, cnn.PRESETS, cnn.MODALITY, cnn.SHAPE_FIELDS),
-    "rnn": Family(rnn.RNNConfig, rnn.RNN, rnn.PRESETS, rnn.MODALITY, rnn.SHAPE_FIELDS),
-    "attention": Family(
-        attention.AttentionConfig,
-        attention.AttentionNet,
-        attention.PRESETS,
-        attention.MODALITY,
-        attention.SHAPE_FIELDS,
-    ),
+    name: Family(config_cls, model_cls, module.PRESETS, module.PRESET_MODALITIES, module.SHAPE_FIELDS)
+    for name, module, config_cls, model_cls in (
+        ("cnn", cnn, cnn.CNNConfig, cnn.CNN),
+        ("rnn", rnn, rnn.RNNConfig, rnn.RNN),
+        ("attention", attention, attention.AttentionConfig, attention.AttentionNet),
+    )
 }
 
 
@@ -194,6 +233,16 @@ def _family(family: str) -> Family:
             f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}"
         )
     return FAMILIES[family]
+
+
+def _presets_taking(modality_name: str) -> str:
+    """Every preset that takes `modality_name`, as `family (preset, ...); ...`."""
+    takers = []
+    for name, family in FAMILIES.items():
+        presets = [p for p, names in family.preset_modalities.items() if modality_name in names]
+        if presets:
+            takers.append(f"{name} ({', '.join(presets)})")
+    return "; ".join(takers) or "no registered preset"
 
 
 def model_config_for(
@@ -213,11 +262,12 @@ def model_config_for(
         raise ModelConfigError(
             f"unknown {family} preset {preset!r}; choose one of: {', '.join(spec.presets)}"
         )
-    if input_spec.modality != spec.modality:
-        takers = [name for name, f in FAMILIES.items() if f.modality == input_spec.modality]
+    takes = spec.preset_modalities[preset]
+    if input_spec.modality not in takes:
         raise ModelConfigError(
-            f"model family {family!r} (preset {preset!r}) takes {spec.modality} inputs, "
-            f"not {input_spec.modality!r}; for {input_spec.modality} use: {', '.join(takers)}"
+            f"model family {family!r} preset {preset!r} takes {' or '.join(takes)} inputs, "
+            f"not {input_spec.modality!r}; for {input_spec.modality} use: "
+            f"{_presets_taking(input_spec.modality)}"
         )
     overrides = dict(overrides or {})
     allowed = spec.presets[preset]
@@ -227,7 +277,7 @@ def model_config_for(
             f"unknown override {', '.join(map(repr, unknown))} for {family} preset {preset!r}; "
             f"allowed: {', '.join(allowed)}"
         )
-    sizes = dict(zip(spec.shape_fields, input_spec.shape))
+    sizes = dict(zip(spec.shape_fields[input_spec.modality], input_spec.shape))
     return spec.config_cls(preset=preset, num_classes=num_classes, **sizes, **overrides)
 
 

@@ -1,7 +1,10 @@
-"""Attention networks for tabular health records: each numeric feature is a token.
+"""Attention networks for tabular health records (each numeric feature a token) and for
+clinical time series (each time step a token).
 
-Input: float tensor (B, F) of preprocessed features. Output: logits (B, num_classes).
-`AttentionNet.attention_weights(x)` gives a per-feature importance (B, F) whose rows
+Input: "seed" and "ft_transformer": float tensor (B, F) of preprocessed features;
+"time_transformer": (B, T, V, 3), time steps, variables, then OBSERVATION_CHANNELS
+(value, mask, delta). Output: logits (B, num_classes). `AttentionNet.attention_weights(x)`
+gives an importance per token, (B, F) per feature or (B, T) per time step, whose rows
 sum to 1, for explanations; call it in eval mode, since attention dropout perturbs it.
 """
 
@@ -14,16 +17,16 @@ import torch
 from torch import nn
 
 from medray.train.models import (
+    OBSERVATION_CHANNELS,
     ModelConfigError,
     apply_preset,
     check_fractions,
+    check_input_sizes,
     check_num_classes,
     check_positive_int_tuple,
     check_positive_ints,
+    input_shape_fields,
 )
-
-MODALITY = "tabular"
-SHAPE_FIELDS = ("num_features",)
 
 PRESETS: dict[str, dict[str, object]] = {
     # The seed's Keras reference: Dense 128 → self-attention → Dense 64 → self-attention
@@ -42,40 +45,83 @@ PRESETS: dict[str, dict[str, object]] = {
         "ffn_dropout": 0.1,
         "residual_dropout": 0.0,
     },
+    # The FT-Transformer's blocks over time: one token per hourly step (a linear map of
+    # its variables' value, mask and delta, plus a learned embedding of the step index),
+    # a CLS token, and steps where nothing was observed left out of attention. Two
+    # 4-head layers, since a 48-step stay of a few thousand patients needs less depth
+    # than a table's feature interactions; attention dropout 0.1 because the CLS token
+    # reads few observed steps of a sparse chart and dropping them costs more than on a
+    # table's always-present features.
+    "time_transformer": {
+        "d_token": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "ffn_factor": 4 / 3,
+        "attention_dropout": 0.1,
+        "ffn_dropout": 0.1,
+        "residual_dropout": 0.0,
+    },
 }
+PRESET_MODALITIES = {
+    "seed": ("tabular",),
+    "ft_transformer": ("tabular",),
+    "time_transformer": ("timeseries",),
+}
+AXIS_FIELDS = {
+    "features": "num_features",
+    "time": "seq_len",
+    "variables": "num_variables",
+    "channels": "in_channels",
+}
+SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
 
 @dataclass
 class AttentionConfig:
     preset: str
-    """Architecture: a key of PRESETS ("seed" or "ft_transformer")."""
-    num_features: int
-    """Numeric input features after preprocessing (one token each)."""
+    """Architecture: a key of PRESETS ("seed", "ft_transformer" or "time_transformer")."""
     num_classes: int
     """Number of logits."""
+    num_features: int | None = None
+    """Tabular: numeric input features after preprocessing (one token each)."""
+    seq_len: int | None = None
+    """Time series: steps the model was built for (one token each, and one learned time
+    embedding each; shorter series are accepted)."""
+    num_variables: int | None = None
+    """Time series: variables per step."""
+    in_channels: int | None = None
+    """Time series: numbers per variable and step (its 3 OBSERVATION_CHANNELS)."""
     dims: tuple[int, ...] | None = None
     """seed: token width of each attention stage; the first is the feature embedding, each
     later one a Dense+ReLU applied to every token."""
     dropout: float | None = None
     """seed: dropout on attention weights and on the attention output."""
     d_token: int | None = None
-    """ft_transformer: token width."""
+    """ft_transformer, time_transformer: token width."""
     n_layers: int | None = None
-    """ft_transformer: Transformer blocks."""
+    """ft_transformer, time_transformer: Transformer blocks."""
     n_heads: int | None = None
     """Attention heads; must divide every token width."""
     ffn_factor: float | None = None
-    """ft_transformer: feed-forward hidden width as a multiple of d_token."""
+    """ft_transformer, time_transformer: feed-forward hidden width as a multiple of d_token."""
     attention_dropout: float | None = None
-    """ft_transformer: dropout on attention weights."""
+    """ft_transformer, time_transformer: dropout on attention weights."""
     ffn_dropout: float | None = None
-    """ft_transformer: dropout inside the feed-forward layer."""
+    """ft_transformer, time_transformer: dropout inside the feed-forward layer."""
     residual_dropout: float | None = None
-    """ft_transformer: dropout on each block's output before it is added back."""
+    """ft_transformer, time_transformer: dropout on each block's output before it is
+    added back."""
 
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
-        check_positive_ints(self, "num_features", "d_token", "n_layers", "n_heads")
+        check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
+        check_positive_ints(self, "d_token", "n_layers", "n_heads")
+        if self.in_channels is not None and self.in_channels != len(OBSERVATION_CHANNELS):
+            raise ModelConfigError(
+                f"AttentionConfig: preset {self.preset!r} reads {len(OBSERVATION_CHANNELS)} "
+                f"channels per variable ({', '.join(OBSERVATION_CHANNELS)}), "
+                f"got in_channels={self.in_channels}"
+            )
         check_positive_int_tuple(self, "dims")
         check_num_classes(self)
         check_fractions(self, "dropout", "attention_dropout", "ffn_dropout", "residual_dropout")
@@ -101,8 +147,12 @@ class AttentionNet(nn.Module):
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         self.config = config
-        encoder = _SeedEncoder if config.preset == "seed" else _FTTransformerEncoder
-        self.encoder = encoder(config)
+        encoders = {
+            "seed": _SeedEncoder,
+            "ft_transformer": _FTTransformerEncoder,
+            "time_transformer": _TimeTransformerEncoder,
+        }
+        self.encoder = encoders[config.preset](config)
         self.head = nn.Linear(self.encoder.out_features, config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,13 +165,15 @@ class AttentionNet(nn.Module):
         return features, self.head(features)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-feature importance (B, F), each row non-negative and summing to 1.
+        """Per-token importance, (B, F) per feature or (B, T) per time step, each row
+        non-negative and summing to 1.
 
         seed: attention each feature token receives in the last attention layer,
         averaged over heads and over the tokens attending (these are then mean-pooled
         into the prediction). ft_transformer: the last layer's attention from the CLS
         token (which alone feeds the head) to each feature, averaged over heads and
-        renormalised without the CLS token's attention to itself.
+        renormalised without the CLS token's attention to itself. time_transformer: the
+        same over time steps; steps left out of attention (nothing observed) get 0.
         """
         _, importance = self.encoder(x)
         return importance
@@ -205,9 +257,15 @@ class _FTBlock(nn.Module):
         )
         self.residual_dropout = nn.Dropout(config.residual_dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`key_padding_mask` (B, tokens), True where a token is left out as a key: no
+        other token reads it, and its weight in `weights` (B, tokens, tokens) is 0."""
         h = self.attention_norm(x)
-        attended, weights = self.attention(h, h, h, need_weights=True)
+        attended, weights = self.attention(
+            h, h, h, key_padding_mask=key_padding_mask, need_weights=True
+        )
         x = x + self.residual_dropout(attended)
         x = x + self.residual_dropout(self.ffn(self.ffn_norm(x)))
         return x, weights
@@ -229,5 +287,43 @@ class _FTTransformerEncoder(nn.Module):
         h = torch.cat([tokens, self.cls.expand(len(x), 1, -1)], dim=1)
         for block in self.blocks:
             h, weights = block(h)
+        from_cls = weights[:, -1, :-1]
+        return self.readout(h[:, -1]), from_cls / from_cls.sum(dim=-1, keepdim=True)
+
+
+_MASK = OBSERVATION_CHANNELS.index("mask")
+
+
+class _TimeTransformerEncoder(nn.Module):
+    """One token per time step, a CLS token (last, as in the FT encoder), FT blocks."""
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__()
+        d = config.d_token
+        self.tokenizer = nn.Linear(config.num_variables * config.in_channels, d)
+        bound = d**-0.5
+        self.time_embedding = nn.Parameter(torch.empty(config.seq_len, d).uniform_(-bound, bound))
+        self.cls = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
+        self.blocks = nn.ModuleList(_FTBlock(config, first=i == 0) for i in range(config.n_layers))
+        self.readout = nn.Sequential(nn.LayerNorm(d), nn.ReLU())
+        self.out_features = d
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, steps = x.shape[:2]
+        if steps > len(self.time_embedding):
+            raise ValueError(
+                f"time_transformer was built for at most {len(self.time_embedding)} steps, got {steps}"
+            )
+        tokens = self.tokenizer(x.flatten(2)) + self.time_embedding[:steps]  # (B, T, d)
+        h = torch.cat([tokens, self.cls.expand(batch, 1, -1)], dim=1)
+        # A step where no variable was observed carries only forward-filled values and
+        # grown deltas, which its neighbours already show: it is left out of attention.
+        # Step 0 never is: it holds the statics, and it keeps every patient (one with
+        # nothing known at all included) a step to attend to besides the CLS token.
+        empty = x[..., _MASK].sum(dim=-1) == 0
+        empty[:, 0] = False
+        padding = torch.cat([empty, empty.new_zeros(batch, 1)], dim=1)  # the CLS token: never
+        for block in self.blocks:
+            h, weights = block(h, padding)
         from_cls = weights[:, -1, :-1]
         return self.readout(h[:, -1]), from_cls / from_cls.sum(dim=-1, keepdim=True)

@@ -18,11 +18,9 @@ from medray.train.models import (
     check_num_classes,
     check_positive_int_tuple,
     check_positive_ints,
+    input_shape_fields,
     penultimate,
 )
-
-MODALITY = "image"
-SHAPE_FIELDS = ("in_channels", "height", "width")
 
 PRESETS: dict[str, dict[str, object]] = {
     # The seed's Keras reference: Conv 32→64→128 (3x3, ReLU, 2x2 max-pool), Dense 512,
@@ -32,6 +30,9 @@ PRESETS: dict[str, dict[str, object]] = {
     # global average pooling.
     "resnet": {"channels": (32, 64, 128), "blocks_per_stage": 2, "stem": "auto", "dropout": 0.2},
 }
+PRESET_MODALITIES = {"seed": ("image",), "resnet": ("image",)}
+AXIS_FIELDS = {"channels": "in_channels", "height": "height", "width": "width"}
+SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
 # The smallest side that the stage-1 feature map should keep: a 28x28 image (MedMNIST)
 # is not downsampled by the stem, and larger images only when this is still met.
