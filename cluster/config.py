@@ -139,7 +139,7 @@ class ScalingSection(Section):
 class EvalConfig(Section):
     """Evaluation of the finished model."""
 
-    threshold_method: Literal["youden", "target_sensitivity", "argmax"] = "youden"
+    threshold_method: Literal["youden", "target_sensitivity", "argmax", "challenge"] = "youden"
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     bootstrap: int = Field(1000, ge=0, le=100000)
     """Resamples for the AUROC confidence interval."""

@@ -243,6 +243,8 @@ def choose_threshold(
       usual choice for screening.
     - "argmax": 0.5, i.e. the most probable class (temperature scaling keeps the
       order of the two logits): the protocol of published benchmarks such as MedMNIST.
+    - "challenge": maximise min(sensitivity, PPV), the PhysioNet/CinC 2012 score; on
+      a tie, the highest threshold.
 
     Raises ValueError when `y_true` lacks either class.
     """
@@ -260,6 +262,10 @@ def choose_threshold(
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if method == "youden":
         return float(thresholds[np.argmax(tpr - fpr)])
+    if method == "challenge":
+        positives, negatives = (y == 1).sum(), (y == 0).sum()
+        ppv = tpr * positives / np.maximum(tpr * positives + fpr * negatives, 1e-12)
+        return float(thresholds[np.argmax(np.minimum(tpr, ppv))])
     if method == "target_sensitivity":
         if target_sensitivity is None or not 0.0 < target_sensitivity <= 1.0:
             raise ValueError(
@@ -268,7 +274,8 @@ def choose_threshold(
             )
         # tpr rises as the threshold falls and reaches 1.0 at the lowest score.
         return float(thresholds[np.argmax(tpr >= target_sensitivity - 1e-12)])
-    raise ValueError(f"unknown threshold method {method!r}; use 'youden', 'target_sensitivity' or 'argmax'")
+    raise ValueError(f"unknown threshold method {method!r}; use 'youden', 'target_sensitivity', 'argmax' or "
+                     "'challenge'")
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ from sklearn.metrics import (
 
 from medray.train.evaluate import (
     apply_temperature,
+    auprc,
     auroc_with_ci,
+    baseline_metrics,
+    challenge_score,
     choose_threshold,
     classification_metrics,
     evaluate_model_outputs,
@@ -209,6 +212,40 @@ def test_argmax_threshold_gives_the_most_probable_class():
     out = evaluate_model_outputs((y, logits), (y, logits), ["no", "yes"], threshold_method="argmax", n_boot=0)
     assert out["threshold"] == 0.5
     assert out["test"]["accuracy"] == 1.0  # argmax of every row is its label
+
+
+P_SIX = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+
+
+def test_challenge_threshold_maximises_min_of_sensitivity_and_ppv_hand_computed():
+    # Scores descending: 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.6 (pos), 0.2 (neg), 0.1 (neg).
+    y = np.array([1, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    # >= 0.9: sens 1/3, PPV 1; >= 0.8: 1/3, 1/2; >= 0.7: 2/3, 2/3; >= 0.6: 1, 3/4 -> min 3/4 wins.
+    assert choose_threshold(y, p, "challenge") == 0.6
+    assert challenge_score(0.75, 1.0) == 0.75 and challenge_score(None, 0.5) is None
+
+
+def test_auprc_is_average_precision_and_baselines_score_the_rows_they_cover():
+    y = np.array([1, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    # Precision at each positive, in rank order: 1/1, 2/3, 3/4 -> mean 0.8056.
+    assert auprc(y, p) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    assert auprc(np.zeros(3, int), np.ones(3)) is None
+    # A severity score in points, missing (NaN) for two patients: ranked on the other four.
+    scores = np.array([14.0, 3.0, np.nan, 9.0, np.nan, 2.0])
+    out = baseline_metrics(y, scores, n_boot=200, seed=0)
+    assert out["n"] == 4 and out["auroc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [14, 3, 9, 2]))
+    assert out["auprc"] == pytest.approx(1.0) and out["auroc_ci"][0] <= out["auroc"] <= out["auroc_ci"][1]
+    assert baseline_metrics(y, np.full(6, np.nan))["auroc"] is None
+
+
+def test_binary_splits_report_auprc_and_the_challenge_score_at_the_threshold():
+    y = np.array([1, 0, 1, 1, 0, 0])
+    logits = np.log(np.stack([1 - P_SIX, P_SIX], axis=1))
+    out = evaluate_split(y, logits, ["lived", "died"], threshold=0.6, n_boot=0)
+    assert out["auprc"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    assert out["challenge_score"] == pytest.approx(min(out["sensitivity"], out["ppv"])) == pytest.approx(0.75)
 
 
 def test_threshold_errors_are_clear():

@@ -165,6 +165,11 @@ class TimeSeriesModality(Modality):
             batch[spec["column"]] = np.asarray([p[1][spec["name"]] for p in patients], dtype=np.float64)
         return pd.DataFrame(batch)
 
+    def metadata_mismatches(self, preprocessor: Preprocessor, instances: list[Any]) -> list[list[str]]:
+        """A stay with no observation of any time-varying variable has nothing to predict
+        from: out of distribution whatever the detector makes of its all-mean input."""
+        return [[] if item.get("observations") else ["observations"] for item in instances]
+
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         names = model_variables(preprocessor.stats)
         step = preprocessor.stats["step_minutes"]
