@@ -64,9 +64,12 @@ class PredictRequest(BaseModel):
     instances: list[Any] = Field(
         ..., description="Images: nested arrays (H, W) or (H, W, C) of 0-255 values, or base64 PNG/JPEG/DICOM "
                          "strings. Signals: arrays of length L, or (L, C). Health records: objects keyed by "
-                         "feature name (null for an unknown value). See GET /v1/models for each model's input.")
+                         "feature name (null for an unknown value). ICU stays: {'static': {name: value}, "
+                         "'observations': [{'time': 'HH:MM' or minutes, 'variable': name, 'value': number}]}. "
+                         "See GET /v1/models for each model's input.")
     explain: bool = Field(False, description="Add Grad-CAM (cnn), attention over features (attention) or "
-                                             "per-time-step saliency (rnn).")
+                                             "per-time-step saliency (rnn); for ICU stays, saliency over "
+                                             "(hour, variable).")
 
 
 class Prediction(BaseModel):

@@ -44,8 +44,42 @@ def table_case(schema=TABLE_SCHEMA):
     return fitted("tabular", schema, frame.iloc[:30]), frame.iloc[30:].reset_index(drop=True)
 
 
-CASES = {"image": lambda: image_case((28, 28)), "signal": lambda: signal_case(1), "tabular": table_case}
-SCHEMAS = {"tabular": TABLE_SCHEMA}
+SERIES_SCHEMA = {"variables": [{"name": "HR", "range": [0, 300]}, {"name": "Lactate", "range": [0, 40]}],
+                 "statics": [{"name": "Age", "column": "static_Age", "categories": None, "range": [15, 120]}],
+                 "reference_scores": [], "window_minutes": 2880}
+
+
+def series_case():
+    rng = np.random.default_rng(4)
+
+    def stay():
+        count = int(rng.integers(1, 30))
+        variable = rng.integers(0, 2, count).astype(np.int16)
+        value = np.where(variable == 0, rng.uniform(50, 140, count), rng.uniform(0.5, 8, count))
+        return np.sort(rng.uniform(0, 2880, count)).astype(np.float32), variable, value.astype(np.float32)
+
+    stays = [stay() for _ in range(40)]
+    frame = pd.DataFrame({name: pd.Series([s[k] for s in stays], dtype=object)
+                          for k, name in enumerate(("obs_minutes", "obs_variable", "obs_value"))})
+    frame["static_Age"] = rng.uniform(20, 90, 40).round()
+    return fitted("timeseries", SERIES_SCHEMA, frame.iloc[:30]), frame.iloc[30:].reset_index(drop=True)
+
+
+CASES = {"image": lambda: image_case((28, 28)), "signal": lambda: signal_case(1), "tabular": table_case,
+         "timeseries": series_case}
+SCHEMAS = {"tabular": TABLE_SCHEMA, "timeseries": SERIES_SCHEMA}
+RANDOM_SET = {"tabular": "random_records", "timeseries": "random_observations"}
+"""Each modality's set drawn at random (the others' is `noise`)."""
+
+
+def same_features(a, b) -> bool:
+    if isinstance(a, pd.DataFrame):  # a column may hold one array per row (ICU stays)
+        def same(x: pd.Series, y: pd.Series) -> bool:
+            if len(x) and isinstance(x.iloc[0], np.ndarray):
+                return len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y))
+            return x.equals(y)
+        return list(a.columns) == list(b.columns) and all(same(a[c], b[c]) for c in a.columns)
+    return np.array_equal(a, b)
 """What `request_instance` reads of the manifest's schema (tensor modalities read none)."""
 
 
@@ -62,7 +96,7 @@ def test_sets_are_in_stored_form_and_taken_as_requests(name):
     sets = kind.ood_sets(preprocessor, test, np.random.default_rng(0))
     assert {ood.kind for ood in sets.values()} == {"far", "near"}
     for set_name, (features, _) in sets.items():
-        if name == "tabular":
+        if isinstance(test, pd.DataFrame):
             assert list(features.columns) == list(test.columns), set_name
             assert all(features[c].dtype == test[c].dtype for c in test.columns), set_name
         else:
@@ -82,12 +116,9 @@ def test_sets_are_the_same_under_the_same_seed(name):
     other = kind.ood_sets(preprocessor, test, np.random.default_rng(8))
     assert list(first) == list(again)
     for set_name in first:
-        if isinstance(first[set_name].features, pd.DataFrame):
-            pd.testing.assert_frame_equal(first[set_name].features, again[set_name].features)
-        else:
-            np.testing.assert_array_equal(first[set_name].features, again[set_name].features)
-    assert not np.array_equal(np.asarray(first["noise" if name != "tabular" else "random_records"].features),
-                              np.asarray(other["noise" if name != "tabular" else "random_records"].features))
+        assert same_features(first[set_name].features, again[set_name].features), set_name
+    drawn = RANDOM_SET.get(name, "noise")
+    assert not same_features(first[drawn].features, other[drawn].features)
 
 
 def test_image_sets_hold_pydicoms_ct_and_the_test_images_turned():

@@ -12,7 +12,13 @@ import pytest
 from medray.cluster.errors import InputError
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.modalities import modality
-from medray.train.modalities.timeseries import aggregate_features, grid, model_variables, timeseries_baselines
+from medray.train.modalities.timeseries import (
+    aggregate_features,
+    grid,
+    model_variables,
+    observation_saliency,
+    timeseries_baselines,
+)
 
 KIND = modality("timeseries")
 SCHEMA = {
@@ -60,6 +66,16 @@ def test_the_grid_masks_and_delta_of_a_tiny_patient_worked_out_by_hand():
     hour = 1 / 24
     np.testing.assert_allclose(delta[:, 0], [0, hour, 2 * hour, 3 * hour], rtol=1e-6)
     np.testing.assert_allclose(delta[:, 1], [0, hour, 2 * hour, hour], rtol=1e-6)
+
+
+def test_saliency_of_carried_values_is_credited_to_the_observation_they_came_from():
+    # One variable observed at steps 0 and 2 of 4; saliency 1 at each step.
+    mask = np.array([[[1.0], [0.0], [1.0], [0.0]]])
+    cells = np.array([[[0.1], [0.2], [0.3], [0.4]]])
+    credited = observation_saliency(cells, mask)
+    # Step 0's observation carries into step 1 (0.1 + 0.2), step 2's into step 3 (0.3 + 0.4).
+    np.testing.assert_allclose(credited[0, :, 0], [0.3 / 0.7, 0, 1, 0])
+    assert observation_saliency(cells, np.zeros_like(mask)).max() == 0  # nothing observed: nothing named
 
 
 def test_observations_outside_the_window_and_unknown_statics_leave_no_trace():

@@ -58,9 +58,12 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
         "cleveland": ImportRequest(kind="csv", source=str(shared_data / "processed.cleveland.data"),
                                    name="cleveland", target="num", columns=CLEVELAND_COLUMNS, missing=["?"]),
         "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
+        "p12": ImportRequest(kind="physionet2012", source=str(shared_data / "physionet2012" / "set-a.tar.gz"),
+                             outcomes=str(shared_data / "physionet2012" / "Outcomes-a.txt"), name="p12"),
     }
     configs = sorted(CONFIGS.glob("*.yaml"))
-    assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention"}
+    assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention",
+                                         "physionet2012_rnn", "physionet2012_attention"}
     imported = set()
     for path in configs:
         config = load_config(path)
@@ -72,6 +75,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
         assert plan.model_config["num_classes"] == len(plan.labels.classes)
     cleveland = plan_training(load_config(CONFIGS / "cleveland_attention.yaml"), local_storage)
     assert cleveland.labels.classes == ["no_disease", "disease"]
+    icu = plan_training(load_config(CONFIGS / "physionet2012_rnn.yaml"), local_storage)
+    assert icu.labels.classes == ["survived", "died"] and icu.preprocessor.input_shape == [48, 46, 3]
 
 
 @pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])
