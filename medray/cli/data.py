@@ -87,9 +87,9 @@ def data_list(args: argparse.Namespace) -> None:
     def human() -> str:
         if not rows:
             return f"no datasets in {listing['storage']}"
-        header = f"{'name':<20} {'latest':>6} {'versions':>8}  {'modality':<9} {'train/val/test':<16} classes"
+        header = f"{'name':<20} {'latest':>6} {'versions':>8}  {'modality':<10} {'train/val/test':<16} classes"
         body = [
-            f"{r['name']:<20} {'v' + str(r['latest']):>6} {len(r['versions']):>8}  {r['modality']:<9} "
+            f"{r['name']:<20} {'v' + str(r['latest']):>6} {len(r['versions']):>8}  {r['modality']:<10} "
             f"{'/'.join(str(r['rows'][s]) for s in ('train', 'val', 'test')):<16} {', '.join(r['classes'])}"
             for r in rows
         ]
