@@ -1,5 +1,5 @@
 """PhysioNet 2012 end to end on 200 real stays taken from the shared archive by the test:
-import onto the local S3 server, a 2-worker Ray Train run of the shipped GRU-D config
+import from and onto the local S3 server, a 2-worker Ray Train run of the shipped GRU-D config
 (cut to two epochs), its report with AUPRC, the challenge score and the same-run
 baselines, promotion through the gate, and a patient sent as JSON to Ray Serve answered
 as the offline model answers."""
@@ -26,7 +26,7 @@ PORT = 8313
 
 @pytest.fixture(scope="module")
 def icu(shared_data, tmp_path_factory, s3_endpoint):
-    """200 stays of set A as an archive and outcomes file, imported as `p12` on S3."""
+    """200 stays of set A as an archive and outcomes file in S3, imported as `p12` on S3."""
     import boto3
 
     from medray.cluster.storage import Storage
@@ -45,10 +45,15 @@ def icu(shared_data, tmp_path_factory, s3_endpoint):
     ids = {data.decode().splitlines()[1].split(",")[2] for _, data in members}
     lines = (shared_data / "physionet2012" / "Outcomes-a.txt").read_text().splitlines()
     (folder / "outcomes.txt").write_text("\n".join([lines[0], *(l for l in lines[1:] if l.split(",")[0] in ids)]))
-    boto3.client("s3").create_bucket(Bucket="medray-icu")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="medray-icu")
+    # The source as a hospital keeps it: in S3 (both files named alike, as exports often are).
+    s3.upload_file(str(folder / "subset.tar.gz"), "medray-icu", "exports/a/stays.tar.gz")
+    s3.upload_file(str(folder / "outcomes.txt"), "medray-icu", "exports/b/stays.tar.gz")
     storage = Storage("s3://medray-icu/root")
-    manifest = import_dataset(storage, ImportRequest(kind="physionet2012", source=str(folder / "subset.tar.gz"),
-                                                     outcomes=str(folder / "outcomes.txt"), name="p12"))
+    request = ImportRequest(kind="physionet2012", source="s3://medray-icu/exports/a/stays.tar.gz",
+                            outcomes="s3://medray-icu/exports/b/stays.tar.gz", name="p12")
+    manifest = import_dataset(storage, request)
     return {"storage": storage, "manifest": manifest, "ids": ids}
 
 

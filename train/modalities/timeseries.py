@@ -9,8 +9,8 @@ per reference score (`score_*`, e.g. SAPS-I; never a model input). The raw lists
 the dataset, so a model that reads observations directly can be added beside the grid.
 
 Preprocessing, fitted on the train split: each variable's mean and std over its train
-observations (after log1p for a right-skewed one, `SKEW_TO_LOG`); each numeric static's too; a categorical static becomes one indicator per
-category. The model input per patient is (T, V, 3): T steps of `step_minutes` over the
+observations (after log1p for a right-skewed one, `SKEW_TO_LOG`); each numeric static's
+too; a categorical static becomes one indicator per category. The model input per patient is (T, V, 3): T steps of `step_minutes` over the
 window (hourly over 48 h), V model variables (the time-varying ones, then the statics,
 which are observations at step 0 as the source records them), and per variable and
 step: the standardised value, forward-filled from the last observation (0, the training
