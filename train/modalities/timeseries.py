@@ -12,9 +12,8 @@ Preprocessing, fitted on the train split: each variable's mean and std over its 
 observations (after log1p for a right-skewed one, `SKEW_TO_LOG`); each numeric static's
 too; a categorical static becomes one indicator per category. The model input per
 patient is (T, V, 3): T steps of `step_minutes` over the window (hourly over 48 h), V
-model variables (the time-varying ones, then the statics,
-which are observations at step 0 as the source records them), and per variable and
-step: the standardised value, forward-filled from the last observation (0, the training
+model variables (the time-varying ones, then the statics, which are observations at
+step 0 as the source records them), and per variable and step: the standardised value, forward-filled from the last observation (0, the training
 mean, before the first); the observation mask; and delta, the time since the variable's
 last observation before this step in days, as GRU-D (Che et al. 2018) defines it:
 delta_0 = 0, delta_t = step + delta_{t-1} if unobserved at t-1, else step. Several
