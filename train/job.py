@@ -209,14 +209,15 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
 
 
 def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: Path, config: MedrayConfig,
-                               history: list[dict] | None = None) -> dict[str, Any]:
+                               history: list[dict] | None = None, baselines: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint on val (threshold, temperature) and test; write the report to out_dir.
 
     The out-of-distribution detector is fitted on the train split's features and
     thresholded on val (`eval.ood_method`, `eval.ood_false_alarm`): `report["ood_detector"]`;
     its figures on test and the modality's OOD sets are `report["metrics"]["ood"]` (`evaluate_ood`).
     The modality's same-run baselines (`Modality.baselines`), scored on the same test
-    rows, are `report["metrics"]["baselines"]`."""
+    rows, are `report["metrics"]["baselines"]` (left empty with `baselines=False`, for a
+    caller that does not report them: fitting them costs seconds)."""
     from medray.train.checkpoint import load_bundle
     from medray.train.evaluate import baseline_metrics, evaluate_model_outputs, plot_ood_scores, write_report
     from medray.train.modalities import modality
@@ -240,15 +241,15 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
     )
     metrics["ood"], ood_scores = evaluate_ood(bundle, ood_detector, features["test"], embeddings["test"],
                                               outputs["test"][1], n_boot=config.eval.bootstrap, seed=config.train.seed)
-    baselines = modality(manifest["modality"]).baselines(
+    scored = modality(manifest["modality"]).baselines(
         manifest["schema"], (features["train"], labels["train"]), (features["test"], labels["test"]),
-        bundle.labels, seed=config.train.seed)
+        bundle.labels, seed=config.train.seed) if baselines else {}
     metrics["baselines"] = {name: {**baseline_metrics(outputs["test"][0], b.scores, n_boot=config.eval.bootstrap,
                                                       seed=config.train.seed), "description": b.description}
-                            for name, b in baselines.items()}
+                            for name, b in scored.items()}
     history = history if history is not None else bundle.progress.get("history", [])
     files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes,
-                         {name: b.scores for name, b in baselines.items()})
+                         {name: b.scores for name, b in scored.items()})
     files["ood_scores"] = plot_ood_scores(*ood_scores, ood_detector.threshold, Path(out_dir) / "ood_scores.png")
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
             "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"),
@@ -289,7 +290,7 @@ def evaluate_checkpoint(storage: Storage, reference: str, config: MedrayConfig, 
         raise ConfigError(f"split '{split}' is not allowed; use val or test")
     key = resolve_checkpoint(storage, reference)
     with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
-        report = evaluate_stored_checkpoint(storage, key, Path(scratch), config)
+        report = evaluate_stored_checkpoint(storage, key, Path(scratch), config, baselines=False)
     return {"checkpoint": storage.uri(key), "split": split, "dataset": report["dataset"],
             "metrics": report["metrics"][split], "temperature": report["metrics"]["temperature"],
             "threshold": report["metrics"]["threshold"], "ood": report["metrics"]["ood"]}

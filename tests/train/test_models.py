@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from medray.cluster.errors import ConfigError
+from support.training import train_to_accuracy
 from medray.train.models import (
     FAMILIES,
     InputSpec,
@@ -408,20 +409,7 @@ def test_overfits_a_tiny_batch(family, preset):
     spec = OVERFIT_SPECS[family, preset]
     model = _model(family, preset, spec)
     x, y = _batch(spec, 16, seed=1), torch.arange(16) % 2
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    accuracy = 0.0
-    for step in range(1, 301):
-        model.train()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 10 == 0:
-            model.eval()  # dropout off, BatchNorm on running statistics
-            with torch.no_grad():
-                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
-            if accuracy == 1.0:
-                break
+    accuracy, step = train_to_accuracy(model, x, y, lr=3e-3, target=1.0)
     assert accuracy == 1.0, f"{family}/{preset}: {accuracy:.0%} after {step} steps"
 
 

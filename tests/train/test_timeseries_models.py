@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medray.cluster.errors import ConfigError
+from support.training import train_to_accuracy
 from medray.train.models import (
     InputSpec,
     ModelConfigError,
@@ -364,18 +365,5 @@ def test_learns_whether_a_variable_was_ever_observed_above_a_level(family, prese
     y = torch.tensor([int(any(v > 1.5 for (t, var), v in p.items() if var == 0)) for p in patients])
     assert 0.25 < y.float().mean() < 0.6
     model = _model(family, preset, InputSpec("timeseries", (steps, variables, 3)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    accuracy = 0.0
-    for step in range(1, 301):
-        model.train()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 10 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
-            if accuracy > 0.95:
-                break
+    accuracy, step = train_to_accuracy(model, x, y, lr=1e-2, target=0.95)
     assert accuracy > 0.9, f"{family}/{preset}: {accuracy:.0%} after {step} steps"

@@ -91,7 +91,8 @@ MAX_VARIABLES = np.iinfo(np.int16).max
 EVENT_BATCH_BYTES = 16 << 20
 OUT_OF_RANGE = ("drop", "refuse")
 TIME_UNITS = {"minutes": 1.0, "hours": 60.0}
-_CLOCK = re.compile(r"(\d{1,6}):([0-5]\d)")
+CLOCK = re.compile(r"(\d{1,6}):([0-5]\d)")
+"""A time `HH:MM` since admission (hours may pass 99: stays run for weeks)."""
 _CLOCK_PATTERN = r"^\s*(?P<h>\d{1,6}):(?P<m>[0-5]\d)\s*$"
 
 
@@ -404,7 +405,7 @@ def parse_record(data: bytes, place: str) -> _Record:
             raise DataImportError(f"{place}, line {number}: {len(fields)} fields, not the 3 of '{PHYSIONET_HEADER}'")
         clock, parameter, raw = fields
         parameter = parameter.strip()
-        match = _CLOCK.fullmatch(clock.strip())
+        match = CLOCK.fullmatch(clock.strip())
         if match is None:
             raise DataImportError(f"{place}, line {number}, column 'Time': not a time HH:MM since admission")
         minute = int(match[1]) * 60 + int(match[2])

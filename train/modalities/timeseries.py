@@ -28,7 +28,6 @@ values came from, and the attention over time of attention models.
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
+from medray.train.data.events import CLOCK
 from medray.train.modalities import Baseline, Modality, OODSet, check_numbers, finite_extremes, fitted_range
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ HIDDEN_SHARE = 0.3
 """Observed cells hidden per training batch by `train.augment`."""
 TOP_EXPLANATIONS = 10
 """(time step, variable) cells listed per explanation, most salient first."""
-_CLOCK = re.compile(r"(\d{1,3}):([0-5]\d)")
 
 
 class TimeSeriesModality(Modality):
@@ -388,7 +387,7 @@ def _statics(stats: dict[str, Any], field: str, given: Any) -> dict[str, float]:
 def _minutes(field: str, value: Any, window: float) -> float:
     """'HH:MM' or a number of minutes since admission, inside [0, window]."""
     if isinstance(value, str):
-        match = _CLOCK.fullmatch(value)
+        match = CLOCK.fullmatch(value)
         if not match:
             raise InputError(f"{field}: must be 'HH:MM' or a number of minutes")
         minutes = float(int(match.group(1)) * 60 + int(match.group(2)))
