@@ -52,6 +52,27 @@ class StorageConfig(Section):
         return value
 
 
+class TextSection(Section):
+    """How clinical text becomes token ids: a tokenizer trained on the train split only
+    (Hugging Face `tokenizers`), saved inside the fitted preprocessing so that every
+    checkpoint and registry version rebuilds it offline, id for id."""
+
+    tokenizer: Literal["wordpiece", "bpe"] = "wordpiece"
+    """WordPiece (BERT's subwords) or byte-pair encoding."""
+    vocab_size: int = Field(8000, ge=100, le=200_000)
+    """Tokens in the vocabulary, the special ones included."""
+    lowercase: bool = True
+    min_documents: int = Field(5, ge=1)
+    """A word enters the vocabulary only if at least this many training documents hold
+    it: a patient's name or record number in their own notes does not, so it cannot be
+    read back from a stored tokenizer; rarer words are spelled with subword pieces."""
+    max_tokens: int = Field(256, ge=8, le=8192)
+    """Tokens per document the model reads. Longer documents are truncated, keeping the
+    beginning: a report's or an abstract's subject is stated first, and one document is
+    one forward pass, which calibration, the conformal sets and the referral rule assume.
+    The share of training documents truncated is recorded with the preprocessing."""
+
+
 class DataConfig(Section):
     """Which dataset a job reads and how its classes are used. How a dataset is split and
     sized is fixed when it is imported (`ImportOptions` in train/data/importers.py)."""
@@ -63,6 +84,8 @@ class DataConfig(Section):
     `{no_disease: ["0"], disease: ["1", "2", "3", "4"]}`. Every class must be named once."""
     positive_class: str | None = None
     """For two classes: the one sensitivity is measured for (made label 1)."""
+    text: TextSection = TextSection()
+    """Tokenization, for text datasets (ignored by the other modalities)."""
 
 
 IMPORT_FLAGS = {"data.val_fraction": "--val-fraction", "data.test_fraction": "--test-fraction",

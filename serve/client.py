@@ -9,13 +9,24 @@ from typing import Any
 from medray.cluster.errors import MedrayError, NotFoundError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+TEXT_SUFFIXES = {".txt", ".text"}
 
 
-def request_for(path: Path) -> tuple[str, dict[str, Any]]:
-    """(route suffix, httpx keyword arguments) for one file."""
+def request_for(path: Path, explain: bool = False) -> tuple[str, dict[str, Any]]:
+    """(route suffix, httpx keyword arguments) for one file. A text file is uploaded as
+    text/plain, or sent as a JSON instance when an explanation is asked for (uploads
+    carry none). The file's name is never sent: it may name the patient."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES or not suffix:
-        return "predict-file", {"files": {"file": (path.name, path.read_bytes(), "application/octet-stream")}}
+        return "predict-file", {"files": {"file": ("upload", path.read_bytes(), "application/octet-stream")}}
+    if suffix in TEXT_SUFFIXES:
+        if not explain:
+            return "predict-file", {"files": {"file": ("upload.txt", path.read_bytes(), "text/plain")}}
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise MedrayError(f"{path} is not UTF-8 text (invalid byte at offset {error.start})") from None
+        return "predict", {"json": {"instances": [{"text": text}]}}
     if suffix == ".json":
         try:
             body = json.loads(path.read_text())
@@ -27,7 +38,7 @@ def request_for(path: Path) -> tuple[str, dict[str, Any]]:
 
         array = np.load(path, allow_pickle=False)
         return "predict", {"json": {"instances": [array.tolist()]}}
-    raise MedrayError(f"{path}: use an image (PNG, JPEG, DICOM), a .json body or a .npy array")
+    raise MedrayError(f"{path}: use an image (PNG, JPEG, DICOM), a .txt document, a .json body or a .npy array")
 
 
 def predict_file(url: str, name: str, file: str, explain: bool = False, token: str | None = None,
@@ -37,7 +48,7 @@ def predict_file(url: str, name: str, file: str, explain: bool = False, token: s
     path = Path(file)
     if not path.is_file():
         raise NotFoundError(f"{file} does not exist")
-    route, kwargs = request_for(path)
+    route, kwargs = request_for(path, explain)
     if explain and "json" in kwargs:
         kwargs["json"]["explain"] = True
     headers = {"Authorization": f"Bearer {token}"} if token else {}

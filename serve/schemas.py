@@ -66,10 +66,11 @@ class PredictRequest(BaseModel):
                          "strings. Signals: arrays of length L, or (L, C). Health records: objects keyed by "
                          "feature name (null for an unknown value). ICU stays: {'static': {name: value}, "
                          "'observations': [{'time': 'HH:MM' or minutes, 'variable': name, 'value': number}]}. "
-                         "See GET /v1/models for each model's input.")
+                         "Clinical text: {'text': '...'}. See GET /v1/models for each model's input.")
     explain: bool = Field(False, description="Add Grad-CAM (cnn), attention over features (attention) or "
                                              "per-time-step saliency (rnn); for ICU stays, saliency over "
-                                             "(hour, variable).")
+                                             "(hour, variable); for text, gradient x input per token "
+                                             "(and the readout's attention).")
 
 
 class Prediction(BaseModel):

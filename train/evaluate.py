@@ -200,10 +200,20 @@ def challenge_score(sensitivity: float | None, ppv: float | None) -> float | Non
 
 
 def baseline_metrics(y_true: ArrayLike, scores: ArrayLike, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUROC (with its bootstrap CI) and AUPRC of one baseline's scores for class 1, on
-    the rows where it has a score (a severity score is missing for some patients): the
-    figures that compare with the model's on the same split. `n` counts those rows."""
-    y, s = _labels(y_true), np.asarray(scores, dtype=np.float64)
+    """One baseline's figures that compare with the model's on the same split.
+
+    Binary (`scores` (N,) for class 1, NaN where it has none: a severity score is missing
+    for some patients): AUROC with its bootstrap CI and AUPRC, on the rows it scores.
+    K classes (`scores` (N, K) class probabilities): macro AUROC with its CI, accuracy
+    and macro-F1 of the argmax. `n` counts the rows scored."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 2:
+        y = _labels(y_true, s.shape[1])
+        auroc = auroc_with_ci(y, s, n_boot=n_boot, seed=seed)
+        predicted = classification_metrics(y, s)
+        return {"auroc": auroc["value"], "auroc_ci": [auroc["low"], auroc["high"]],
+                "accuracy": predicted["accuracy"], "macro_f1": predicted["f1"], "n": int(y.size)}
+    y = _labels(y_true)
     scored = np.isfinite(s)
     y, s = y[scored], s[scored]
     if y.size == 0 or len(np.unique(y)) < 2:

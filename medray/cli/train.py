@@ -20,7 +20,9 @@ def result_text(summary: dict[str, Any]) -> str:
     lines = [f"run:        {summary['run']}", f"checkpoint: {summary['checkpoint']}",
              f"dataset:    {summary['dataset']}   epochs run: {summary['epochs_run']}   "
              f"best epoch: {summary['best_epoch'] + 1 if summary['best_epoch'] is not None else 'n/a'}", ""]
-    lines.append(f"{'split':<6}{'AUROC (95% CI)':<24}{'acc':>7}{'bal acc':>9}{'sens':>7}{'spec':>7}{'ECE':>7}{'ECE cal':>9}")
+    # F1 is class 1's for two classes, the macro average over classes for more.
+    lines.append(f"{'split':<6}{'AUROC (95% CI)':<24}{'acc':>7}{'bal acc':>9}{'sens':>7}{'spec':>7}{'F1':>7}"
+                 f"{'ECE':>7}{'ECE cal':>9}")
     for split in ("val", "test"):
         m = summary["metrics"][split]
         ci = m.get("auroc_ci") or [None, None]
@@ -29,7 +31,7 @@ def result_text(summary: dict[str, Any]) -> str:
         lines.append(f"{split:<6}{auroc:<24}" + "".join(
             f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
             for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
-                         ("ece", 7), ("ece_calibrated", 9))))
+                         ("f1", 7), ("ece", 7), ("ece_calibrated", 9))))
     test = summary["metrics"]["test"]
     if test.get("auprc") is not None:
         lines.append(f"test AUPRC {test['auprc']:.3f}   challenge score min(sens, PPV) "
@@ -42,16 +44,21 @@ def result_text(summary: dict[str, Any]) -> str:
 
 
 def baselines_text(baselines: dict[str, Any] | None, test: dict[str, Any]) -> list[str]:
-    """The same-run baselines beside the model, on the same test patients."""
+    """The same-run baselines beside the model, on the same test patients: AUROC and
+    AUPRC for two classes, macro AUROC, accuracy and macro-F1 for more."""
     if not baselines:
         return []
     number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    lines = ["", f"{'on the test split':<24}{'AUROC (95% CI)':<24}{'AUPRC':>7}{'n':>7}",
-             f"{'model':<24}{number(test['auroc']):<24}{number(test.get('auprc')):>7}{test['n']:>7}"]
+    multiclass = any("macro_f1" in b for b in baselines.values())
+    names = ("accuracy", "macro-F1") if multiclass else ("AUPRC",)
+    keys = (("accuracy", "accuracy"), ("f1", "macro_f1")) if multiclass else (("auprc", "auprc"),)
+    lines = ["", f"{'on the test split':<24}{'AUROC (95% CI)':<24}" + "".join(f"{n:>10}" for n in names) + f"{'n':>7}",
+             f"{'model':<24}{number(test['auroc']):<24}" + "".join(f"{number(test.get(k)):>10}" for k, _ in keys)
+             + f"{test['n']:>7}"]
     for name, b in baselines.items():
         ci = b["auroc_ci"]
         auroc = number(b["auroc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None else "")
-        lines.append(f"{name:<24}{auroc:<24}{number(b['auprc']):>7}{b['n']:>7}")
+        lines.append(f"{name:<24}{auroc:<24}" + "".join(f"{number(b.get(k)):>10}" for _, k in keys) + f"{b['n']:>7}")
     return lines
 
 

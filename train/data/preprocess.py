@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medray.cluster.config import DataConfig
 from medray.cluster.errors import ConfigError
 from medray.train.modalities import modality
 
@@ -83,8 +84,11 @@ class Preprocessor:
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, manifest: dict[str, Any], train_features: Any) -> "Preprocessor":
-        column, input_shape, stats = modality(manifest["modality"]).fit(manifest["schema"], train_features)
+    def fit(cls, manifest: dict[str, Any], train_features: Any, data: DataConfig | None = None) -> "Preprocessor":
+        """Fitted on the train split's features; `data` is the config's data section (its
+        `text` tokenization; the defaults when None)."""
+        column, input_shape, stats = modality(manifest["modality"]).fit(
+            manifest["schema"], train_features, data if data is not None else DataConfig())
         return cls(manifest["modality"], column, input_shape, stats)
 
     def transform(self, batch: Batch | np.ndarray) -> np.ndarray:
@@ -106,6 +110,11 @@ class Preprocessor:
     def feature_names(self) -> list[str]:
         """Names of the model's input features (tables), for attention explanations."""
         return modality(self.modality).feature_names(self)
+
+    @property
+    def vocabulary(self) -> int | None:
+        """How many token ids the model input indexes (text), else None."""
+        return modality(self.modality).vocabulary(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"modality": self.modality, "column": self.column, "input_shape": self.input_shape,

@@ -1,7 +1,7 @@
 """Modalities and the registry that finds them.
 
 A modality is one kind of input data (images, signals, tabular records, clinical
-time series) and one module
+time series, clinical text) and one module
 here owns everything about it: how its stored columns come back from a dataset version,
 how preprocessing is fitted on the train split and applied, augmentation, the input
 schema a served model publishes, how a request (JSON or an uploaded file) is checked
@@ -34,6 +34,7 @@ from medray.train.data.dataset import reshape_batch, tensor_from_column
 if TYPE_CHECKING:
     import torch
 
+    from medray.cluster.config import DataConfig
     from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 # --- Helpers the modality modules share -------------------------------------------
@@ -126,7 +127,8 @@ class Baseline(NamedTuple):
     """A classical reference scored on the same test rows as the model (`Modality.baselines`)."""
 
     scores: np.ndarray
-    """Per test row, higher predicting the training's class 1; NaN where it has none."""
+    """Two classes: per test row, higher predicting the training's class 1, NaN where it
+    has none. K classes: (rows, K) probabilities in the training's class order."""
     description: str
     """What it is, in a line for the report."""
 
@@ -162,8 +164,10 @@ class Modality(ABC):
 
     # Preprocessing ---------------------------------------------------------------------
     @abstractmethod
-    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
-        """(column, input_shape, stats) fitted on the train split's features."""
+    def fit(self, schema: dict[str, Any], train_features: Any,
+            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+        """(column, input_shape, stats) fitted on the train split's features, with the
+        config's data section (its `text` tokenization, for text)."""
 
     @abstractmethod
     def transform(self, preprocessor: Preprocessor, batch: Batch | np.ndarray) -> np.ndarray:
@@ -176,6 +180,10 @@ class Modality(ABC):
     def feature_names(self, preprocessor: Preprocessor) -> list[str]:
         """Names of the model's input features, where they have names (tables)."""
         return []
+
+    def vocabulary(self, preprocessor: Preprocessor) -> int | None:
+        """How many token ids the model input's values index (text), else None."""
+        return None
 
     # Training --------------------------------------------------------------------------
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -251,11 +259,11 @@ class TensorModality(Modality, ABC):
 
 
 # The modality modules import the names above, so they come after them.
-from medray.train.modalities import image, signal, tabular, timeseries  # noqa: E402
+from medray.train.modalities import image, signal, tabular, text, timeseries  # noqa: E402
 
 MODALITIES: dict[str, Modality] = {
     kind.name: kind for kind in (image.ImageModality(), signal.SignalModality(), tabular.TabularModality(),
-                                 timeseries.TimeSeriesModality())
+                                 timeseries.TimeSeriesModality(), text.TextModality())
 }
 
 

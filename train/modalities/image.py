@@ -23,6 +23,7 @@ from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image, d
 from medray.train.modalities import OODSet, TensorModality, check_numbers, numeric_array
 
 if TYPE_CHECKING:
+    from medray.cluster.config import DataConfig
     from medray.train.data.preprocess import Batch, Preprocessor
 
 PIXEL_RANGE = (0.0, 255.0)
@@ -33,7 +34,8 @@ class ImageModality(TensorModality):
     name = "image"
     shape_axes = ("channels", "height", "width")
 
-    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any,
+            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
         images = _channels_first(np.asarray(train_features), schema["shape"]).astype(np.float64) / 255.0
         mean = images.mean(axis=(0, 2, 3)).tolist()
         std = np.maximum(images.std(axis=(0, 2, 3)), 1e-6).tolist()

@@ -24,6 +24,7 @@ from medray.cluster.errors import InputError
 from medray.train.modalities import Modality, OODSet, check_numbers, finite_extremes, fitted_range
 
 if TYPE_CHECKING:
+    from medray.cluster.config import DataConfig
     from medray.train.data.preprocess import Batch, Preprocessor
 
 
@@ -50,7 +51,8 @@ class TabularModality(Modality):
                 for f in schema["features"]}
 
     # Preprocessing ---------------------------------------------------------------------
-    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any,
+            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
         columns = []
         width = 0
         for feature in schema["features"]:

@@ -41,6 +41,7 @@ from medray.train.data.events import CLOCK
 from medray.train.modalities import Baseline, Modality, OODSet, check_numbers, finite_extremes, fitted_range
 
 if TYPE_CHECKING:
+    from medray.cluster.config import DataConfig
     from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 OBSERVATION_COLUMNS = ("obs_minutes", "obs_variable", "obs_value")
@@ -97,7 +98,8 @@ class TimeSeriesModality(Modality):
         return {"static": static, "observations": observations}
 
     # Preprocessing ---------------------------------------------------------------------
-    def fit(self, schema: dict[str, Any], train_features: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any,
+            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
         variables = _concatenated(train_features["obs_variable"], np.int64)
         values = _concatenated(train_features["obs_value"], np.float64)
         fitted_variables = []
