@@ -131,7 +131,7 @@ def plan_data(config: MedrayConfig, storage: Storage) -> DataPlan:
     manifest = read_manifest(storage, config.data.dataset)
     labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
     train_features, _ = read_split_arrays(storage, manifest, "train")
-    return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features))
+    return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features, config.data))
 
 
 def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None,
@@ -139,7 +139,7 @@ def plan_training(config: MedrayConfig, storage: Storage, config_name: str | Non
     """Resolve everything the run needs; a bad dataset, model or class setting fails here.
     `data`, when given, is `plan_data` of this config, already fitted (a search's trials)."""
     data = data or plan_data(config, storage)
-    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape))
+    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape), data.preprocessor.vocabulary)
     model_config = model_config_for(config.model.family, config.model.preset, spec, len(data.labels.classes),
                                     config.model.options)
     return TrainingPlan(config, data.manifest, data.labels, data.preprocessor, dataclasses.asdict(model_config),

@@ -45,7 +45,7 @@ def _check_models(base: dict[str, Any], data: DataPlan, space: dict[str, dict[st
     from medray.train.models import InputSpec, model_config_for
 
     config = validate_config(base)
-    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape))
+    spec = InputSpec(data.manifest["modality"], tuple(data.preprocessor.input_shape), data.preprocessor.vocabulary)
 
     def values(spec: dict[str, Any]) -> list:
         (kind, args), = spec.items()

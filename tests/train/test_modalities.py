@@ -20,7 +20,7 @@ REGISTRY = PROJECT / "train" / "modalities"
 
 def test_the_registry_refuses_an_unknown_modality_naming_the_choices():
     with pytest.raises(ConfigError, match=r"^unknown input modality 'video'; choose one of: image, signal, tabular, "
-                                          r"timeseries$"):
+                                          r"timeseries, text$"):
         modality("video")
     assert [modality(name).name for name in ("image", "signal", "tabular")] == ["image", "signal", "tabular"]
 

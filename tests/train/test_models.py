@@ -36,6 +36,7 @@ SPECS = {
     "signal": [SIGNAL_1, SIGNAL_3],
     "tabular": [TABLE_13, TABLE_30],
     "timeseries": [ICU_6, ICU_10],
+    "text": [InputSpec("text", (24,), 50), InputSpec("text", (16,), 300)],  # token ids, vocabularies
 }
 ALL_PRESETS = [(family, preset) for family, f in FAMILIES.items() for preset in f.presets]
 
@@ -61,6 +62,10 @@ def _model(family, preset, spec, num_classes=2, overrides=None, seed=0):
 
 
 def _batch(spec, n, seed=0):
+    if spec.modality == "text":  # token ids, the last quarter padding
+        ids = torch.randint(1, spec.vocabulary, (n, *spec.shape), generator=torch.Generator().manual_seed(seed))
+        ids[:, -spec.shape[0] // 4:] = 0
+        return ids.float()
     x = torch.randn(n, *spec.shape, generator=torch.Generator().manual_seed(seed))
     if spec.modality == "timeseries":  # (value, mask, delta): a 0/1 mask, delta >= 0
         x[..., 1] = (x[..., 1] > 0).float()
@@ -523,7 +528,7 @@ def _bad(id, call, *needles):
              "'hiden_size'", "hidden_size"),
         _bad("stored config missing sizes",
              lambda: build_model_from_config("rnn", {"preset": "seed", "num_classes": 2}),
-             "'seq_len'", "'in_channels'"),
+             "'seq_len'"),
         _bad("stored config with a field its preset does not use",
              lambda: build_model_from_config("cnn", {**CNN_SEED_28, "stem": "plain"}),
              "stem", "'seed'"),

@@ -199,3 +199,11 @@ def test_the_pad_id_is_the_one_the_models_mask():
     from medray.train.models import PAD_TOKEN_ID
 
     assert PAD_ID == PAD_TOKEN_ID
+
+
+def test_a_stored_document_sent_as_a_request_transforms_as_in_training(trained):
+    pre, texts, _ = trained
+    kind, rows = modality("text"), pd.DataFrame({"text": texts[:10]})
+    instances = [kind.request_instance(rows, row, {"column": "text"}) for row in range(10)]
+    json.dumps(instances)
+    np.testing.assert_array_equal(pre.transform(kind.decode(pre, instances)), pre.transform(rows))

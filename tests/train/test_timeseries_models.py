@@ -297,6 +297,7 @@ def test_registry_refuses_a_preset_for_an_input_it_does_not_take(family, preset,
 def test_configs_record_the_time_series_shape():
     assert dataclasses.asdict(model_config_for("rnn", "grud", ICU, 2)) == {
         "preset": "grud", "seq_len": 48, "in_channels": 3, "num_classes": 2, "num_variables": 5,
+        "vocab_size": None, "embedding_dim": None,
         "hidden_size": 64, "num_layers": None, "input_proj_size": None, "conv_channels": None,
         "conv_kernel": None, "conv_layers": None, "conv_pool": None, "dense_units": 64, "dropout": 0.3,
     }

@@ -1,8 +1,8 @@
 """Model families and the registry that builds them.
 
-Three families, one module each: `cnn` (images), `rnn` (signals and clinical time
-series), `attention` (tabular records, one token per feature, and clinical time series,
-one token per time step). Each module has a config dataclass, an `nn.Module` built from
+Three families, one module each: `cnn` (images), `rnn` (signals, clinical time series
+and clinical text), `attention` (tabular records, one token per feature; clinical time
+series, one token per time step; clinical text, one token per word piece). Each module has a config dataclass, an `nn.Module` built from
 that config alone, `PRESETS`: named architectures, each a dict of the hyperparameters it
 uses with their defaults, `PRESET_MODALITIES`: the input modalities each preset takes,
 and `AXIS_FIELDS`: the config field that receives each axis of an input's shape. The
@@ -162,6 +162,12 @@ observation (GRU-D's delta). The presets that read them by meaning (grud,
 time_transformer) index them by these names."""
 
 
+PAD_TOKEN_ID = 0
+"""The token id that pads a text input (B, L) at the end of each row (the text modality's
+[PAD], `medray.train.modalities.text.PAD_ID`): every text preset masks it, so a
+document gives the same logits whatever padding follows it."""
+
+
 def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(input of `head`'s last layer, `head`'s output): the features the classifier reads,
     which out-of-distribution detection (`medray.train.ood`) measures, and the logits."""
@@ -183,7 +189,10 @@ class InputSpec:
     shape: tuple[int, ...]
     """One size per axis of the modality's `shape_axes`: image (C, H, W); signal (L, C),
     length then channels; tabular (F,) numeric features; timeseries (T, V, 3), time steps,
-    variables, then OBSERVATION_CHANNELS."""
+    variables, then OBSERVATION_CHANNELS; text (L,) token ids."""
+    vocabulary: int | None = None
+    """How many token ids the input's values index: required (>= 2) for a modality whose
+    shape has a "tokens" axis (text), None for every other."""
 
     def __post_init__(self) -> None:
         try:
@@ -201,6 +210,14 @@ class InputSpec:
                 f"as positive integers, got {self.shape!r}"
             )
         object.__setattr__(self, "shape", tuple(int(n) for n in shape))
+        takes_tokens = "tokens" in axes
+        if takes_tokens != (self.vocabulary is not None) or (takes_tokens and (
+                isinstance(self.vocabulary, bool) or not isinstance(self.vocabulary, int) or self.vocabulary < 2)):
+            raise ModelConfigError(
+                f"{self.modality} input needs "
+                f"{'a vocabulary of at least 2 token ids' if takes_tokens else 'no vocabulary'}, "
+                f"got vocabulary={self.vocabulary!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -278,6 +295,8 @@ def model_config_for(
             f"allowed: {', '.join(allowed)}"
         )
     sizes = dict(zip(spec.shape_fields[input_spec.modality], input_spec.shape))
+    if input_spec.vocabulary is not None:
+        sizes["vocab_size"] = input_spec.vocabulary
     return spec.config_cls(preset=preset, num_classes=num_classes, **sizes, **overrides)
 
 

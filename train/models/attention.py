@@ -3,9 +3,11 @@ clinical time series (each time step a token).
 
 Input: "seed" and "ft_transformer": float tensor (B, F) of preprocessed features;
 "time_transformer": (B, T, V, 3), time steps, variables, then OBSERVATION_CHANNELS
-(value, mask, delta). Output: logits (B, num_classes). `AttentionNet.attention_weights(x)`
-gives an importance per token, (B, F) per feature or (B, T) per time step, whose rows
-sum to 1, for explanations; call it in eval mode, since attention dropout perturbs it.
+(value, mask, delta); "text_transformer" and "bag_of_ngrams": (B, L) token ids padded
+with PAD_TOKEN_ID at the end (masked). Output: logits (B, num_classes).
+`AttentionNet.attention_weights(x)` gives an importance per token, (B, F) per feature,
+(B, T) per time step or (B, L) per text token (0 on padding), whose rows sum to 1, for
+explanations; call it in eval mode, since attention dropout perturbs it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from medray.train.models import (
     OBSERVATION_CHANNELS,
+    PAD_TOKEN_ID,
     ModelConfigError,
     apply_preset,
     check_fractions,
@@ -61,17 +64,38 @@ PRESETS: dict[str, dict[str, object]] = {
         "ffn_dropout": 0.1,
         "residual_dropout": 0.0,
     },
+    # The same blocks over a document's word pieces: learned token and position
+    # embeddings, a CLS token read by the head, padding left out of attention. Small
+    # (2 layers, 128 wide) for a few thousand documents trained from scratch on CPUs.
+    "text_transformer": {
+        "d_token": 128,
+        "n_layers": 2,
+        "n_heads": 4,
+        "ffn_factor": 2.0,
+        "attention_dropout": 0.1,
+        "ffn_dropout": 0.1,
+        "residual_dropout": 0.1,
+    },
+    # fastText (Joulin et al. 2017) with attention pooling: each token's embedding plus
+    # a hashed embedding of the bigram it starts, pooled by one learned attention query
+    # over the real tokens, then the linear classifier. On small text data bags of
+    # n-grams are what a linear TF-IDF model shows to work; the attention lets a few
+    # telling phrases outweigh a long abstract's common words.
+    "bag_of_ngrams": {"d_token": 64, "ngram_buckets": 2**16, "dropout": 0.3},
 }
 PRESET_MODALITIES = {
     "seed": ("tabular",),
     "ft_transformer": ("tabular",),
     "time_transformer": ("timeseries",),
+    "text_transformer": ("text",),
+    "bag_of_ngrams": ("text",),
 }
 AXIS_FIELDS = {
     "features": "num_features",
     "time": "seq_len",
     "variables": "num_variables",
     "channels": "in_channels",
+    "tokens": "seq_len",
 }
 SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
@@ -91,11 +115,16 @@ class AttentionConfig:
     """Time series: variables per step."""
     in_channels: int | None = None
     """Time series: numbers per variable and step (its 3 OBSERVATION_CHANNELS)."""
+    vocab_size: int | None = None
+    """Text: token ids the embedding holds (seq_len is then the tokens per document)."""
+    ngram_buckets: int | None = None
+    """bag_of_ngrams: hash buckets of the bigram embeddings."""
     dims: tuple[int, ...] | None = None
     """seed: token width of each attention stage; the first is the feature embedding, each
     later one a Dense+ReLU applied to every token."""
     dropout: float | None = None
-    """seed: dropout on attention weights and on the attention output."""
+    """seed: dropout on attention weights and on the attention output; bag_of_ngrams: on
+    the pooled document vector."""
     d_token: int | None = None
     """ft_transformer, time_transformer: token width."""
     n_layers: int | None = None
@@ -115,7 +144,10 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
         check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
-        check_positive_ints(self, "d_token", "n_layers", "n_heads")
+        check_positive_ints(self, "d_token", "n_layers", "n_heads", "vocab_size", "ngram_buckets")
+        if (self.vocab_size is None) != (self.preset not in ("text_transformer", "bag_of_ngrams")):
+            raise ModelConfigError(f"AttentionConfig: preset {self.preset!r} "
+                                   f"{'needs' if self.vocab_size is None else 'takes no'} vocab_size")
         if self.in_channels is not None and self.in_channels != len(OBSERVATION_CHANNELS):
             raise ModelConfigError(
                 f"AttentionConfig: preset {self.preset!r} reads {len(OBSERVATION_CHANNELS)} "
@@ -126,7 +158,7 @@ class AttentionConfig:
         check_num_classes(self)
         check_fractions(self, "dropout", "attention_dropout", "ffn_dropout", "residual_dropout")
         widths = self.dims if self.preset == "seed" else (self.d_token,)
-        if any(width % self.n_heads for width in widths):
+        if self.n_heads is not None and any(width % self.n_heads for width in widths):
             raise ModelConfigError(
                 f"AttentionConfig.n_heads={self.n_heads} must divide every token width {widths}"
             )
@@ -151,6 +183,8 @@ class AttentionNet(nn.Module):
             "seed": _SeedEncoder,
             "ft_transformer": _FTTransformerEncoder,
             "time_transformer": _TimeTransformerEncoder,
+            "text_transformer": _TextTransformerEncoder,
+            "bag_of_ngrams": _BagOfNgramsEncoder,
         }
         self.encoder = encoders[config.preset](config)
         self.head = nn.Linear(self.encoder.out_features, config.num_classes)
@@ -177,6 +211,18 @@ class AttentionNet(nn.Module):
         """
         _, importance = self.encoder(x)
         return importance
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Text: each token id's embedding, (B, L, d_token)."""
+        if not hasattr(self.encoder, "embed"):
+            raise ModelConfigError(f"embed_tokens: preset {self.config.preset!r} does not read text")
+        return self.encoder.embed(x)
+
+    def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Text: the logits for token embeddings `embedded` of the ids `x` (which say where
+        the padding is); forward(x) is logits_from_embeddings(embed_tokens(x), x)."""
+        features, _ = self.encoder.from_embeddings(embedded, x)
+        return self.head(features)
 
 
 class FeatureTokenizer(nn.Module):
@@ -327,3 +373,85 @@ class _TimeTransformerEncoder(nn.Module):
             h, weights = block(h, padding)
         from_cls = weights[:, -1, :-1]
         return self.readout(h[:, -1]), from_cls / from_cls.sum(dim=-1, keepdim=True)
+
+
+def _check_length(length: int, built: int, preset: str) -> None:
+    if length > built:
+        raise ValueError(f"{preset} was built for at most {built} tokens, got {length}")
+
+
+class _TextTransformerEncoder(nn.Module):
+    """One token per word piece plus its position, a CLS token (last), FT blocks; padding
+    is left out of attention (the first position never is, so an empty document still
+    has a token besides the CLS)."""
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__()
+        d = config.d_token
+        self.embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD_TOKEN_ID)
+        bound = d**-0.5
+        self.position = nn.Parameter(torch.empty(config.seq_len, d).uniform_(-bound, bound))
+        self.cls = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
+        self.blocks = nn.ModuleList(_FTBlock(config, first=i == 0) for i in range(config.n_layers))
+        self.readout = nn.Sequential(nn.LayerNorm(d), nn.ReLU())
+        self.out_features = d
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.long())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_embeddings(self.embed(x), x)
+
+    def from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length = x.shape
+        _check_length(length, len(self.position), "text_transformer")
+        h = torch.cat([embedded + self.position[:length], self.cls.expand(batch, 1, -1)], dim=1)
+        padding = x == PAD_TOKEN_ID
+        padding[:, 0] = False
+        padding = torch.cat([padding, padding.new_zeros(batch, 1)], dim=1)
+        for block in self.blocks:
+            h, weights = block(h, padding)
+        from_cls = weights[:, -1, :-1].masked_fill(x == PAD_TOKEN_ID, 0.0)
+        total = from_cls.sum(dim=-1, keepdim=True)
+        uniform = (x != PAD_TOKEN_ID).to(from_cls)  # a document whose CLS attends only to itself
+        share = torch.where(total > 0, from_cls / total.clamp_min(1e-12),
+                            uniform / uniform.sum(dim=-1, keepdim=True).clamp_min(1.0))
+        return self.readout(h[:, -1]), share
+
+
+class _BagOfNgramsEncoder(nn.Module):
+    """fastText's bag of unigrams and hashed bigrams, pooled by attention over real tokens."""
+
+    HASH_MULTIPLIER = 1_000_003
+    """Bigram (a, b) goes to bucket (a * HASH_MULTIPLIER + b) mod ngram_buckets."""
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__()
+        d = config.d_token
+        self.embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD_TOKEN_ID)
+        self.bigrams = nn.Embedding(config.ngram_buckets, d)
+        nn.init.normal_(self.bigrams.weight, std=0.02)
+        self.buckets = config.ngram_buckets
+        self.score = nn.Linear(d, 1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out_features = d
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.long())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_embeddings(self.embed(x), x)
+
+    def from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = x.long()
+        real = ids != PAD_TOKEN_ID
+        following = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), PAD_TOKEN_ID)], dim=1)
+        bigram = real & (following != PAD_TOKEN_ID)
+        buckets = (ids * self.HASH_MULTIPLIER + following) % self.buckets
+        tokens = embedded + self.bigrams(buckets) * bigram[..., None]
+        attended = real.clone()
+        attended[:, 0] = True  # an empty document pools its one (padding) token
+        scores = self.score(torch.tanh(tokens)).squeeze(-1).masked_fill(~attended, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        pooled = (weights[..., None] * tokens).sum(dim=1)
+        return self.dropout(pooled), weights

@@ -1,9 +1,12 @@
 """Recurrent networks for signals (ECG) and clinical time series (ICU records).
 
-Input: a signal as float tensor (B, L, C), length then channels; or a clinical time
+Input: a signal as float tensor (B, L, C), length then channels; a clinical time
 series as (B, T, V, 3), time steps, variables, then OBSERVATION_CHANNELS (value, mask,
-delta). Output: logits (B, num_classes). "seed" and "bigru" take both, reading a time
-series' V*3 numbers per step as that step's channels; "grud" takes time series only.
+delta); or clinical text as (B, L) token ids padded with PAD_TOKEN_ID at the end.
+Output: logits (B, num_classes). "seed" and "bigru" take all three, reading a time
+series' V*3 numbers per step as that step's channels and a text's tokens through a
+learned embedding (`embedding_dim` wide), padding masked: the LSTM reads the state after
+the last real token, the GRU pools over real tokens only. "grud" takes time series only.
 Every preset accepts any length; `seq_len` records the length the model was trained on.
 """
 
@@ -16,6 +19,7 @@ from torch import nn
 
 from medray.train.models import (
     OBSERVATION_CHANNELS,
+    PAD_TOKEN_ID,
     ModelConfigError,
     apply_preset,
     check_fractions,
@@ -29,7 +33,9 @@ from medray.train.models import (
 PRESETS: dict[str, dict[str, object]] = {
     # The seed's Keras reference: LSTM 128 → Dense 64 → classifier, reading the hidden
     # state after the last time step.
-    "seed": {"hidden_size": 128, "num_layers": 1, "dense_units": 64, "dropout": 0.0},
+    # Text: Embedding (embedding_dim, text only) → LSTM 128 → Dense 64, as the seed's
+    # Keras code for token sequences.
+    "seed": {"hidden_size": 128, "num_layers": 1, "dense_units": 64, "dropout": 0.0, "embedding_dim": 128},
     # Bidirectional GRU whose outputs are mean- and max-pooled over time, so the whole
     # series (not just its end) reaches the classifier.
     # conv_channels > 0 adds a convolutional front-end (off by default, so checkpoints
@@ -44,6 +50,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "conv_pool": 1,
         "dense_units": 64,
         "dropout": 0.2,
+        "embedding_dim": 128,
     },
     # GRU-D (Che et al. 2018): a GRU whose inputs decay from the last observation towards
     # the mean, and whose state decays, with the time since each variable was observed;
@@ -53,8 +60,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "grud": {"hidden_size": 64, "dense_units": 64, "dropout": 0.3},
 }
 PRESET_MODALITIES = {
-    "seed": ("signal", "timeseries"),
-    "bigru": ("signal", "timeseries"),
+    "seed": ("signal", "timeseries", "text"),
+    "bigru": ("signal", "timeseries", "text"),
     "grud": ("timeseries",),
 }
 AXIS_FIELDS = {
@@ -62,7 +69,11 @@ AXIS_FIELDS = {
     "time": "seq_len",
     "variables": "num_variables",
     "channels": "in_channels",
+    "tokens": "seq_len",
 }
+TEXT_ONLY = ("embedding_dim",)
+"""Hyperparameters only a text input uses: None for the other modalities, whatever the
+preset's default, so a stored config shows what shaped the model."""
 SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
 
@@ -71,12 +82,16 @@ class RNNConfig:
     preset: str
     """Architecture: a key of PRESETS ("seed", "bigru" or "grud")."""
     seq_len: int
-    """Series length the model was built for (the model accepts others; serving checks it)."""
-    in_channels: int
-    """Values per time step (leads of an ECG), or per variable and step of a clinical time
-    series (its 3 OBSERVATION_CHANNELS)."""
+    """Series length (tokens, for text) the model was built for (the model accepts others)."""
     num_classes: int
     """Number of logits."""
+    in_channels: int | None = None
+    """Values per time step (leads of an ECG), or per variable and step of a clinical time
+    series (its 3 OBSERVATION_CHANNELS); None for text."""
+    vocab_size: int | None = None
+    """Text: token ids the embedding holds; None otherwise."""
+    embedding_dim: int | None = None
+    """Text: width of each token's learned embedding."""
     num_variables: int | None = None
     """Clinical time series: variables per step; None for a signal."""
     hidden_size: int | None = None
@@ -103,9 +118,16 @@ class RNNConfig:
     dense layer and classifier."""
 
     def __post_init__(self) -> None:
+        text = self.vocab_size is not None
+        for name in TEXT_ONLY:
+            if not text and getattr(self, name) is not None:
+                raise ModelConfigError(f"RNNConfig.{name} is for text inputs (with a vocab_size) only")
         apply_preset(self, PRESETS)
+        if not text:
+            for name in TEXT_ONLY:
+                setattr(self, name, None)
         check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
-        check_positive_ints(self, "hidden_size", "num_layers", "dense_units")
+        check_positive_ints(self, "hidden_size", "num_layers", "dense_units", "embedding_dim", "vocab_size")
         if self.preset == "grud" and self.in_channels != len(OBSERVATION_CHANNELS):
             raise ModelConfigError(
                 f"RNNConfig: preset 'grud' reads {len(OBSERVATION_CHANNELS)} channels per "
@@ -117,6 +139,9 @@ class RNNConfig:
             else:
                 check_positive_ints(self, name)
         check_positive_ints(self, "conv_kernel", "conv_layers", "conv_pool")
+        if text and self.conv_channels:
+            raise ModelConfigError("RNNConfig.conv_channels: the convolutional front-end is for signals; "
+                                   "text inputs take conv_channels=0")
         if self.conv_kernel is not None and self.conv_kernel % 2 == 0:
             raise ModelConfigError(f"RNNConfig.conv_kernel must be odd, got {self.conv_kernel}")
         check_num_classes(self)
@@ -129,6 +154,8 @@ class RNN(nn.Module):
     def __init__(self, config: RNNConfig) -> None:
         super().__init__()
         self.config = config
+        self.embedding = None if config.vocab_size is None else nn.Embedding(
+            config.vocab_size, config.embedding_dim, padding_idx=PAD_TOKEN_ID)
         encoders = {"seed": _LastStepLSTM, "bigru": _PooledBiGRU, "grud": GRUD}
         self.encoder = encoders[config.preset](config)
         self.head = nn.Sequential(
@@ -139,16 +166,42 @@ class RNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.head(self._encode(x))
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate features (B, dense_units): the classifier's input, logits)."""
-        return penultimate(self.head, self.encoder(x))
+        return penultimate(self.head, self._encode(x))
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Text: each token id's embedding, (B, L, embedding_dim)."""
+        if self.embedding is None:
+            raise ModelConfigError("embed_tokens: this model does not read text")
+        return self.embedding(x.long())
+
+    def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Text: the logits for token embeddings `embedded` of the ids `x` (which say where
+        the padding is); forward(x) is logits_from_embeddings(embed_tokens(x), x)."""
+        return self.head(self.encoder(embedded, x != PAD_TOKEN_ID))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return self.encoder(x)
+        return self.encoder(self.embed_tokens(x), x != PAD_TOKEN_ID)
 
 
 def _step_width(config: RNNConfig) -> int:
-    """Numbers per time step: a time series' (V, 3) per step is read flattened."""
+    """Numbers per time step: a time series' (V, 3) per step is read flattened, a text's
+    token as its embedding."""
+    if config.vocab_size is not None:
+        return config.embedding_dim
     return config.in_channels * (config.num_variables or 1)
+
+
+def _packed(x: torch.Tensor, real: torch.Tensor) -> tuple[nn.utils.rnn.PackedSequence, torch.Tensor]:
+    """(B, L, D) steps with `real` (B, L) True up to each row's length, packed so that a
+    recurrence stops at each row's last real step; an all-padding row counts one step."""
+    lengths = real.sum(dim=1).clamp_min(1)
+    return nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False), lengths
 
 
 def _between_layers(config: RNNConfig) -> float:
@@ -168,7 +221,10 @@ class _LastStepLSTM(nn.Module):
         )
         self.out_features = config.hidden_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        if real is not None:  # text: the state after each document's last real token
+            _, (h_n, _) = self.lstm(_packed(x, real)[0])
+            return h_n[-1]
         _, (h_n, _) = self.lstm(x.flatten(2))  # (B, T, V, 3) -> (B, T, V*3); signals as they are
         return h_n[-1]  # top layer, after the last time step
 
@@ -212,7 +268,15 @@ class _PooledBiGRU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.out_features = 4 * config.hidden_size  # (mean, max) x (forward, backward)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        if real is not None:  # text: each direction runs over the real tokens only, pooled over them
+            packed, lengths = _packed(self.project(x), real)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
+                                                          total_length=x.shape[1])
+            valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None].to(x.device))[..., None]
+            mean = (outputs * valid).sum(dim=1) / lengths[:, None].to(outputs)
+            peak = outputs.masked_fill(~valid, float("-inf")).amax(dim=1)
+            return self.dropout(torch.cat([mean, peak], dim=-1))
         x = x.flatten(2)  # (B, T, V, 3) -> (B, T, V*3); signals as they are
         x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # Conv1d wants (B, C, L)
         outputs, _ = self.gru(self.project(x))  # (B, L, 2H)
