@@ -19,7 +19,8 @@ def data_import(args: argparse.Namespace) -> None:
         seed=args.seed, image_size=args.size, outcomes=args.outcomes, labels=args.labels,
         patient_column=args.patient_column, time_column=args.time_column, variable_column=args.variable_column,
         value_column=args.value_column, time_unit=args.time_unit, static=args.static or [], scores=args.scores or [],
-        window_hours=args.window_hours, out_of_range=args.out_of_range,
+        window_hours=args.window_hours, out_of_range=args.out_of_range, text_column=args.text_column,
+        label_column=args.label_column, label_names=args.label_names,
     )
     emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
 
@@ -40,6 +41,11 @@ def describe_text(manifest: dict[str, Any]) -> str:
                      + (", …)" if len(schema["features"]) > 8 else ")"))
     elif "variables" in schema:
         lines += _time_series_lines(schema, quality)
+    elif "length_words" in quality:
+        words, chars = quality["length_words"], quality["length_characters"]
+        lines.append(f"  documents: median {words['median']:.0f} words ({chars['median']:.0f} characters), "
+                     f"p95 {words['p95']:.0f} words; empty dropped {quality['empty_documents_dropped']}, "
+                     f"duplicates within splits {sum(quality['duplicate_documents_within_splits'].values())}")
     else:
         lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}")
     for name in ("train", "val", "test"):
@@ -114,7 +120,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Import a source (file, folder, s3:// object, URL or dataset name) as a new, validated "
                     "dataset version.",
     )
-    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events"])
+    imp.add_argument("kind", choices=["medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events",
+                                      "text"])
     imp.add_argument("source", help="path, s3:// or https:// URL, or a dataset name (MedMNIST flag, UCR "
                                     "dataset, scikit-learn dataset)")
     imp.add_argument("--name", required=True, help="dataset name on storage")
@@ -123,7 +130,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--columns", type=csv_list, help="csv: column names for a file without a header row")
     imp.add_argument("--missing", type=csv_list, help="csv: cell texts meaning missing (default: '',?,NA,NaN)")
     imp.add_argument("--categorical", type=csv_list, help="csv: categorical columns")
-    imp.add_argument("--group", help="csv: rows sharing this column (e.g. patient id) stay in one split")
+    imp.add_argument("--group", help="csv, text: rows sharing this column (e.g. patient id) stay in one split")
+    imp.add_argument("--text-column", default="text", help="text: the document column of the table")
+    imp.add_argument("--label-column", default="label", help="text: the label column of the table")
+    imp.add_argument("--label-names", help="text: a CSV mapping each label value to its class name")
     imp.add_argument("--drop", type=csv_list, help="csv: columns to leave out (identifiers, free text)")
     imp.add_argument("--classes", type=csv_list, help="class names in label order; other labels are refused")
     imp.add_argument("--sep", default=",", help="csv: field separator")

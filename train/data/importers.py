@@ -23,7 +23,7 @@ from medray.train.data.dataset import DataImportError, ImportedDataset, check_na
 
 log = logging.getLogger(__name__)
 
-IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events")
+IMPORT_KINDS = ("medmnist", "ucr", "csv", "sklearn", "images", "physionet2012", "events", "text")
 
 
 class ImportOptions(Section):
@@ -82,6 +82,11 @@ class ImportRequest:
     """Observations later than this after admission are dropped (and counted)."""
     out_of_range: str = "drop"
     """Physiologically impossible values: `drop` (and count) or `refuse` the import."""
+    # Clinical text: see `medray.train.data.text` (`group` is the patient column).
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: str | None = None
+    """text: a CSV mapping each label value to its class name."""
 
 
 # A label is one line of ordinary text.
@@ -156,6 +161,15 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
                                    options.test_fraction, options.seed)
     if request.kind in ("physionet2012", "events"):
         return _read_time_series(request, staging)
+    if request.kind == "text":
+        from medray.train.data.sources import local_source
+        from medray.train.data.text import import_text, text_options_from
+
+        options = text_options_from(request)
+        if request.label_names:
+            options.label_names = local_source(request.label_names, staging / "label-names")
+        source = Path(request.source)
+        return import_text(source if source.is_dir() else local_source(request.source, staging / "text"), options)
     raise DataImportError(f"unknown import kind '{request.kind}'; use one of {', '.join(IMPORT_KINDS)}")
 
 
