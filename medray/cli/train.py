@@ -52,13 +52,13 @@ def baselines_text(baselines: dict[str, Any] | None, test: dict[str, Any]) -> li
     multiclass = any("macro_f1" in b for b in baselines.values())
     names = ("accuracy", "macro-F1") if multiclass else ("AUPRC",)
     keys = (("accuracy", "accuracy"), ("f1", "macro_f1")) if multiclass else (("auprc", "auprc"),)
-    lines = ["", f"{'on the test split':<24}{'AUROC (95% CI)':<24}" + "".join(f"{n:>10}" for n in names) + f"{'n':>7}",
-             f"{'model':<24}{number(test['auroc']):<24}" + "".join(f"{number(test.get(k)):>10}" for k, _ in keys)
+    lines = ["", f"{'on the test split':<28}{'AUROC (95% CI)':<24}" + "".join(f"{n:>10}" for n in names) + f"{'n':>7}",
+             f"{'model':<28}{number(test['auroc']):<24}" + "".join(f"{number(test.get(k)):>10}" for k, _ in keys)
              + f"{test['n']:>7}"]
     for name, b in baselines.items():
         ci = b["auroc_ci"]
         auroc = number(b["auroc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None else "")
-        lines.append(f"{name:<24}{auroc:<24}" + "".join(f"{number(b.get(k)):>10}" for _, k in keys) + f"{b['n']:>7}")
+        lines.append(f"{name:<28}{auroc:<24}" + "".join(f"{number(b.get(k)):>10}" for _, k in keys) + f"{b['n']:>7}")
     return lines
 
 
