@@ -4,7 +4,6 @@ or column, never a document."""
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
