@@ -106,6 +106,12 @@ def _names_modality(node: ast.AST) -> bool:
     return False
 
 
+def _is_import_kind(node: ast.AST) -> bool:
+    """`request.kind`: an import request's source kind (`csv`, `events`, `text`, ...)."""
+    return (isinstance(node, ast.Attribute) and node.attr == "kind" and isinstance(node.value, ast.Name)
+            and node.value.id == "request")
+
+
 def modality_dispatch(source: str) -> list[int]:
     """Lines that choose code by a modality's name: a comparison of a modality (or of a
     registered modality's name) with a string, a table with entries for two or more
@@ -115,6 +121,8 @@ def modality_dispatch(source: str) -> list[int]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
+            if _is_import_kind(node.left):  # `medray data import text` names a source kind, not a modality
+                continue
             operands = [node.left, *node.comparators]
             strings = [s for o in operands for s in _strings(o)]
             if names & set(strings) or (strings and any(_names_modality(o) for o in operands)):
@@ -142,6 +150,8 @@ def modality_dispatch(source: str) -> list[int]:
     ('Split(pa.table({"image": tensor_column(x)}), y)', []),
     ('if input_spec.modality != family.modality:\n    pass', []),
     ('ImportedDataset(modality="signal", classes=[])', []),
+    ('if request.kind == "text":\n    pass', []),
+    ('if kind == "text":\n    pass', [1]),
 ])
 def test_the_dispatch_check_finds_what_it_should(source, lines):
     assert modality_dispatch(source) == lines

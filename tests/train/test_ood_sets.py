@@ -65,10 +65,17 @@ def series_case():
     return fitted("timeseries", SERIES_SCHEMA, frame.iloc[:30]), frame.iloc[30:].reset_index(drop=True)
 
 
+def text_case():
+    rng = np.random.default_rng(5)
+    words = np.asarray(["the", "patient", "chest", "pain", "tumour", "biopsy", "was", "normal"], dtype=object)
+    frame = pd.DataFrame({"text": np.asarray([" ".join(rng.choice(words, 12)) for _ in range(40)], dtype=object)})
+    return fitted("text", {"column": "text"}, frame.iloc[:30]), frame.iloc[30:].reset_index(drop=True)
+
+
 CASES = {"image": lambda: image_case((28, 28)), "signal": lambda: signal_case(1), "tabular": table_case,
-         "timeseries": series_case}
-SCHEMAS = {"tabular": TABLE_SCHEMA, "timeseries": SERIES_SCHEMA}
-RANDOM_SET = {"tabular": "random_records", "timeseries": "random_observations"}
+         "timeseries": series_case, "text": text_case}
+SCHEMAS = {"tabular": TABLE_SCHEMA, "timeseries": SERIES_SCHEMA, "text": {"column": "text"}}
+RANDOM_SET = {"tabular": "random_records", "timeseries": "random_observations", "text": "random_words"}
 """Each modality's set drawn at random (the others' is `noise`)."""
 
 
