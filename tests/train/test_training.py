@@ -60,10 +60,14 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
         "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
         "p12": ImportRequest(kind="physionet2012", source=str(shared_data / "physionet2012" / "set-a.tar.gz"),
                              outcomes=str(shared_data / "physionet2012" / "Outcomes-a.txt"), name="p12"),
+        "abstracts": ImportRequest(kind="text", source=str(shared_data / "medical_abstracts.csv"), name="abstracts",
+                                   text_column="medical_abstract", label_column="condition_label",
+                                   label_names=str(shared_data / "medical_abstracts_labels.csv")),
     }
     configs = sorted(CONFIGS.glob("*.yaml"))
     assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention",
-                                         "physionet2012_rnn", "physionet2012_attention"}
+                                         "physionet2012_rnn", "physionet2012_attention", "medical_abstracts_rnn",
+                                         "medical_abstracts_attention"}
     imported = set()
     for path in configs:
         config = load_config(path)
@@ -77,6 +81,9 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
     assert cleveland.labels.classes == ["no_disease", "disease"]
     icu = plan_training(load_config(CONFIGS / "physionet2012_rnn.yaml"), local_storage)
     assert icu.labels.classes == ["survived", "died"] and icu.preprocessor.input_shape == [48, 46, 3]
+    notes = plan_training(load_config(CONFIGS / "medical_abstracts_rnn.yaml"), local_storage)
+    assert notes.labels.classes[0] == "neoplasms" and notes.preprocessor.input_shape == [320]
+    assert notes.model_config["vocab_size"] == notes.preprocessor.vocabulary <= 8000
 
 
 @pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])
