@@ -133,7 +133,6 @@ def _read_table(source: Path, options: TextOptions) -> tuple[list[str], list[str
         table = pq.read_table(source)
         _check_columns(table.column_names, wanted)
         columns = [[None if v is None else str(v) for v in table.column(c).to_pylist()] for c in wanted]
-        first_row = 1
     else:
         text = _decoded(source.read_bytes(), "the text table")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=options.sep)
@@ -155,14 +154,13 @@ def _read_table(source: Path, options: TextOptions) -> tuple[list[str], list[str
             raise DataImportError(f"the text table cannot be read as CSV near row {reader.line_num - 1} "
                                   f"({type(error).__name__})") from None
         columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in wanted]
-        first_row = 1
     if not columns[0]:
         raise DataImportError("the text table has no rows")
     texts = []
-    for index, (text, label) in enumerate(zip(columns[0], columns[1])):
+    for row, (text, label) in enumerate(zip(columns[0], columns[1]), start=1):  # rows after the header
         if label is None or not label.strip():
-            raise DataImportError(f"row {index + first_row}: the label column '{options.label_column}' is empty")
-        texts.append(_checked(text or "", f"row {index + first_row}"))
+            raise DataImportError(f"row {row}: the label column '{options.label_column}' is empty")
+        texts.append(_checked(text or "", f"row {row}"))
     return texts, [v.strip() for v in columns[1]], columns[2] if options.group_column else None
 
 

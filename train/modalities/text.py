@@ -89,8 +89,8 @@ class TextModality(Modality):
         if not texts:
             raise ConfigError("the text dataset's train split holds no document to fit a tokenizer on")
         tokenizer = train_tokenizer(texts, options)
-        serialised = tokenizer.to_str()
-        lengths = np.asarray([len(e.ids) for e in _untruncated(tokenizer).encode_batch(texts)])
+        serialised = tokenizer.to_str()  # untruncated: `load_tokenizer` sets max_tokens
+        lengths = np.asarray([len(e.ids) for e in tokenizer.encode_batch(texts)])
         stats = {
             "tokenizer": serialised, "tokenizer_sha256": hashlib.sha256(serialised.encode()).hexdigest(),
             "kind": options.tokenizer, "lowercase": options.lowercase, "min_documents": options.min_documents,
@@ -200,7 +200,6 @@ def train_tokenizer(texts: list[str], options: TextSection) -> Tokenizer:
     tokenizer.train_from_iterator((" ".join(w for w in document if w in common) for document in words), trainer)
     if tokenizer.token_to_id("[PAD]") != PAD_ID or tokenizer.token_to_id("[UNK]") != UNK_ID:
         raise AssertionError("the special tokens must take the first ids")  # a tokenizers release changed this
-    tokenizer.enable_truncation(max_length=options.max_tokens)
     return tokenizer
 
 
@@ -223,14 +222,6 @@ def _tokenizer_from(serialised: str, sha256: str, vocab_size: int, max_tokens: i
                           f"the model was trained on {vocab_size}")
     tokenizer.enable_truncation(max_length=max_tokens)
     return tokenizer
-
-
-def _untruncated(tokenizer: Tokenizer) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    return copy
 
 
 def token_ids(stats: dict[str, Any], texts: list[str]) -> np.ndarray:
