@@ -167,6 +167,22 @@ PAD_TOKEN_ID = 0
 [PAD], `medray.train.modalities.text.PAD_ID`): every text preset masks it, so a
 document gives the same logits whatever padding follows it."""
 
+TOKEN_EMBEDDING_INIT = 0.05
+"""Token embeddings start uniform in +-0.05 (Keras' `Embedding` default, the seed's). torch's
+N(0, 1) default made each word piece's vector large next to the 0.02-scale bigram and
+position terms added to it and next to what a few epochs of Adam move it, and it cost
+0.05-0.08 test macro-F1 on Medical Abstracts (bag_of_ngrams, 3 seeds)."""
+
+
+def token_embedding(vocab_size: int, dim: int) -> nn.Embedding:
+    """The embedding of every text preset: `vocab_size` word pieces, PAD_TOKEN_ID a zero row
+    that gets no gradient, TOKEN_EMBEDDING_INIT scale."""
+    embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_TOKEN_ID)
+    with torch.no_grad():
+        embedding.weight.uniform_(-TOKEN_EMBEDDING_INIT, TOKEN_EMBEDDING_INIT)
+        embedding.weight[PAD_TOKEN_ID].zero_()
+    return embedding
+
 
 def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(input of `head`'s last layer, `head`'s output): the features the classifier reads,

@@ -29,6 +29,7 @@ from medray.train.models import (
     check_positive_int_tuple,
     check_positive_ints,
     input_shape_fields,
+    token_embedding,
 )
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -388,7 +389,7 @@ class _TextTransformerEncoder(nn.Module):
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         d = config.d_token
-        self.embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD_TOKEN_ID)
+        self.embedding = token_embedding(config.vocab_size, d)
         bound = d**-0.5
         self.position = nn.Parameter(torch.empty(config.seq_len, d).uniform_(-bound, bound))
         self.cls = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
@@ -428,7 +429,7 @@ class _BagOfNgramsEncoder(nn.Module):
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         d = config.d_token
-        self.embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD_TOKEN_ID)
+        self.embedding = token_embedding(config.vocab_size, d)
         self.bigrams = nn.Embedding(config.ngram_buckets, d)
         nn.init.normal_(self.bigrams.weight, std=0.02)
         self.buckets = config.ngram_buckets

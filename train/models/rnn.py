@@ -28,6 +28,7 @@ from medray.train.models import (
     check_positive_ints,
     input_shape_fields,
     penultimate,
+    token_embedding,
 )
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -154,8 +155,8 @@ class RNN(nn.Module):
     def __init__(self, config: RNNConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = None if config.vocab_size is None else nn.Embedding(
-            config.vocab_size, config.embedding_dim, padding_idx=PAD_TOKEN_ID)
+        self.embedding = None if config.vocab_size is None else token_embedding(
+            config.vocab_size, config.embedding_dim)
         encoders = {"seed": _LastStepLSTM, "bigru": _PooledBiGRU, "grud": GRUD}
         self.encoder = encoders[config.preset](config)
         self.head = nn.Sequential(
