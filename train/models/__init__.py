@@ -170,8 +170,8 @@ document gives the same logits whatever padding follows it."""
 TOKEN_EMBEDDING_INIT = 0.05
 """Token embeddings start uniform in +-0.05 (Keras' `Embedding` default, the seed's). torch's
 N(0, 1) default made each word piece's vector large next to the 0.02-scale bigram and
-position terms added to it and next to what a few epochs of Adam move it, and it cost
-0.05-0.08 test macro-F1 on Medical Abstracts (bag_of_ngrams, 3 seeds)."""
+position terms added to it and next to what a few epochs of Adam move it: on Medical
+Abstracts bag_of_ngrams reached test macro-F1 0.593 with it and 0.628 without (seed 0)."""
 
 
 def token_embedding(vocab_size: int, dim: int) -> nn.Embedding:
