@@ -4,7 +4,14 @@ follows a document), the explanation contract, and each preset learning a toy ta
 import pytest
 import torch
 
-from medray.train.models import PAD_TOKEN_ID, InputSpec, ModelConfigError, build_model, model_config_for
+from medray.train.models import (
+    PAD_TOKEN_ID,
+    TOKEN_EMBEDDING_INIT,
+    InputSpec,
+    ModelConfigError,
+    build_model,
+    model_config_for,
+)
 
 VOCAB, LENGTH = 50, 24
 PRESETS = [("rnn", "seed"), ("rnn", "bigru"), ("attention", "text_transformer"), ("attention", "bag_of_ngrams")]
@@ -22,6 +29,17 @@ def documents(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
             ids[row, torch.randint(0, int(lengths[row]), (1,), generator=g)] = 5.0
         ids[row, lengths[row]:] = PAD_TOKEN_ID
     return ids, labels
+
+
+@pytest.mark.parametrize("family, preset", PRESETS)
+def test_token_embeddings_start_small_with_a_zero_padding_row(family, preset):
+    """torch's N(0, 1) start cost bag_of_ngrams 0.035 macro-F1 on Medical Abstracts."""
+    torch.manual_seed(0)
+    model = build_model(family, preset, SPEC, num_classes=3)
+    embedded = model.embed_tokens(torch.tensor([[PAD_TOKEN_ID, 7.0, 8.0]]))
+    assert torch.equal(embedded[0, 0], torch.zeros_like(embedded[0, 0]))
+    assert embedded.abs().max() <= TOKEN_EMBEDDING_INIT
+    assert embedded[0, 1:].std() > TOKEN_EMBEDDING_INIT / 4  # drawn, not all zero
 
 
 @pytest.mark.parametrize("family, preset", PRESETS)
