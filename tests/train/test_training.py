@@ -82,7 +82,7 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
     icu = plan_training(load_config(CONFIGS / "physionet2012_rnn.yaml"), local_storage)
     assert icu.labels.classes == ["survived", "died"] and icu.preprocessor.input_shape == [48, 46, 3]
     notes = plan_training(load_config(CONFIGS / "medical_abstracts_rnn.yaml"), local_storage)
-    assert notes.labels.classes[0] == "neoplasms" and notes.preprocessor.input_shape == [320]
+    assert notes.labels.classes[0] == "neoplasms" and notes.preprocessor.input_shape == [256]
     assert notes.model_config["vocab_size"] == notes.preprocessor.vocabulary <= 8000
 
 
