@@ -5,6 +5,9 @@ explanations over the request's own tokens and the TF-IDF baseline."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,7 +19,8 @@ from medray.cluster.config import DataConfig
 from medray.cluster.errors import ConfigError, InputError
 from medray.train.data.preprocess import Preprocessor
 from medray.train.modalities import modality
-from medray.train.modalities.text import MAX_TEXT_CHARS, PAD_ID, UNK_ID, drop_tokens, tfidf_baseline
+from medray.train.modalities.text import (MAX_TEXT_CHARS, PAD_ID, UNK_ID, drop_tokens, tfidf_baseline,
+                                          wordpiece_vocabulary)
 
 CANARY = "Qzxjvwotherly"
 TOPICS = {0: ["tumour", "carcinoma", "metastasis", "chemotherapy", "biopsy"],
@@ -85,6 +89,42 @@ def test_a_tampered_or_mismatched_tokenizer_is_refused(trained):
     resized.stats = {**pre.stats, "vocab_size": pre.stats["vocab_size"] + 1}
     with pytest.raises(ConfigError, match="tokens, the model was trained on"):
         resized.transform({"text": ["tumour"]})
+
+
+def test_wordpiece_merges_the_most_frequent_pair_first_and_breaks_ties_by_text():
+    vocabulary = wordpiece_vocabulary({"low": 5, "lower": 2, "newest": 6, "widest": 3}, vocab_size=30)
+    alphabet = sorted(set("lowernewestwidest"))
+    assert vocabulary[:2] == ["[PAD]", "[UNK]"]
+    assert vocabulary[2:2 + 2 * len(alphabet)] == alphabet + ["##" + c for c in alphabet]
+    # (##e, ##s) and (##s, ##t) occur 9 times each: the first by text merges first, then
+    # ##est (9); (##o, ##w) and (l, ##o) tie at 7 and "##o" sorts before "l".
+    assert vocabulary[2 + 2 * len(alphabet):][:4] == ["##es", "##est", "##ow", "low"]
+    assert len(vocabulary) == 30
+
+
+_TRAIN_IN_A_NEW_PROCESS = """
+import hashlib, json, sys
+from medray.cluster.config import TextSection
+from medray.train.modalities.text import train_tokenizer
+texts = json.loads(sys.stdin.read())
+for kind in ("wordpiece", "bpe"):
+    tokenizer = train_tokenizer(texts, TextSection(tokenizer=kind, vocab_size=300, min_documents=2))
+    print(kind, hashlib.sha256(tokenizer.to_str().encode()).hexdigest())
+"""
+
+
+def test_the_same_texts_give_the_same_tokenizers_in_every_process():
+    # Ties between equally frequent merges abound in small corpora; the library's own
+    # WordPiece trainer breaks them in hash-map order, different in each process.
+    rng = np.random.default_rng(1)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "so", "ti", "va", "ze", "po", "qu", "ly"]
+    words = ["".join(rng.choice(syllables, size=rng.integers(2, 5))) for _ in range(300)]
+    texts = [" ".join(rng.choice(words, size=30)) for _ in range(200)]
+    digests = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_NEW_PROCESS], input=json.dumps(texts),
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+               for seed in range(2)}
+    assert len(digests) == 1 and len(digests.pop().split()) == 4
 
 
 def test_bpe_and_case_are_options():

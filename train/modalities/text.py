@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -179,28 +180,92 @@ class TextModality(Modality):
 
 def train_tokenizer(texts: list[str], options: TextSection) -> Tokenizer:
     """A `options.tokenizer` tokenizer of at most `options.vocab_size` tokens, trained on
-    `texts` from the words at least `options.min_documents` of them hold."""
+    `texts` from the words at least `options.min_documents` of them hold; the same
+    tokenizer, id for id, from the same texts in every process."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    normalizer = normalizers.BertNormalizer(lowercase=options.lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = [[w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
+    documents = Counter(w for document in words for w in set(document))
+    common = {w for w, n in documents.items() if n >= options.min_documents}
     if options.tokenizer == "wordpiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        # The library's WordPieceTrainer numbers its "##" pieces in hash-map order, which
+        # breaks ties between equally frequent merges differently in every process
+        # (tokenizers issue 1794): the vocabulary is learned here instead, and the library
+        # tokenizes with it.
+        counts = Counter(w for document in words for w in document if w in common)
+        vocabulary = wordpiece_vocabulary(counts, options.vocab_size)
+        tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocabulary)},
+                                               unk_token="[UNK]", max_input_chars_per_word=100))
         tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=options.vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                            show_progress=False)
     else:
+        # BpeTrainer numbers its alphabet in sorted order and has no "##" pieces: it repeats (tested).
         tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
         trainer = trainers.BpeTrainer(vocab_size=options.vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                       show_progress=False)
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=options.lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words = [[w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(t))]
-             for t in texts]
-    documents = Counter(w for document in words for w in set(document))
-    common = {w for w, n in documents.items() if n >= options.min_documents}
-    tokenizer.train_from_iterator((" ".join(w for w in document if w in common) for document in words), trainer)
+        tokenizer.train_from_iterator((" ".join(w for w in document if w in common) for document in words), trainer)
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     if tokenizer.token_to_id("[PAD]") != PAD_ID or tokenizer.token_to_id("[UNK]") != UNK_ID:
         raise AssertionError("the special tokens must take the first ids")  # a tokenizers release changed this
     return tokenizer
+
+
+def wordpiece_vocabulary(word_counts: Mapping[str, int], vocab_size: int) -> list[str]:
+    """What the library's WordPieceTrainer learns from `word_counts`, deterministically:
+    the special tokens, every character both word-initial and as a "##" piece, then the
+    merges of the most frequent adjacent pair of pieces ("##" on pieces inside a word),
+    ties broken by the pair's text, until `vocab_size` tokens or no pair is left."""
+    ordered = sorted(word_counts)
+    counts = [word_counts[w] for w in ordered]
+    pieces = [[w[0], *("##" + c for c in w[1:])] for w in ordered]
+    alphabet = sorted({c for w in ordered for c in w})
+    vocabulary = [*SPECIAL_TOKENS, *alphabet, *("##" + c for c in alphabet)]
+    known = set(vocabulary)
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    holders: dict[tuple[str, str], set[int]] = {}
+    for index, word in enumerate(pieces):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += counts[index]
+            holders.setdefault(pair, set()).add(index)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocabulary) < vocab_size and heap:
+        negative, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -negative:
+            continue  # an entry from before this pair's count changed
+        merged = pair[0] + pair[1][2:]
+        changed = set()
+        for index in sorted(holders.pop(pair)):
+            word, count = pieces[index], counts[index]
+            old_pairs = list(zip(word, word[1:]))
+            new_word, k = [], 0
+            while k < len(word):
+                if k + 1 < len(word) and (word[k], word[k + 1]) == pair:
+                    new_word.append(merged)
+                    k += 2
+                else:
+                    new_word.append(word[k])
+                    k += 1
+            pieces[index] = new_word
+            for old in old_pairs:
+                pair_counts[old] -= count
+                changed.add(old)
+            for new in zip(new_word, new_word[1:]):
+                pair_counts[new] += count
+                holders.setdefault(new, set()).add(index)
+                changed.add(new)
+        del pair_counts[pair]
+        for other in changed - {pair}:
+            if pair_counts[other] > 0:
+                heapq.heappush(heap, (-pair_counts[other], other))
+            else:
+                del pair_counts[other]
+        if merged not in known:
+            known.add(merged)
+            vocabulary.append(merged)
+    return vocabulary
 
 
 def load_tokenizer(stats: dict[str, Any]) -> Tokenizer:
