@@ -15,11 +15,12 @@ import logging
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from medray.cluster.storage import AlreadyExistsError, Storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLAIM_FILE = ".claim"
 CLAIM_ATTEMPTS = 20
@@ -55,6 +56,29 @@ def publish_version(
     the number and that document. A failure after the claim removes this writer's
     uploads (the claim made the folder this writer's alone) and propagates; running
     out of numbers raises `error` naming `what` (e.g. "model 'ecg'")."""
+    def upload(prefix: str) -> None:
+        log.info("writing %d file(s) to %s", len(files), storage.uri(prefix))
+        for relative, path in files.items():
+            storage.put_file(f"{prefix}/{relative}", path)
+
+    return publish_written_version(storage, parent, upload, index_file, lambda number, _: index(number),
+                                   what, error, folder_prefix)
+
+
+def publish_written_version(
+    storage: Storage,
+    parent: str,
+    write: Callable[[str], T],
+    index_file: str,
+    index: Callable[[int, T], dict[str, Any]],
+    what: str,
+    error: type[Exception],
+    folder_prefix: str = "",
+) -> tuple[int, dict[str, Any]]:
+    """Claim the next version under `parent`, let `write(prefix)` put its files under that
+    key (from as many processes as it likes: the folder is this writer's alone), then
+    write `index(number, what write returned)` last as `index_file`. A failure, or an
+    interrupt, after the claim removes everything written under the prefix but the claim."""
     for _attempt in range(CLAIM_ATTEMPTS):
         number = max(claimed_numbers(storage, parent, folder_prefix), default=0) + 1
         prefix = f"{parent}/{folder_prefix}{number}"
@@ -64,24 +88,32 @@ def publish_version(
                                exclusive=True)
         except AlreadyExistsError:
             continue  # another writer holds this number; take the next
-        uploaded: list[str] = []
         try:
-            document = index(number)
-            log.info("writing %d file(s) to %s", len(files), storage.uri(prefix))
-            for relative, path in files.items():
-                storage.put_file(f"{prefix}/{relative}", path)
-                uploaded.append(f"{prefix}/{relative}")
+            written = write(prefix)
+            document = index(number, written)
             storage.write_json(f"{prefix}/{index_file}", document, exclusive=True)
             return number, document
         except BaseException:
-            _remove(storage, uploaded)
+            _remove_written(storage, prefix)
             raise
     raise error(f"could not claim a new version of {what}: too many concurrent writers")
+
+
+def _remove_written(storage: Storage, prefix: str) -> None:
+    """Everything under a claimed, unpublished `prefix` but its claim (never reused)."""
+    try:
+        entries = storage.list_dir(prefix)  # hidden names, the claim among them, are not listed
+    except Exception:
+        log.warning("could not list unpublished files under %s", storage.uri(prefix))
+        return
+    for entry in entries:
+        _remove(storage, [f"{prefix}/{entry}"])
 
 
 def _remove(storage: Storage, keys: list[str]) -> None:
     for key in keys:
         try:
             storage.delete(key)
+            storage.delete_prefix(key)  # a folder of files (a dataset's split)
         except Exception:  # best effort: the version stays unpublished either way
             log.warning("could not remove unpublished file %s", storage.uri(key))

@@ -73,9 +73,18 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, size: int, mode: str, limits: DecodeLimits | None = None) -> np.ndarray:
+RESIZE_MODES = ("stretch", "pad", "crop")
+"""How an image that is not square becomes (size, size): `stretch` to the square (what
+MedMNIST's square images need, and every dataset imported before the modes existed);
+`pad`: the whole image, its aspect ratio kept, centred on black; `crop`: its aspect
+ratio kept, the centre square."""
+
+
+def decode_image(data: bytes, size: int, mode: str, limits: DecodeLimits | None = None,
+                 resize: str = "stretch") -> np.ndarray:
     """Encoded PNG, JPEG or DICOM bytes as a (size, size) "L" or (size, size, 3) "RGB"
-    uint8 array, resized bilinearly. Raises `ImageRefused` and nothing else."""
+    uint8 array, resized bilinearly (`resize`: one of RESIZE_MODES). Raises
+    `ImageRefused` and nothing else."""
     limits = limits or DecodeLimits.for_input(size, size)
     if not isinstance(data, (bytes, bytearray)):
         raise ImageRefused("is not a file's bytes")
@@ -89,10 +98,24 @@ def decode_image(data: bytes, size: int, mode: str, limits: DecodeLimits | None 
         warnings.simplefilter("ignore")
         image = _dicom_image(bytes(data), limits) if kind == "DICOM" else _open_checked(bytes(data), kind, limits)
         try:
-            image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            return np.asarray(_square(image.convert(mode), size, resize), dtype=np.uint8)
         except Exception:
             raise ImageRefused("is corrupt or not an image") from None
+
+
+def _square(image: Image.Image, size: int, resize: str) -> Image.Image:
+    width, height = image.size
+    if resize == "stretch" or width == height:
+        return image.resize((size, size), Image.Resampling.BILINEAR)
+    longest, shortest = max(width, height), min(width, height)
+    scale = size / (longest if resize == "pad" else shortest)
+    scaled = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
+    if resize == "crop":
+        left, top = (scaled.width - size) // 2, (scaled.height - size) // 2
+        return scaled.crop((left, top, left + size, top + size))
+    canvas = Image.new(image.mode, (size, size))
+    canvas.paste(scaled, ((size - scaled.width) // 2, (size - scaled.height) // 2))
+    return canvas
 
 
 def _open_checked(data: bytes, kind: str, limits: DecodeLimits) -> Image.Image:
