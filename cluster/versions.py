@@ -107,6 +107,10 @@ def _remove_written(storage: Storage, prefix: str) -> None:
         log.warning("could not list unpublished files under %s", storage.uri(prefix))
         return
     for entry in entries:
+        try:
+            storage.delete_prefix(f"{prefix}/{entry}")  # a folder of files (a dataset's split)
+        except Exception:
+            log.warning("could not remove unpublished files under %s", storage.uri(f"{prefix}/{entry}"))
         _remove(storage, [f"{prefix}/{entry}"])
 
 
@@ -114,6 +118,7 @@ def _remove(storage: Storage, keys: list[str]) -> None:
     for key in keys:
         try:
             storage.delete(key)
-            storage.delete_prefix(key)  # a folder of files (a dataset's split)
+        except IsADirectoryError:
+            pass  # a local folder, removed by delete_prefix
         except Exception:  # best effort: the version stays unpublished either way
             log.warning("could not remove unpublished file %s", storage.uri(key))

@@ -57,7 +57,9 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
                    value_column: str = "value", time_unit: str = "minutes", static: Sequence[str] = (),
                    scores: Sequence[str] = (), window_hours: float = 48.0,
                    out_of_range: str = "drop", text_column: str = "text", label_column: str = "label",
-                   label_names: str | None = None) -> dict[str, Any]:
+                   label_names: str | None = None, path_column: str = "path", group_column: str | None = None,
+                   channels: int | None = None, resize: str = "pad",
+                   skip_unreadable: bool = False) -> dict[str, Any]:
     """`medray data import`: validate the source and publish it as the dataset's next
     version; returns its manifest. The options are `medray data import --help`'s."""
     from medray.cluster.config import validate_config
@@ -75,7 +77,8 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
         patient_column=patient_column, time_column=time_column, variable_column=variable_column,
         value_column=value_column, time_unit=time_unit, static=list(static), scores=list(scores),
         window_hours=window_hours, out_of_range=out_of_range, text_column=text_column, label_column=label_column,
-        label_names=label_names)
+        label_names=label_names, path_column=path_column, group_column=group_column, channels=channels,
+        resize=resize, skip_unreadable=skip_unreadable)
     return importers.import_dataset(open_storage(storage), request)
 
 

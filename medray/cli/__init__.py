@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     from medray.cluster import console
 
-    out = console.setup(args.command, verbose=args.verbose or args.command not in RAY_COMMANDS)
+    # An image import runs Ray Data tasks; every other data command runs in this process.
+    runs_ray = args.command in RAY_COMMANDS or getattr(args, "kind", None) == "images"
+    out = console.setup(args.command, verbose=args.verbose or not runs_ray)
     common.RESULT_STREAM = out.terminal_out
     if args.json and out.verbose:
         # For good, not just during the handler: Ray's log thread may still print (e.g.

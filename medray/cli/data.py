@@ -20,7 +20,9 @@ def data_import(args: argparse.Namespace) -> None:
         patient_column=args.patient_column, time_column=args.time_column, variable_column=args.variable_column,
         value_column=args.value_column, time_unit=args.time_unit, static=args.static or [], scores=args.scores or [],
         window_hours=args.window_hours, out_of_range=args.out_of_range, text_column=args.text_column,
-        label_column=args.label_column, label_names=args.label_names,
+        label_column=args.label_column, label_names=args.label_names, path_column=args.path_column,
+        group_column=args.group_column, channels=args.channels, resize=args.resize,
+        skip_unreadable=args.skip_unreadable,
     )
     emit(args, manifest, lambda: f"imported {manifest['name']} v{manifest['version']}\n" + describe_text(manifest))
 
@@ -130,17 +132,28 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--columns", type=csv_list, help="csv: column names for a file without a header row")
     imp.add_argument("--missing", type=csv_list, help="csv: cell texts meaning missing (default: '',?,NA,NaN)")
     imp.add_argument("--categorical", type=csv_list, help="csv: categorical columns")
-    imp.add_argument("--group", help="csv, text: rows sharing this column (e.g. patient id) stay in one split")
+    imp.add_argument("--group", help="csv, text: rows sharing this column (e.g. patient id) stay in one split; "
+                                     "images: 'folder' (one folder per patient) or 'dicom:PatientID'")
     imp.add_argument("--text-column", default="text", help="text: the document column of the table")
-    imp.add_argument("--label-column", default="label", help="text: the label column of the table")
+    imp.add_argument("--label-column", default="label", help="text, images: the label column of the table")
+    imp.add_argument("--path-column", default="path",
+                     help="images: the --labels CSV's column of file paths, relative to the source")
+    imp.add_argument("--group-column", help="images: the --labels CSV's patient column (hashed, never stored)")
     imp.add_argument("--label-names", help="text: a CSV mapping each label value to its class name")
     imp.add_argument("--drop", type=csv_list, help="csv: columns to leave out (identifiers, free text)")
     imp.add_argument("--classes", type=csv_list, help="class names in label order; other labels are refused")
     imp.add_argument("--sep", default=",", help="csv: field separator")
     imp.add_argument("--size", type=int, help="images: side length to resize to (default 64)")
     imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")
+    imp.add_argument("--channels", type=int, choices=[1, 3], help="images: 1 (greyscale, default) or 3 (RGB)")
+    imp.add_argument("--resize", default="pad", choices=["pad", "crop", "stretch"],
+                     help="images: a picture that is not square is padded (default), centre-cropped or stretched")
+    imp.add_argument("--skip-unreadable", action="store_true",
+                     help="images: leave out files that cannot be decoded (counted in the manifest) instead "
+                          "of stopping")
     imp.add_argument("--outcomes", help="physionet2012: the outcomes file (Outcomes-a.txt)")
-    imp.add_argument("--labels", help="events: the labels table (CSV or Parquet), one row per patient")
+    imp.add_argument("--labels", help="events: the labels table (CSV or Parquet), one row per patient; "
+                                      "images: a CSV of each file's path, label (and patient)")
     imp.add_argument("--patient-column", default="patient", help="events: the patient column of both tables")
     imp.add_argument("--time-column", default="time", help="events: the time column (number or HH:MM)")
     imp.add_argument("--variable-column", default="variable", help="events: the variable-name column")

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from medray.cluster import names
 from medray.cluster.errors import MedrayError, NotFoundError
 from medray.cluster.storage import Storage
-from medray.cluster.versions import publish_version, published_numbers
+from medray.cluster.versions import publish_version, publish_written_version, published_numbers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMN = "label"
@@ -162,7 +163,7 @@ def validate(dataset: ImportedDataset) -> None:
 
 
 # Quality report ----------------------------------------------------------------
-def _row_digests(table: pa.Table) -> np.ndarray:
+def row_digests(table: pa.Table) -> np.ndarray:
     """A 64-bit digest per row, for exact-duplicate detection across splits."""
     digests = np.zeros(table.num_rows, dtype=np.uint64)
     for column in table.columns:
@@ -222,7 +223,7 @@ def _constant_features(dataset: ImportedDataset) -> list[str] | dict[str, int]:
 
 
 def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
-    digests = {name: _row_digests(split.features) for name, split in dataset.splits.items()}
+    digests = {name: row_digests(split.features) for name, split in dataset.splits.items()}
     train_digests = set(digests["train"].tolist())
     duplicates = {
         f"train_{name}": int(sum(d in train_digests for d in digests[name].tolist())) for name in ("val", "test")
@@ -325,20 +326,29 @@ def build_manifest(name: str, version: int, dataset: ImportedDataset, files: dic
             "class_counts": {cls: int(n) for cls, n in zip(dataset.classes, counts)},
             "files": files[split_name],
         }
+    return manifest_document(name, version, modality=dataset.modality, classes=dataset.classes,
+                             schema=dataset.schema, splits=splits, source=dataset.source, license=dataset.license,
+                             description=dataset.description, quality=quality_report(dataset), notes=dataset.notes)
+
+
+def manifest_document(name: str, version: int, *, modality: str, classes: list[str], schema: dict[str, Any],
+                      splits: dict[str, dict[str, Any]], source: dict[str, Any], license: str, description: str,
+                      quality: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """A version's manifest: `splits` maps each split to its rows, class counts and files."""
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
         "version": version,
-        "modality": dataset.modality,
-        "description": dataset.description,
-        "classes": list(dataset.classes),
+        "modality": modality,
+        "description": description,
+        "classes": list(classes),
         "label_column": LABEL_COLUMN,
-        "schema": dataset.schema,
+        "schema": schema,
         "splits": splits,
-        "source": dataset.source,
-        "license": dataset.license,
-        "quality": quality_report(dataset),
-        "notes": dataset.notes,
+        "source": source,
+        "license": license,
+        "quality": quality,
+        "notes": notes,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -354,3 +364,14 @@ def publish(storage: Storage, name: str, dataset: ImportedDataset, staging: Path
                                   lambda version: build_manifest(name, version, dataset, files),
                                   f"dataset '{name}'", MedrayError, folder_prefix="v")
     return manifest
+
+
+def publish_written(storage: Storage, name: str, write: Callable[[str], T],
+                    manifest: Callable[[int, T], dict[str, Any]]) -> dict[str, Any]:
+    """Publish a version whose payload `write(prefix)` puts under its claimed folder itself
+    (e.g. from Ray tasks); `manifest(version, what write returned)` is written last."""
+    check_name(name)
+    storage.check()
+    _, document = publish_written_version(storage, dataset_key(name), write, MANIFEST_FILE, manifest,
+                                          f"dataset '{name}'", MedrayError, folder_prefix="v")
+    return document

@@ -87,6 +87,14 @@ class ImportRequest:
     label_column: str = "label"
     label_names: str | None = None
     """text: a CSV mapping each label value to its class name."""
+    # Image archives: see `medray.train.data.image_archive` (`labels` is its labels CSV,
+    # `label_column` its label column, `group` "folder" or "dicom:PatientID").
+    path_column: str = "path"
+    group_column: str | None = None
+    channels: int | None = None
+    """1 or 3; None: from `grayscale`."""
+    resize: str = "pad"
+    skip_unreadable: bool = False
 
 
 # A label is one line of ordinary text.
@@ -154,11 +162,6 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
         from medray.train.data.tabular import import_sklearn
 
         return import_sklearn(request.source, options.val_fraction, options.test_fraction, options.seed)
-    if request.kind == "images":
-        from medray.train.data.images import import_image_folder
-
-        return import_image_folder(request.source, options.image_size, request.grayscale, options.val_fraction,
-                                   options.test_fraction, options.seed)
     if request.kind in ("physionet2012", "events"):
         return _read_time_series(request, staging)
     if request.kind == "text":
@@ -211,6 +214,8 @@ def import_dataset(storage: Storage, request: ImportRequest) -> dict[str, Any]:
     check_name(request.name)
     check_label(request.source_label)
     storage.check()  # an unusable storage fails before minutes of parsing
+    if request.kind == "images":
+        return _import_images(storage, request)
     with tempfile.TemporaryDirectory(prefix="medray-import-") as scratch:
         staging = Path(scratch)
         log.info("reading the %s source%s", request.kind,
@@ -221,3 +226,22 @@ def import_dataset(storage: Storage, request: ImportRequest) -> dict[str, Any]:
             dataset.license = request.license
         log.info("validating and writing %s", request.name)
         return publish(storage, request.name, dataset, staging / "payload")
+
+
+def _import_images(storage: Storage, request: ImportRequest) -> dict[str, Any]:
+    """Image folders and s3:// prefixes: written shard by shard by Ray Data tasks, never
+    held whole in this process (`medray.train.data.image_archive`)."""
+    from medray.train.data.image_archive import ArchiveOptions, import_image_archive
+    from medray.train.data.sources import local_source
+
+    options = request.options
+    archive = ArchiveOptions(
+        size=options.image_size, channels=request.channels or (1 if request.grayscale else 3),
+        resize=request.resize, labels=request.labels, path_column=request.path_column,
+        label_column=request.label_column, group=request.group, group_column=request.group_column,
+        skip_unreadable=request.skip_unreadable, val_fraction=options.val_fraction,
+        test_fraction=options.test_fraction, seed=options.seed)
+    with tempfile.TemporaryDirectory(prefix="medray-import-") as scratch:
+        labels_csv = local_source(request.labels, Path(scratch) / "labels") if request.labels else None
+        return import_image_archive(storage, request.name, request.source, archive, labels_csv,
+                                    lambda source: provenance(source, request.source_label), request.license)

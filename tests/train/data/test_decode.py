@@ -190,16 +190,18 @@ def test_arbitrary_bytes_decode_or_raise_image_refused(data, mode):
     (lambda: dicom_bytes(RNG.integers(0, 256, (2, 8, 8, 3)), frames=2, samples=3), "multi-frame colour DICOM"),
     (lambda: png_bomb(5000, 5000), "pixel limit"),
 ])
-def test_a_hostile_file_on_import_is_named_by_place_not_by_name(tmp_path, hostile, message):
+def test_a_hostile_file_on_import_is_named_by_place_not_by_name(tmp_path, hostile, message, ray_session):
+    from medray.cluster.storage import Storage
     from medray.train.data.dataset import DataImportError
-    from medray.train.data.images import import_image_folder
+    from medray.train.data.importers import ImportOptions, ImportRequest, import_dataset
 
     for name in ("benign", "malignant"):
-        (tmp_path / name).mkdir()
-        for i in range(3):
-            (tmp_path / name / f"img{i}.png").write_bytes(encoded(IMAGE, "PNG"))
-    (tmp_path / "malignant" / "Doe_Jane_MRN1234.dcm").write_bytes(hostile())
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):  # enough for a stratified three-way split, made before any file is read
+            (tmp_path / "images" / name / f"img{i}.png").write_bytes(encoded(IMAGE, "PNG"))
+    (tmp_path / "images" / "malignant" / "Doe_Jane_MRN1234.dcm").write_bytes(hostile())
     with pytest.raises(DataImportError, match=message) as error:
-        import_image_folder(str(tmp_path), size=16)
-    assert str(error.value).startswith("file 1 of 4 (in path order) in class folder 'malignant' ")
+        import_dataset(Storage(f"file://{tmp_path / 'store'}"), ImportRequest(
+            kind="images", source=str(tmp_path / "images"), name="hostile", options=ImportOptions(image_size=16)))
+    assert "file 1 of 7 (in key order) in class folder 'malignant' " in str(error.value)
     assert "Doe" not in str(error.value) and "MRN" not in str(error.value)

@@ -282,7 +282,7 @@ def image_folder(root, per_class=10, with_dicom=True):
     return root
 
 
-def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
+def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path, ray_session):
     folder = image_folder(tmp_path / "imgs")
     manifest = run(local_storage, kind="images", source=str(folder), name="imgs", options=ImportOptions(image_size=16))
     assert manifest["classes"] == ["benign", "malignant"]
@@ -300,7 +300,7 @@ def test_images_png_jpeg_dicom_without_patient_tags(local_storage, tmp_path):
         assert secret not in stored
 
 
-def test_images_resize_matches_pillow(local_storage, tmp_path):
+def test_images_resize_matches_pillow(local_storage, tmp_path, ray_session):
     folder = image_folder(tmp_path / "imgs", with_dicom=False)
     run(local_storage, kind="images", source=str(folder), name="imgs", options=ImportOptions(image_size=8))
     first = sorted((folder / "benign").glob("*"))[0]
@@ -309,15 +309,15 @@ def test_images_resize_matches_pillow(local_storage, tmp_path):
     assert any(np.array_equal(image, expected) for image in images)
 
 
-def test_images_corrupt_file_is_named(local_storage, tmp_path):
+def test_images_corrupt_file_is_named(local_storage, tmp_path, ray_session):
     folder = image_folder(tmp_path / "imgs", with_dicom=False)
     (folder / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     # Named by place, never by file name (file names often carry patient names).
-    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in path order\) in class folder 'benign' is corrupt"):
+    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in key order\) in class folder 'benign' is corrupt"):
         run(local_storage, kind="images", source=str(folder), name="imgs")
     (folder / "benign" / "broken.png").unlink()
     (folder / "benign" / "bad.dcm").write_bytes(b"not dicom at all")
-    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in path order\) in class folder 'benign' is corrupt "
+    with pytest.raises(DataImportError, match=r"file 1 of 11 \(in key order\) in class folder 'benign' is corrupt "
                                               r"or not an image \(only PNG, JPEG and DICOM"):
         run(local_storage, kind="images", source=str(folder), name="imgs")
     assert list_datasets(local_storage) == {}
@@ -417,7 +417,9 @@ def model_card_for(manifest):
 
 
 @pytest.mark.parametrize("kind", ["medmnist", "ucr", "csv", "images"])
-def test_no_source_path_or_file_name_is_stored(local_storage, tmp_path, kind):
+def test_no_source_path_or_file_name_is_stored(local_storage, tmp_path, kind, request):
+    if kind == "images":
+        request.getfixturevalue("ray_session")  # image imports run Ray Data tasks
     fields, single_file = identifying_source(kind, tmp_path)
     manifest = run(local_storage, kind=kind, name="d", source_label="cohort A (2024)", **fields)
     assert manifest["source"]["label"] == "cohort A (2024)"
