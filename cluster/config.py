@@ -130,9 +130,12 @@ class TrainConfig(Section):
     augment: bool = False
     """Training-time augmentation: images get random shifts and flips, signals random
     gain, small time shifts and noise; tables none."""
-    cache_data: bool = True
-    """Keep each worker's shard in memory after the first epoch (small datasets);
-    false streams it from storage every epoch."""
+    cache_data: bool | Literal["auto"] = "auto"
+    """true: keep each worker's shard in memory after the first epoch (the per-epoch
+    streaming setup costs more than a small dataset's epoch); false: stream it from
+    storage every epoch; auto: cache when the shard and the validation split, as the
+    model reads them, take at most `loop.CACHE_MEMORY_SHARE` of the memory the worker's
+    node has free, shared among the node's workers, and stream otherwise."""
     name: str | None = None
     """Run name under `{root}/runs/`; default: config file name + time."""
 
@@ -154,6 +157,11 @@ class ScalingSection(Section):
     check_resources: bool = True
     """Refuse up front a request the cluster cannot place (turn off on an autoscaling
     cluster that will add nodes)."""
+    sync_batch_norm: bool = True
+    """With more than one worker, BatchNorm layers train on the moments of the global
+    batch, not each worker's share (PyTorch's SyncBatchNorm on GPU, medray's
+    GlobalBatchNorm over gloo on CPU: `train/models/batch_norm.py`), so adding workers
+    does not change what the model learns from a batch."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places the workers: PACK fills a node first (fast collectives on one GPU
     box), SPREAD puts them on different nodes where it can (survives a lost node)."""

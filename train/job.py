@@ -47,8 +47,12 @@ class WorkerPlan:
     optim: OptimConfig
     train: TrainConfig
     mixed_precision: Literal["auto", "bf16", "off"]
+    sync_batch_norm: bool
     threads_per_worker: float
     train_rows: int
+    val_rows: int
+    row_bytes: int
+    """One preprocessed example with its label, as a worker holds it in memory."""
     train_class_counts: tuple[int, ...]
     """Per training class, for `optim.class_weights`."""
     progress: bool = True
@@ -110,8 +114,10 @@ class TrainingPlan:
         return WorkerPlan(
             family=config.model.family, model_config=self.model_config, preprocessor=self.preprocessor,
             labels=self.labels, dataset=self.dataset_ref, optim=config.optim, train=config.train,
-            mixed_precision=config.scaling.mixed_precision,
+            mixed_precision=config.scaling.mixed_precision, sync_batch_norm=config.scaling.sync_batch_norm,
             threads_per_worker=config.scaling.cpus_per_worker, train_rows=self.manifest["splits"]["train"]["rows"],
+            val_rows=self.manifest["splits"].get("val", {}).get("rows", 0),
+            row_bytes=int(np.prod(self.preprocessor.input_shape)) * 4 + 8,
             train_class_counts=tuple(self.train_class_counts()), progress=progress, launched_at=launched_at,
         )
 

@@ -28,9 +28,14 @@ from medray.train.checkpoint import load_train_state, load_weights, save_checkpo
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.job import WorkerPlan
 from medray.train.models import build_model_from_config
+from medray.train.models.batch_norm import sync_batch_norm
 from medray.train.modalities import modality
 from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
 
+CACHE_MEMORY_SHARE = 0.25
+"""`train.cache_data: auto` caches a worker's data when it takes at most this share of the
+memory its node has free (divided among the node's workers): the rest is left to Ray's
+object store, the model, its gradients and the optimiser state."""
 VAL_BATCH_SIZE = 512
 """Validation batches: no gradients are kept, so they can be larger than training's."""
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy", "epoch_seconds", "worker_nodes")
@@ -174,14 +179,29 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     runner = RayTrainRunner()
     # Validation is not split (see build_trainer): every worker scores all of it, so each
     # computes the same metrics and early-stopping decision without a gather.
+    workers_on_node = ray.train.get_context().get_local_world_size()
     fit(plan, runner, lambda: shard_feeds(plan, ray.train.get_dataset_shard("train"),
-                                          ray.train.get_dataset_shard("val"), runner.rank, runner.world))
+                                          ray.train.get_dataset_shard("val"), runner.rank, runner.world,
+                                          workers_on_node))
 
 
-def shard_feeds(plan: WorkerPlan, train, val, rank: int = 0, world: int = 1) -> tuple[ShardFeed, ShardFeed]:
+def caches_data(plan: WorkerPlan, world: int, workers_on_node: int, free_bytes: int) -> bool:
+    """Whether a worker keeps its shard and the validation split in memory (`train.cache_data`)."""
+    setting = plan.train.cache_data
+    if isinstance(setting, bool):
+        return setting
+    held = (math.ceil(plan.train_rows / world) + plan.val_rows) * plan.row_bytes
+    return held <= CACHE_MEMORY_SHARE * free_bytes / max(1, workers_on_node)
+
+
+def shard_feeds(plan: WorkerPlan, train, val, rank: int = 0, world: int = 1,
+                workers_on_node: int = 1) -> tuple[ShardFeed, ShardFeed]:
     """(train, val) feeds over Ray Data datasets for worker `rank` of `world`, a cached
     shard read now."""
-    seed, cache = plan.seed_of(rank), plan.train.cache_data
+    import psutil
+
+    seed = plan.seed_of(rank)
+    cache = caches_data(plan, world, workers_on_node, psutil.virtual_memory().available)
     return (ShardFeed(train, plan.preprocessor, plan.labels, plan.batch_size_per_worker(world), cache,
                       shuffle=True, seed=seed).load(),
             ShardFeed(val, plan.preprocessor, plan.labels, VAL_BATCH_SIZE, cache, shuffle=False, seed=seed).load())
@@ -225,6 +245,8 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
         resumed_from = state["epoch"]
+    if plan.sync_batch_norm and world > 1:
+        model = sync_batch_norm(model, device)
     model = runner.prepare_model(model)
     nodes = runner.worker_nodes()
     augmenter = modality(preprocessor.modality).augment if train_cfg.augment else None

@@ -219,3 +219,18 @@ def test_fit_stops_on_patience_and_says_so(wdbc, tmp_path):
     runner = Recorder(tmp_path)
     fit(plan, runner, open_feeds)
     assert [r["epoch"] for r in runner.reports] == [0, 1] and runner.reports[-1]["stopped_early"] is True
+
+
+def test_auto_caching_keeps_a_shard_in_memory_only_when_it_fits_its_share():
+    from medray.train.loop import CACHE_MEMORY_SHARE, caches_data
+
+    plan = training_plan().worker_plan()  # 10 train rows of 13 features: 60 bytes each
+    assert plan.train.cache_data == "auto" and plan.row_bytes == 13 * 4 + 8 and plan.val_rows == 0
+    held = 5 * plan.row_bytes  # half of the train rows on each of 2 workers
+    assert caches_data(plan, world=2, workers_on_node=1, free_bytes=int(held / CACHE_MEMORY_SHARE))
+    assert not caches_data(plan, world=2, workers_on_node=1, free_bytes=int(held / CACHE_MEMORY_SHARE) - 1)
+    # Two workers on the node share its free memory.
+    assert not caches_data(plan, world=2, workers_on_node=2, free_bytes=int(held / CACHE_MEMORY_SHARE))
+    for setting in (True, False):
+        forced = dataclasses.replace(plan, train=plan.train.model_copy(update={"cache_data": setting}))
+        assert caches_data(forced, world=2, workers_on_node=2, free_bytes=0) is setting
