@@ -205,3 +205,17 @@ def test_a_hostile_file_on_import_is_named_by_place_not_by_name(tmp_path, hostil
             kind="images", source=str(tmp_path / "images"), name="hostile", options=ImportOptions(image_size=16)))
     assert "file 1 of 7 (in key order) in class folder 'malignant' " in str(error.value)
     assert "Doe" not in str(error.value) and "MRN" not in str(error.value)
+
+
+def test_a_picture_that_is_not_square_is_padded_or_cropped_keeping_its_aspect_ratio():
+    wide = np.full((10, 40), 200, dtype=np.uint8)  # 4:1, rows x columns
+    wide[:, :20] = 50  # left half dark
+    data = encoded(wide, "PNG")
+    padded = decode_image(data, 8, "L", resize="pad")
+    # 40x10 scaled to 8x2, centred: rows 3-4 hold the picture, the rest is black.
+    assert (padded[:3] == 0).all() and (padded[5:] == 0).all()
+    assert padded[3:5, :3].max() < 100 and padded[3:5, 5:].min() > 150
+    cropped = decode_image(data, 8, "L", resize="crop")
+    # Scaled to 32x8, the centre 8x8 spans columns 12-19: the dark half's edge is at 16.
+    assert cropped[:, :3].max() < 100 and cropped[:, 5:].min() > 150 and (cropped > 0).all()
+    np.testing.assert_array_equal(decode_image(data, 8, "L"), pillow_reference(data, 8))  # stretch, as before
