@@ -49,7 +49,11 @@ def describe_text(manifest: dict[str, Any]) -> str:
                      f"p95 {words['p95']:.0f} words; empty dropped {quality['empty_documents_dropped']}, "
                      f"duplicates within splits {sum(quality['duplicate_documents_within_splits'].values())}")
     else:
-        lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}")
+        lines.append(f"  {schema['column']}:    shape {schema['shape']} {schema['dtype']}"
+                     + (f", squared by {schema['resize']}" if schema.get("resize") else "")
+                     + ("; patients kept to one split" if quality.get("patient_groups") else "")
+                     + (f"; {quality['unreadable_skipped']} unreadable file(s) skipped"
+                        if quality.get("unreadable_skipped") else ""))
     for name in ("train", "val", "test"):
         counts = ", ".join(f"{cls} {n}" for cls, n in splits[name]["class_counts"].items())
         lines.append(f"  {name:<5} by class: {counts}")
