@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medray.cluster.console import CONSOLE
+from medray.cluster.errors import MedrayError
 from medray.cluster.storage import Storage
 from medray.train.data.dataset import (LABEL_COLUMN, ROWS_PER_FILE, SPLITS, DataImportError, manifest_document,
                                        publish_written, row_digests, tensor_column)
@@ -123,6 +124,9 @@ class Listing:
     notes: list[str] = field(default_factory=list)
     csv_rows: list[int] | None = None
     """Labels CSV: the row (1 = header) naming each image; else None (class folders)."""
+    sizes: np.ndarray | None = None
+    """Each file's size in bytes, from the listing: a file over the decoder's limit is
+    refused before a byte of it is read."""
 
     def place(self, position: int) -> str:
         """Where image `position` is, for an error, without its name."""
@@ -157,8 +161,8 @@ def _is_image_name(relative: str) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or not path.suffix
 
 
-def list_files(source: str) -> list[str]:
-    """Every image-like key under the source, relative and sorted."""
+def list_files(source: str) -> dict[str, int]:
+    """Every image-like key under the source, relative, sorted, with its size in bytes."""
     import pyarrow.fs as pafs
 
     filesystem, base = source_filesystem(source)
@@ -171,12 +175,12 @@ def list_files(source: str) -> list[str]:
     except OSError as error:
         raise DataImportError(f"cannot list '{source}': {_reason(error)}") from None
     base = base.rstrip("/")
-    keys = sorted(info.path[len(base) + 1:] for info in infos
-                  if info.type == pafs.FileType.File and info.path.startswith(base + "/"))
-    keys = [key for key in keys if _is_image_name(key)]
-    if not keys:
+    sizes = {info.path[len(base) + 1:]: info.size for info in infos
+             if info.type == pafs.FileType.File and info.path.startswith(base + "/")}
+    files = {key: sizes[key] for key in sorted(sizes) if _is_image_name(key)}
+    if not files:
         raise DataImportError(f"'{source}' holds no PNG, JPEG or DICOM files")
-    return keys
+    return files
 
 
 def _reason(error: OSError) -> str:
@@ -189,10 +193,11 @@ def _reason(error: OSError) -> str:
 
 
 def list_archive(source: str, options: ArchiveOptions, salt: bytes, labels_csv: Path | None) -> Listing:
-    keys = list_files(source)
-    if labels_csv is None:
-        return _class_folders(keys, options, salt)
-    return _labelled(keys, labels_csv, options, salt)
+    sizes = list_files(source)
+    keys = list(sizes)
+    listing = _class_folders(keys, options, salt) if labels_csv is None else _labelled(keys, labels_csv, options, salt)
+    listing.sizes = np.asarray([sizes[key] for key in listing.keys], dtype=np.int64)
+    return listing
 
 
 def _salted(values: list[str], salt: bytes) -> np.ndarray:
@@ -273,6 +278,15 @@ def _read(filesystem, base: str, key: str, limit: int | None = None) -> bytes:
         return stream.read(limit) if limit else stream.read()
 
 
+def source_reader(source: str) -> Callable[[str], bytes]:
+    """Whole files of the source by key: one GET per object on S3 (pyarrow's stream
+    makes two requests), a plain read on disk."""
+    if source.startswith("s3://"):
+        return Storage(source.rstrip("/")).read_bytes
+    base = Path(source).expanduser().resolve()
+    return lambda key: (base / key).read_bytes()
+
+
 def patient_ids_batch(batch: pd.DataFrame, source: str, salt: bytes) -> pd.DataFrame:
     """Ray Data task: each DICOM's salted PatientID digest ('' where it has none)."""
     import pydicom
@@ -300,18 +314,23 @@ def write_shard(batch: pd.DataFrame, source: str, root: str, prefix: str, option
     shard = batch.iloc[0]
     split, index = str(shard["split"]), int(shard["shard"])
     keys, labels, positions = list(shard["keys"]), np.asarray(shard["labels"]), np.asarray(shard["positions"])
-    filesystem, base = source_filesystem(source)
+    sizes = np.asarray(shard["sizes"])
+    read = source_reader(source)
     limits = DecodeLimits.for_input(options.size, options.size)
     pixels, kept, unreadable, reasons, file_digests, dicom = [], [], [], [], [], []
     for k, key in enumerate(keys):
+        if sizes[k] > limits.max_bytes:
+            unreadable.append(int(positions[k]))
+            reasons.append(f"is larger than the {limits.max_bytes}-byte limit")
+            continue
         try:
-            data = _read(filesystem, base, key, limits.max_bytes + 1)
+            data = read(key)
             image = decode_image(data, options.size, options.mode, limits, options.resize)
         except ImageRefused as refused:
             unreadable.append(int(positions[k]))
             reasons.append(str(refused))  # what is wrong, never what the file holds
             continue
-        except OSError:
+        except (OSError, MedrayError):  # gone since the listing, or a key storage refuses
             unreadable.append(int(positions[k]))
             reasons.append("cannot be read")
             continue
@@ -375,7 +394,8 @@ def _shards(listing: Listing, splits: dict[str, np.ndarray], rows_per_shard: int
         for start in range(0, len(positions), rows_per_shard):
             chunk = positions[start:start + rows_per_shard]
             rows.append({"shard": len(rows), "split": split, "positions": chunk.tolist(),
-                         "keys": [listing.keys[i] for i in chunk], "labels": listing.labels[chunk].tolist()})
+                         "keys": [listing.keys[i] for i in chunk], "labels": listing.labels[chunk].tolist(),
+                         "sizes": listing.sizes[chunk].tolist()})
     return rows
 
 
