@@ -118,7 +118,5 @@ def _remove(storage: Storage, keys: list[str]) -> None:
     for key in keys:
         try:
             storage.delete(key)
-        except IsADirectoryError:
-            pass  # a local folder, removed by delete_prefix
         except Exception:  # best effort: the version stays unpublished either way
             log.warning("could not remove unpublished file %s", storage.uri(key))

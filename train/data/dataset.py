@@ -222,17 +222,28 @@ def _constant_features(dataset: ImportedDataset) -> list[str] | dict[str, int]:
     return modality(dataset.modality).constant_features(table)
 
 
-def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
-    digests = {name: row_digests(split.features) for name, split in dataset.splits.items()}
+def duplicates_across_splits(digests: dict[str, np.ndarray]) -> dict[str, int]:
+    """Rows of val and test whose content digest a train row has, and val-test pairs."""
     train_digests = set(digests["train"].tolist())
-    duplicates = {
-        f"train_{name}": int(sum(d in train_digests for d in digests[name].tolist())) for name in ("val", "test")
-    }
+    duplicates = {f"train_{name}": int(sum(d in train_digests for d in digests[name].tolist()))
+                  for name in ("val", "test")}
     duplicates["val_test"] = int(len(set(digests["val"].tolist()) & set(digests["test"].tolist())))
+    return duplicates
+
+
+def class_balance(labels: dict[str, np.ndarray], classes: list[str]) -> dict[str, dict[str, float]]:
+    """Each split's share of rows per class."""
     balance = {}
-    for name, split in dataset.splits.items():
-        counts = np.bincount(split.labels, minlength=len(dataset.classes))
-        balance[name] = {cls: round(float(n) / max(split.rows, 1), 4) for cls, n in zip(dataset.classes, counts)}
+    for name, split_labels in labels.items():
+        counts = np.bincount(split_labels, minlength=len(classes))
+        balance[name] = {cls: round(float(n) / max(len(split_labels), 1), 4) for cls, n in zip(classes, counts)}
+    return balance
+
+
+def quality_report(dataset: ImportedDataset) -> dict[str, Any]:
+    duplicates = duplicates_across_splits({name: row_digests(split.features)
+                                           for name, split in dataset.splits.items()})
+    balance = class_balance({name: split.labels for name, split in dataset.splits.items()}, dataset.classes)
     missing = _missing_per_column(dataset)
     return {
         "missing_values": missing,

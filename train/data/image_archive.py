@@ -45,8 +45,9 @@ from tqdm import tqdm
 from medray.cluster.console import CONSOLE
 from medray.cluster.errors import MedrayError
 from medray.cluster.storage import Storage
-from medray.train.data.dataset import (LABEL_COLUMN, ROWS_PER_FILE, SPLITS, DataImportError, manifest_document,
-                                       publish_written, row_digests, tensor_column)
+from medray.train.data.dataset import (LABEL_COLUMN, ROWS_PER_FILE, SPLITS, DataImportError, class_balance,
+                                       duplicates_across_splits, manifest_document, publish_written, row_digests,
+                                       tensor_column)
 from medray.train.data.decode import (RESIZE_MODES, DecodeLimits, ImageRefused, decode_image, dicom_metadata,
                                       summarize_dicom_metadata)
 from medray.train.data.splits import three_way_split
@@ -425,22 +426,20 @@ def import_image_archive(storage: Storage, name: str, source: str, options: Arch
             write_shard, batch_size=1, batch_format="pandas",
             fn_kwargs={"source": source, "root": storage.root, "prefix": prefix, "options": options,
                        "token": token})
-        results = []
+        results, unreadable, count = [], [], 0
         with tqdm(total=len(listing.keys), desc="importing images", unit="img", file=CONSOLE.terminal_err) as bar:
             for row in dataset.iter_rows():
                 results.append(row)
-                bar.update(len(np.frombuffer(row["positions"], np.int64)) + len(np.frombuffer(row["unreadable"],
-                                                                                             np.int64)))
+                skipped = np.frombuffer(row["unreadable"], np.int64)
+                count += len(skipped)
+                unreadable += [(int(i), reason) for i, reason in zip(skipped, row["reasons"])]
+                bar.update(int(row["rows"]) + len(skipped))
         # Only once every task is done: a task still writing would leave its shard behind.
-        results = pd.DataFrame(results)
-        unreadable = [(int(i), reason) for packed, reasons in zip(results["unreadable"], results["reasons"])
-                      for i, reason in zip(np.frombuffer(packed, np.int64), reasons)]
-        count = int(sum(len(np.frombuffer(packed, np.int64)) for packed in results["unreadable"]))
         if count and not options.skip_unreadable:
             places = "; ".join(f"{listing.place(i)} {reason}" for i, reason in sorted(unreadable)[:NAMED_UNREADABLE])
             raise DataImportError(f"{count} file(s) cannot be imported: {places}; nothing was published. "
                                   "--skip-unreadable imports the rest and records how many were skipped")
-        return results
+        return pd.DataFrame(results)
 
     def manifest(version: int, results: pd.DataFrame) -> dict[str, Any]:
         document = _manifest(name, version, listing, options, results, labels_csv is not None, describe_source)
@@ -469,21 +468,17 @@ def _manifest(name: str, version: int, listing: Listing, options: ArchiveOptions
                          "class_counts": {c: int(n) for c, n in zip(listing.classes, counts)},
                          "files": [{"path": e["path"], "rows": int(e["rows"]), "sha256": e["sha256"]}
                                    for _, e in entries.iterrows()]}
-    train_digests = set(digests["train"].tolist())
-    duplicates = {f"train_{s}": int(sum(d in train_digests for d in digests[s].tolist())) for s in ("val", "test")}
-    duplicates["val_test"] = len(set(digests["val"].tolist()) & set(digests["test"].tolist()))
     low = np.min(np.stack([np.frombuffer(v, np.uint8) for v in results["low"]]), axis=0)
     high = np.max(np.stack([np.frombuffer(v, np.uint8) for v in results["high"]]), axis=0)
-    balance = {s: {c: round(float(n) / max(splits[s]["rows"], 1), 4) for c, n in splits[s]["class_counts"].items()}
-               for s in SPLITS}
     # The source's checksum: each file's content in listing order (keys stay out of it).
     kept_positions = np.concatenate([np.frombuffer(v, np.int64) for v in results["positions"]])
     file_digests = np.concatenate([np.frombuffer(v, np.uint8).reshape(-1, 32) for v in results["file_digests"]])
     file_digests = file_digests[np.argsort(kept_positions)]
     dicom = summarize_dicom_metadata([m for found in results["dicom"] for m in found])
     quality = {
-        "missing_values": {"image": 0}, "missing_values_total": 0, "class_balance": balance,
-        "duplicates_across_splits": duplicates,
+        "missing_values": {"image": 0}, "missing_values_total": 0,
+        "class_balance": class_balance(labels, listing.classes),
+        "duplicates_across_splits": duplicates_across_splits(digests),
         "constant_features": {"constant_positions": int((low == high).sum()), "positions": int(low.size)},
         "unreadable_skipped": skipped,
         "patient_groups": bool(listing.groups is not None),
