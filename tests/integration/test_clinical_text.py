@@ -132,3 +132,37 @@ def test_import_train_promote_and_serve_notes(abstracts, ray_session, tmp_path):
         down()
     leaked = [p.name for p in _ray_logs() if CANARY.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_class_folders_on_s3_import_as_the_same_local_folder_does(abstracts, tmp_path):
+    import boto3
+
+    from medray.cluster.storage import Storage
+    from medray.train.data.loading import read_split_arrays
+
+    folder = tmp_path / "notes"
+    classes = {"cardiovascular": "4", "neoplasms": "1"}  # folder name: the shared file's label
+    s3 = boto3.client("s3")
+    for name, label in classes.items():
+        (folder / name).mkdir(parents=True)
+        for i, text in enumerate([text for value, text in abstracts["rows"] if value == label][:12]):
+            path = folder / name / f"{CANARY}_{i:02d}.txt"
+            path.write_text(text)
+            s3.upload_file(str(path), "medray-text", f"exports/notes/{name}/{path.name}")
+    (folder / "README").write_text("not a note")  # neither a class folder nor a .txt file: ignored
+    s3.upload_file(str(folder / "README"), "medray-text", "exports/notes/README")
+
+    manifests = {}
+    for where, source in (("local", str(folder)), ("s3", "s3://medray-text/exports/notes")):
+        storage = Storage(f"file://{tmp_path / where}")
+        manifests[where] = import_dataset(storage, ImportRequest(kind="text", source=source, name="notes"))
+        manifests[where]["texts"] = {split: sorted(read_split_arrays(storage, manifests[where], split)[0]["text"])
+                                     for split in ("train", "val", "test")}
+    local, remote = manifests["local"], manifests["s3"]
+    assert remote["classes"] == sorted(classes) and remote["texts"] == local["texts"]
+    assert {s: v["rows"] for s, v in remote["splits"].items()} == {s: v["rows"] for s, v in local["splits"].items()}
+    assert sum(len(t) for t in remote["texts"].values()) == 24 and CANARY not in json.dumps(remote)
+
+    with pytest.raises(Exception, match="holds no class sub-folders of .txt files"):
+        import_dataset(Storage(f"file://{tmp_path / 'empty'}"),
+                       ImportRequest(kind="text", source="s3://medray-text/exports/nothing/", name="notes"))

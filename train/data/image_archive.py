@@ -50,6 +50,7 @@ from medray.train.data.dataset import (LABEL_COLUMN, ROWS_PER_FILE, SPLITS, Data
                                        tensor_column)
 from medray.train.data.decode import (RESIZE_MODES, DecodeLimits, ImageRefused, decode_image, dicom_metadata,
                                       summarize_dicom_metadata)
+from medray.train.data.sources import list_files, source_filesystem, source_reader
 from medray.train.data.splits import three_way_split
 
 log = logging.getLogger(__name__)
@@ -143,18 +144,6 @@ class Listing:
 # The source --------------------------------------------------------------------------
 
 
-def source_filesystem(source: str):
-    """(pyarrow filesystem, base path) of a local folder or an s3:// prefix."""
-    import pyarrow.fs as pafs
-
-    if source.startswith("s3://"):
-        return Storage(source.rstrip("/")).arrow_filesystem()
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise DataImportError(f"'{source}' is not a folder (or an s3:// prefix) of images")
-    return pafs.LocalFileSystem(), str(folder.resolve())
-
-
 def _is_image_name(relative: str) -> bool:
     path = PurePosixPath(relative)
     if any(part.startswith(".") for part in path.parts):
@@ -162,39 +151,8 @@ def _is_image_name(relative: str) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or not path.suffix
 
 
-def list_files(source: str) -> dict[str, int]:
-    """Every image-like key under the source, relative, sorted, with its size in bytes."""
-    import pyarrow.fs as pafs
-
-    filesystem, base = source_filesystem(source)
-    try:
-        if source.startswith("s3://"):  # an empty listing would hide a missing bucket
-            bucket = filesystem.get_file_info(base.strip("/").split("/")[0])
-            if bucket.type == pafs.FileType.NotFound:
-                raise DataImportError(f"cannot list '{source}': the bucket does not exist")
-        infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except OSError as error:
-        raise DataImportError(f"cannot list '{source}': {_reason(error)}") from None
-    base = base.rstrip("/")
-    sizes = {info.path[len(base) + 1:]: info.size for info in infos
-             if info.type == pafs.FileType.File and info.path.startswith(base + "/")}
-    files = {key: sizes[key] for key in sorted(sizes) if _is_image_name(key)}
-    if not files:
-        raise DataImportError(f"'{source}' holds no PNG, JPEG or DICOM files")
-    return files
-
-
-def _reason(error: OSError) -> str:
-    text = str(error)
-    if "NoSuchBucket" in text or "does not exist" in text.lower():
-        return "the bucket does not exist"
-    if "AccessDenied" in text or "403" in text:
-        return "access is refused"
-    return text.splitlines()[0][:200]
-
-
 def list_archive(source: str, options: ArchiveOptions, salt: bytes, labels_csv: Path | None) -> Listing:
-    sizes = list_files(source)
+    sizes = list_files(source, _is_image_name, "PNG, JPEG or DICOM files")
     keys = list(sizes)
     listing = _class_folders(keys, options, salt) if labels_csv is None else _labelled(keys, labels_csv, options, salt)
     listing.sizes = np.asarray([sizes[key] for key in listing.keys], dtype=np.int64)
@@ -277,15 +235,6 @@ def _labelled(keys: list[str], labels_csv: Path, options: ArchiveOptions, salt: 
 def _read(filesystem, base: str, key: str, limit: int | None = None) -> bytes:
     with filesystem.open_input_stream(f"{base}/{key}") as stream:
         return stream.read(limit) if limit else stream.read()
-
-
-def source_reader(source: str) -> Callable[[str], bytes]:
-    """Whole files of the source by key: one GET per object on S3 (pyarrow's stream
-    makes two requests), a plain read on disk."""
-    if source.startswith("s3://"):
-        return Storage(source.rstrip("/")).read_bytes
-    base = Path(source).expanduser().resolve()
-    return lambda key: (base / key).read_bytes()
 
 
 def patient_ids_batch(batch: pd.DataFrame, source: str, salt: bytes) -> pd.DataFrame:

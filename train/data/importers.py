@@ -165,14 +165,15 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
     if request.kind in ("physionet2012", "events"):
         return _read_time_series(request, staging)
     if request.kind == "text":
-        from medray.train.data.sources import local_source
+        from medray.train.data.sources import is_folder, local_source
         from medray.train.data.text import import_text, text_options_from
 
         options = text_options_from(request)
         if request.label_names:
             options.label_names = local_source(request.label_names, staging / "label-names")
-        source = Path(request.source)
-        return import_text(source if source.is_dir() else local_source(request.source, staging / "text"), options)
+        if is_folder(request.source):  # class sub-folders, read in place
+            return import_text(request.source, options)
+        return import_text(local_source(request.source, staging / "text"), options)
     raise DataImportError(f"unknown import kind '{request.kind}'; use one of {', '.join(IMPORT_KINDS)}")
 
 

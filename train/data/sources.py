@@ -1,4 +1,5 @@
-"""Getting source files onto local disk: a path, an s3:// object, or a public URL.
+"""Getting source files onto local disk: a path, an s3:// object, or a public URL; and
+listing and reading a folder or an s3:// prefix of many files in place.
 
 Downloads land in one sources folder (`MEDRAY_DATA_SOURCES`, default
 `~/.cache/medray/sources`) and are looked up there first, so a folder of source files
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -101,3 +103,81 @@ def local_source(source: str, staging: Path) -> Path:
         raise DataImportError(f"source '{source}' does not exist")
     return path
 
+
+
+# Folders and prefixes of many files, read in place ----------------------------------
+
+
+def source_filesystem(source: str):
+    """(pyarrow filesystem, base path) of a local folder or an s3:// prefix."""
+    import pyarrow.fs as pafs
+
+    from medray.cluster.storage import Storage
+
+    if source.startswith("s3://"):
+        return Storage(source.rstrip("/")).arrow_filesystem()
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise DataImportError(f"'{source}' is not a folder or an s3:// prefix")
+    return pafs.LocalFileSystem(), str(folder.resolve())
+
+
+def is_folder(source: str) -> bool:
+    """A local folder, or an s3:// prefix that holds objects (rather than one object)."""
+    if source.startswith("s3://"):
+        if source.endswith("/"):
+            return True
+        import pyarrow.fs as pafs
+
+        from medray.cluster.storage import Storage
+
+        filesystem, base = Storage(source).arrow_filesystem()
+        try:
+            return filesystem.get_file_info(base.rstrip("/")).type == pafs.FileType.Directory
+        except OSError:
+            return False  # fetching it as an object names the problem
+    return "://" not in source and Path(source).expanduser().is_dir()
+
+
+def list_files(source: str, accept: Callable[[str], bool], what: str) -> dict[str, int]:
+    """Every key under the source that `accept`s, relative, sorted, with its size in bytes
+    (from the listing: sizes are checked before anything is read); `what` names the files
+    in the error when there are none."""
+    import pyarrow.fs as pafs
+
+    filesystem, base = source_filesystem(source)
+    try:
+        if source.startswith("s3://"):  # an empty listing would hide a missing bucket
+            bucket = filesystem.get_file_info(base.strip("/").split("/")[0])
+            if bucket.type == pafs.FileType.NotFound:
+                raise DataImportError(f"cannot list '{source}': the bucket does not exist")
+        infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except OSError as error:
+        raise DataImportError(f"cannot list '{source}': {_listing_failure(error)}") from None
+    base = base.rstrip("/")
+    sizes = {info.path[len(base) + 1:]: info.size for info in infos
+             if info.type == pafs.FileType.File and info.path.startswith(base + "/")}
+    files = {key: sizes[key] for key in sorted(sizes) if accept(key)}
+    if not files:
+        raise DataImportError(f"'{source}' holds no {what}")
+    return files
+
+
+def _listing_failure(error: OSError) -> str:
+    text = str(error)
+    if "NoSuchBucket" in text or "does not exist" in text.lower():
+        return "the bucket does not exist"
+    if "AccessDenied" in text or "403" in text:
+        return "access is refused"
+    return text.splitlines()[0][:200]
+
+
+def source_reader(source: str) -> Callable[[str], bytes]:
+    """Whole files of a folder or prefix by relative key: one GET per object on S3
+    (pyarrow's stream makes two requests), a plain read on disk."""
+    if source.startswith("s3://"):
+        from medray.cluster.storage import Storage
+
+        return Storage(source.rstrip("/")).read_bytes
+    base = Path(source).expanduser().resolve()
+    return lambda key: (base / key).read_bytes()

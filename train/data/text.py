@@ -1,8 +1,8 @@
 """Clinical text: labelled documents (notes, reports, letters, abstracts) as a dataset.
 
 Sources: a CSV or Parquet table with a text column and a label column (names by option;
-class names from an optional two-column mapping file), or a folder of UTF-8 `.txt` files
-in one sub-folder per class. An optional group column (a patient) keeps each group's
+class names from an optional two-column mapping file), or a folder (local or an s3://
+prefix, read in place) of UTF-8 `.txt` files in one sub-folder per class. An optional group column (a patient) keeps each group's
 documents in one split; without one, exact duplicates (after whitespace normalisation)
 are kept together, so a document never sits in train and test at once. The group column
 is dropped after splitting and rows are shuffled: nothing stored says whose a note was.
@@ -18,13 +18,14 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_file
+from medray.train.data.sources import list_files, source_reader
 from medray.train.data.splits import three_way_split
 
 MAX_SOURCE_BYTES = 2 * 1024**3
@@ -50,11 +51,12 @@ class TextOptions:
     seed: int = 0
 
 
-def import_text(source: Path, options: TextOptions) -> ImportedDataset:
-    """Read, check and split a table or class folder of documents (nothing written)."""
-    if source.is_dir():
-        texts, labels, classes, groups = _read_folder(source)
-        digest = {"files": sum(1 for _ in source.rglob("*.txt"))}
+def import_text(source: Path | str, options: TextOptions) -> ImportedDataset:
+    """Read, check and split a table (a local file) or a class folder (a local folder or
+    an s3:// prefix, given as a string) of documents; nothing is written."""
+    if isinstance(source, str) or source.is_dir():
+        texts, labels, classes, groups = _read_folder(str(source))
+        digest = {"files": len(texts)}
     else:
         if source.stat().st_size > MAX_SOURCE_BYTES:
             raise DataImportError(f"the text table is larger than {MAX_SOURCE_BYTES:,} bytes")
@@ -192,22 +194,29 @@ def _labels(values: list[str], label_names: Path | None) -> tuple[np.ndarray, li
     return np.asarray([lookup[v] for v in values], dtype=np.int64), classes
 
 
-def _read_folder(source: Path) -> tuple[list[str], np.ndarray, list[str], None]:
-    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
-    if not classes:
-        raise DataImportError("the text folder has no class sub-folders")
-    texts, labels, total = [], [], 0
-    for label, name in enumerate(classes):
-        for position, path in enumerate(sorted((source / name).glob("*.txt")), start=1):
-            where = f"file {position} of class '{name}'"
-            size = path.stat().st_size
-            total += size
-            if size > 4 * MAX_DOCUMENT_CHARS:
-                raise DataImportError(f"{where}: larger than {4 * MAX_DOCUMENT_CHARS:,} bytes")
-            if total > MAX_SOURCE_BYTES:
-                raise DataImportError(f"the text folder holds more than {MAX_SOURCE_BYTES:,} bytes")
-            texts.append(_checked(_decoded(path.read_bytes(), where), where))
-            labels.append(label)
+def _is_class_document(relative: str) -> bool:
+    parts = PurePosixPath(relative).parts
+    return (len(parts) == 2 and parts[1].endswith(".txt")
+            and not any(part.startswith(".") for part in parts))
+
+
+def _read_folder(source: str) -> tuple[list[str], np.ndarray, list[str], None]:
+    """Class sub-folders of `.txt` files; every size is checked from the listing before
+    any file is read."""
+    sizes = list_files(source, _is_class_document, "class sub-folders of .txt files")
+    classes = sorted({key.split("/", 1)[0] for key in sizes})
+    if sum(sizes.values()) > MAX_SOURCE_BYTES:
+        raise DataImportError(f"the text folder holds more than {MAX_SOURCE_BYTES:,} bytes")
+    read = source_reader(source)
+    texts, labels, position = [], [], {name: 0 for name in classes}
+    for key, size in sizes.items():  # sorted: class by class, files in name order
+        name = key.split("/", 1)[0]
+        position[name] += 1
+        where = f"file {position[name]} of class '{name}'"
+        if size > 4 * MAX_DOCUMENT_CHARS:
+            raise DataImportError(f"{where}: larger than {4 * MAX_DOCUMENT_CHARS:,} bytes")
+        texts.append(_checked(_decoded(read(key), where), where))
+        labels.append(classes.index(name))
     return texts, np.asarray(labels, dtype=np.int64), classes, None
 
 
