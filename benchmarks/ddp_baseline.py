@@ -62,8 +62,10 @@ def main() -> None:
     from medray.train.data.loading import read_split_arrays
     from medray.train.job import plan_training
     from medray.train.models import build_model_from_config
+    from medray.train.models.batch_norm import sync_batch_norm
     from medray.train.modalities import modality
-    from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+    from medray.train.steps import (class_weights, epoch_metrics, gather_predictions, predict, share_of_rows,
+                                    train_epoch, warmup_cosine)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -85,7 +87,7 @@ def main() -> None:
 
     train_x, train_y = rows_of("train")
     val_x, val_y = rows_of("val")
-    val_index = torch.arange(len(val_y))  # every rank scores all of val, as train.loop does
+    val_index = torch.arange(len(val_y))
 
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
     model = build_model_from_config(config.model.family, plan.model_config)
@@ -97,6 +99,8 @@ def main() -> None:
     weights = class_weights(plan.train_class_counts()) if optim.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=optim.label_smoothing)
     if world > 1:
+        if config.scaling.sync_batch_norm:  # the global batch's BatchNorm moments, as train.loop trains
+            model = sync_batch_norm(model, device)
         model = nn.parallel.DistributedDataParallel(model)
     augmenter = modality(plan.preprocessor.modality).augment if train_cfg.augment else None
     seed = train_cfg.seed * 1000 + rank
@@ -115,7 +119,9 @@ def main() -> None:
         totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
-        logits, targets = predict(model, batches(val_x, val_y, val_index, 512), device, mixed_precision)
+        # Each rank scores its share of every validation batch, as train.loop does.
+        logits, targets = gather_predictions(*predict(getattr(model, "module", model), share_of_rows(
+            batches(val_x, val_y, val_index, 512), rank, world), device, mixed_precision))
         metrics = {"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1.0)),
                    **epoch_metrics(logits, targets), "epoch_seconds": time.perf_counter() - started}
         history.append({**metrics, "finished_at": time.time()})

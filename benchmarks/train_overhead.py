@@ -16,12 +16,14 @@ on the machine kept busy during a variant's epochs: on a shared box, trust a rat
 when it was about the same for both variants.
 Prints JSON with medians and the ratios b/a and c/d.
 
-    python benchmarks/train_overhead.py [--source NPZ] [--epochs 6] [--quick] [--rounds 1]
+    python benchmarks/train_overhead.py [--source NPZ] [--config YAML] [--epochs 6] [--quick]
+        [--rounds 1] [--variants plain,ray_1worker,ray_2workers,torchrun_2procs]
         [--storage URI] [key=value ...]
 
-The config is `train/configs/breastmnist_cnn.yaml` when it exists (else the seed CNN)
+The config is `--config` (default `train/configs/breastmnist_cnn.yaml`, else the seed CNN)
 with a fixed number of epochs, no early stopping, no bootstrap and 1 CPU per worker,
-then the overrides given.
+then the overrides given. At 224x224 (`--upscaled 224`: BreastMNIST upscaled, see
+`benchmarks/upscaled.py`, with `--config train/configs/breastmnist_cnn_224.yaml`).
 """
 
 from __future__ import annotations
@@ -44,17 +46,17 @@ CONFIG_FILE = PROJECT / "train" / "configs" / "breastmnist_cnn.yaml"
 DATASET = "breastmnist"
 
 
-def overrides(epochs: int, extra: list[str]) -> list[str]:
+def overrides(epochs: int, extra: list[str], config_file: Path = CONFIG_FILE) -> list[str]:
     """Fixed epochs, no early stop, no bootstrap; 1 CPU (so 1 torch thread) per worker."""
-    base = [] if CONFIG_FILE.is_file() else ["model.family=cnn", "model.preset=seed"]
+    base = [] if config_file.is_file() else ["model.family=cnn", "model.preset=seed"]
     return [*base, f"data.dataset={DATASET}", f"optim.epochs={epochs}", "train.patience=0", "eval.bootstrap=0",
             "scaling.cpus_per_worker=1", *extra]
 
 
-def load(extra: list[str]):
+def load(extra: list[str], config_file: Path = CONFIG_FILE):
     from medray.cluster.config import load_config
 
-    return load_config(CONFIG_FILE if CONFIG_FILE.is_file() else None, extra)
+    return load_config(config_file if config_file.is_file() else None, extra)
 
 
 class CpuSampler:
@@ -147,7 +149,7 @@ def summarise(runs: list[dict], sampler: CpuSampler) -> dict:
     return summary
 
 
-def run_baseline(storage_root: str, config_overrides: list[str], processes: int) -> dict:
+def run_baseline(storage_root: str, config_file: Path, config_overrides: list[str], processes: int) -> dict:
     """(a) with 1 process, (d) with torchrun and `processes` ranks; stdout goes to stderr."""
     with tempfile.TemporaryDirectory(prefix="medray-bench-") as scratch:
         out = Path(scratch) / "result.json"
@@ -155,8 +157,8 @@ def run_baseline(storage_root: str, config_overrides: list[str], processes: int)
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT)}
         launched = time.time()
-        config_file = ["--config", str(CONFIG_FILE)] if CONFIG_FILE.is_file() else []
-        subprocess.run([*launcher, str(BASELINE), "--storage", storage_root, "--out", str(out), *config_file,
+        config = ["--config", str(config_file)] if config_file.is_file() else []
+        subprocess.run([*launcher, str(BASELINE), "--storage", storage_root, "--out", str(out), *config,
                         *config_overrides], check=True, cwd=PROJECT, env=env, stdout=sys.stderr)
         result = json.loads(out.read_text())
     return {"history": result["history"], "setup_seconds": result["first_epoch_started_at"] - launched,
@@ -173,12 +175,13 @@ def latest_progress(storage, run_uri: str) -> dict:
     return max(progresses, key=lambda progress: progress["epoch"])
 
 
-def run_ray(storage, config_overrides: list[str], workers: int, round_index: int) -> dict:
+def run_ray(storage, config_file: Path, config_overrides: list[str], workers: int, round_index: int,
+            label: str = "") -> dict:
     from medray.train.data.dataset import read_manifest
     from medray.train.job import run_training
 
     config = load([*config_overrides, f"scaling.num_workers={workers}",
-                   f"train.name=bench-ray-{workers}w-{round_index}"])
+                   f"train.name=bench-ray-{workers}w{label}-{round_index}"], config_file)
     called = time.time()
     error = None
     try:
@@ -202,6 +205,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(PROJECT.parent / "shared" / "data" / "breastmnist.npz"),
                         help="MedMNIST .npz to import (default: ../shared/data/breastmnist.npz)")
+    parser.add_argument("--config", default=str(CONFIG_FILE), help="training config (default: %(default)s)")
+    parser.add_argument("--upscaled", type=int, help="import BreastMNIST upscaled to this side instead of --source")
+    parser.add_argument("--variants", default="plain,ray_1worker,ray_2workers,torchrun_2procs",
+                        help="which variants to run (the ratios need their pairs)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is dropped)")
     parser.add_argument("--quick", action="store_true", help="3 epochs: a smoke run")
     parser.add_argument("--rounds", type=int, default=1, help="times to run every variant, interleaved")
@@ -223,11 +230,17 @@ def main() -> None:
     from medray.train.data.importers import ImportRequest, import_dataset
 
     torch.set_num_threads(1)
-    config_overrides = overrides(epochs, args.overrides)
+    config_file = Path(args.config)
+    config_overrides = overrides(epochs, args.overrides, config_file)
     # Ray's driver prints cluster warnings to stdout; stdout is kept for the JSON.
     with tempfile.TemporaryDirectory(prefix="medray-bench-") as scratch, contextlib.redirect_stdout(sys.stderr):
         storage = Storage(args.storage or f"file://{scratch}")
-        import_dataset(storage, ImportRequest(kind="medmnist", source=args.source, name=DATASET))
+        source = args.source
+        if args.upscaled:
+            from upscaled import write_upscaled_breastmnist
+
+            source = str(write_upscaled_breastmnist(Path(args.source).parent, Path(scratch), args.upscaled))
+        import_dataset(storage, ImportRequest(kind="medmnist", source=source, name=DATASET))
         started = time.perf_counter()
         from medray.cluster.runtime import RAY_TUNING
 
@@ -237,12 +250,13 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_init_seconds = time.perf_counter() - started
 
-        variants = {
-            "plain": lambda i: run_baseline(storage.root, config_overrides, 1),
-            "ray_1worker": lambda i: run_ray(storage, config_overrides, 1, i),
-            "ray_2workers": lambda i: run_ray(storage, config_overrides, 2, i),
-            "torchrun_2procs": lambda i: run_baseline(storage.root, config_overrides, 2),
+        every = {
+            "plain": lambda i: run_baseline(storage.root, config_file, config_overrides, 1),
+            "ray_1worker": lambda i: run_ray(storage, config_file, config_overrides, 1, i),
+            "ray_2workers": lambda i: run_ray(storage, config_file, config_overrides, 2, i),
+            "torchrun_2procs": lambda i: run_baseline(storage.root, config_file, config_overrides, 2),
         }
+        variants = {name: every[name] for name in args.variants.split(",")}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         with CpuSampler() as sampler:
             for round_index in range(args.rounds):  # interleaved, so drift hits every variant
@@ -252,17 +266,17 @@ def main() -> None:
         ray.shutdown()
     results = {name: summarise(variant_runs, sampler) for name, variant_runs in runs.items()}
 
+    ratios = {f"{ray}_over_{base}": results[ray]["epoch_seconds_median"] / results[base]["epoch_seconds_median"]
+              for ray, base in (("ray_1worker", "plain"), ("ray_2workers", "torchrun_2procs"))
+              if ray in results and base in results}
     print(json.dumps({
         "benchmark": "train_overhead",
         "variants": results,
-        "ray_1worker_over_plain": results["ray_1worker"]["epoch_seconds_median"]
-        / results["plain"]["epoch_seconds_median"],
-        "ray_2workers_over_torchrun": results["ray_2workers"]["epoch_seconds_median"]
-        / results["torchrun_2procs"]["epoch_seconds_median"],
+        **ratios,
         "ray_init_seconds": ray_init_seconds,
-        "config": load(config_overrides).model_dump(),
+        "config": load(config_overrides, config_file).model_dump(),
         "overrides": config_overrides,
-        "source": args.source,
+        "source": source,
         "torch": torch.__version__,
         "ray": ray.__version__,
         # Ray Train's controller takes at most one report per worker per poll (default 2 s).

@@ -55,6 +55,9 @@ class WorkerPlan:
     """One preprocessed example with its label, as a worker holds it in memory."""
     train_class_counts: tuple[int, ...]
     """Per training class, for `optim.class_weights`."""
+    schema: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The dataset's stored schema: how a batch of stored rows becomes features
+    (`Modality.features_from_table`)."""
     progress: bool = True
     """Rank 0 announces each epoch (a search reports per trial instead)."""
     launched_at: float | None = None
@@ -118,7 +121,8 @@ class TrainingPlan:
             threads_per_worker=config.scaling.cpus_per_worker, train_rows=self.manifest["splits"]["train"]["rows"],
             val_rows=self.manifest["splits"].get("val", {}).get("rows", 0),
             row_bytes=int(np.prod(self.preprocessor.input_shape)) * 4 + 8,
-            train_class_counts=tuple(self.train_class_counts()), progress=progress, launched_at=launched_at,
+            train_class_counts=tuple(self.train_class_counts()), schema=self.manifest["schema"], progress=progress,
+            launched_at=launched_at,
         )
 
 
@@ -179,7 +183,8 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
 def training_datasets(storage: Storage, plan: TrainingPlan) -> dict[str, Any]:
     # Ray Train holds its workers' CPUs; read tasks that asked for a CPU would wait for
     # one beside them (on a 2-core node, forever). Reading is light, so ask for none.
-    return {split: read_split(storage, plan.manifest, split, cpus_per_task=0) for split in ("train", "val")}
+    return {split: read_split(storage, plan.manifest, split, cpus_per_task=0, as_stored=True)
+            for split in ("train", "val")}
 
 
 def _best_checkpoint(result, metric: str, mode: str):

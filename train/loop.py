@@ -19,18 +19,21 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from medray.cluster.config import ScalingSection
 from medray.cluster.console import emit_progress
 from medray.train.checkpoint import load_train_state, load_weights, save_checkpoint
+from medray.train.data.dataset import LABEL_COLUMN
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.job import WorkerPlan
 from medray.train.models import build_model_from_config
 from medray.train.models.batch_norm import sync_batch_norm
 from medray.train.modalities import modality
-from medray.train.steps import class_weights, epoch_metrics, predict, train_epoch, warmup_cosine
+from medray.train.steps import (class_weights, epoch_metrics, gather_predictions, predict, share_of_rows,
+                                train_epoch, warmup_cosine)
 
 CACHE_MEMORY_SHARE = 0.25
 """`train.cache_data: auto` caches a worker's data when it takes at most this share of the
@@ -75,20 +78,23 @@ class ShardFeed:
     the epoch itself. Without it the shard streams from storage every epoch.
     """
 
-    def __init__(self, shard, preprocessor: Preprocessor, labels: LabelMap, batch_size: int,
-                 cache: bool, shuffle: bool, seed: int):
-        self.shard, self.preprocessor, self.labels = shard, preprocessor, labels
+    def __init__(self, shard, features: Callable[[pa.Table], Any], preprocessor: Preprocessor, labels: LabelMap,
+                 batch_size: int, cache: bool, shuffle: bool, seed: int):
+        """`shard` yields the rows as stored; `features` turns a batch's feature columns
+        into what `preprocessor` takes (the modality's `features_from_table`)."""
+        self.shard, self.features, self.preprocessor, self.labels = shard, features, preprocessor, labels
         self.batch_size, self.cache, self.shuffle, self.seed = batch_size, cache, shuffle, seed
         self._cached: ArrayFeed | None = None
 
     def _stream(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.shard.iter_batches(
-            batch_size=self.batch_size, batch_format="numpy",
+            batch_size=self.batch_size, batch_format="pyarrow",
             local_shuffle_buffer_size=4 * self.batch_size if self.shuffle else None,
             local_shuffle_seed=self.seed + epoch if self.shuffle else None,
         ):
-            yield (torch.from_numpy(self.preprocessor.transform(batch)),
-                   torch.from_numpy(self.labels.apply(batch["label"])))
+            features = self.features(batch.drop_columns([LABEL_COLUMN]))
+            yield (torch.from_numpy(self.preprocessor.transform(features)),
+                   torch.from_numpy(self.labels.apply(batch.column(LABEL_COLUMN).to_numpy())))
 
     def load(self) -> "ShardFeed":
         """Read a cached shard now (a no-op when streaming or already read)."""
@@ -202,9 +208,11 @@ def shard_feeds(plan: WorkerPlan, train, val, rank: int = 0, world: int = 1,
 
     seed = plan.seed_of(rank)
     cache = caches_data(plan, world, workers_on_node, psutil.virtual_memory().available)
-    return (ShardFeed(train, plan.preprocessor, plan.labels, plan.batch_size_per_worker(world), cache,
+    features = functools.partial(modality(plan.preprocessor.modality).features_from_table, schema=plan.schema)
+    return (ShardFeed(train, features, plan.preprocessor, plan.labels, plan.batch_size_per_worker(world), cache,
                       shuffle=True, seed=seed).load(),
-            ShardFeed(val, plan.preprocessor, plan.labels, VAL_BATCH_SIZE, cache, shuffle=False, seed=seed).load())
+            ShardFeed(val, features, plan.preprocessor, plan.labels, VAL_BATCH_SIZE, cache, shuffle=False,
+                      seed=seed).load())
 
 
 def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, Feed]]) -> None:
@@ -268,7 +276,11 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
         loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
                                      optim.grad_clip, mixed_precision)
         train_loss = _mean_across_workers(loss_sum, seen, device)
-        logits, targets = predict(model, val_feed.epoch(epoch), device, mixed_precision)
+        # Each worker scores its share of the validation rows with the bare module (no
+        # DDP collective can wait on a worker whose share of a batch is empty).
+        logits, targets = gather_predictions(*predict(getattr(model, "module", model),
+                                                      share_of_rows(val_feed.epoch(epoch), rank, world),
+                                                      device, mixed_precision))
         metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
                    "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
                    "resumed_from_epoch": resumed_from, "worker_nodes": nodes}

@@ -5,7 +5,7 @@ modality's (`medray.train.modalities`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
 import numpy as np
@@ -82,6 +82,33 @@ def predict(
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(labels)
+
+
+def share_of_rows(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rank: int,
+                  world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows `rank`, `rank + world`, ... of each batch: with every worker scoring its share
+    of the same batches, each validation row is scored once across the group."""
+    for inputs, targets in batches:
+        if world > 1:
+            inputs, targets = inputs[rank::world], targets[rank::world]
+        if len(targets):
+            yield inputs, targets
+
+
+def gather_predictions(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every worker's (logits, labels), concatenated in rank order, on every worker (a
+    no-op outside a process group). The rows come out grouped by worker, which no
+    validation metric depends on."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return logits, labels
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (logits, labels))
+    scored = [(x, y) for x, y in parts if len(y)]
+    if not scored:
+        return logits, labels
+    return np.concatenate([x for x, _ in scored]), np.concatenate([y for _, y in scored])
 
 
 def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:

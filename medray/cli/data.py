@@ -147,7 +147,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--drop", type=csv_list, help="csv: columns to leave out (identifiers, free text)")
     imp.add_argument("--classes", type=csv_list, help="class names in label order; other labels are refused")
     imp.add_argument("--sep", default=",", help="csv: field separator")
-    imp.add_argument("--size", type=int, help="images: side length to resize to (default 64)")
+    imp.add_argument("--size", type=int, help="images: side length to resize to (default 64); medmnist: the "
+                     "published size to download, 28 (default), 64, 128 or 224")
     imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")
     imp.add_argument("--channels", type=int, choices=[1, 3], help="images: 1 (greyscale, default) or 3 (RGB)")
     imp.add_argument("--resize", default="pad", choices=["pad", "crop", "stretch"],

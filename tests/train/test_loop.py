@@ -9,6 +9,7 @@ import shutil
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from support.training import small_wdbc_config
 def training_plan():
     config = MedrayConfig.model_validate({"optim": {"lr": 3e-4, "epochs": 7}, "train": {"seed": 5, "augment": True},
                                           "scaling": {"cpus_per_worker": 2, "mixed_precision": "off"}})
-    manifest = {"name": "cleveland", "version": 2,
+    manifest = {"name": "cleveland", "version": 2, "schema": {"features": ["age"]},
                 "splits": {"train": {"rows": 10, "class_counts": {"0": 3, "1": 5, "2": 2}}}}
     labels = LabelMap.build(["0", "1", "2"], {"healthy": ["0"], "disease": ["1", "2"]}, "disease")
     preprocessor = Preprocessor("tabular", None, [13], {"mean": [0.5] * 13})
@@ -37,6 +38,7 @@ def test_the_worker_plan_carries_the_configs_and_the_merged_class_counts():
     assert (plan.optim.lr, plan.optim.epochs, plan.train.seed, plan.train.augment) == (3e-4, 7, 5, True)
     assert (plan.threads_per_worker, plan.mixed_precision, plan.progress) == (2.0, "off", False)
     assert plan.train.metric_mode == "max" and plan.labels.classes == ["healthy", "disease"]
+    assert plan.schema == {"features": ["age"]}  # how the workers turn stored batches into features
 
 
 def test_the_worker_plan_pickles_whole_and_is_frozen():
@@ -59,21 +61,21 @@ class Shard:
         self.calls.append((batch_size, batch_format, local_shuffle_buffer_size, local_shuffle_seed))
         for start in range(0, len(self.values), batch_size):
             chunk = self.values[start:start + batch_size]
-            yield {"x": chunk, "label": (chunk % 2).astype(np.int64)}
+            yield pa.table({"x": chunk, "label": (chunk % 2).astype(np.int64)})
 
 
 class Scale:
     """A fitted transform stand-in: the feature times ten, as a (N, 1) input."""
 
-    def transform(self, batch):
-        return (batch["x"] * 10).reshape(-1, 1)
+    def transform(self, features):
+        return (features["x"].to_numpy() * 10).reshape(-1, 1)
 
 
 LABELS = LabelMap.build(["even", "odd"])  # identity: label = value % 2
 
 
 def feed(shard, cache, shuffle, seed=3, batch_size=4):
-    return ShardFeed(shard, Scale(), LABELS, batch_size, cache, shuffle, seed)
+    return ShardFeed(shard, pa.Table.to_pandas, Scale(), LABELS, batch_size, cache, shuffle, seed)
 
 
 def rows(batches):
@@ -86,7 +88,7 @@ def test_a_cached_feed_reads_the_shard_once_and_reshuffles_every_row_each_epoch(
     shard = Shard(10)
     cached = feed(shard, cache=True, shuffle=True)
     epochs = [rows(cached.epoch(epoch)) for epoch in range(3)]
-    assert len(shard.calls) == 1 and shard.calls[0] == (4, "numpy", 16, 3)
+    assert len(shard.calls) == 1 and shard.calls[0] == (4, "pyarrow", 16, 3)
     for values, labels in epochs:  # every row once, transformed, with its own label
         assert sorted(values) == [10.0 * v for v in range(10)]
         assert labels == [int(v / 10) % 2 for v in values]
@@ -106,10 +108,10 @@ def test_an_uncached_feed_streams_every_epoch_with_that_epochs_shuffle_seed():
     streaming = feed(shard, cache=False, shuffle=True, seed=100, batch_size=2)
     for epoch in range(3):
         assert sorted(rows(streaming.epoch(epoch))[0]) == [0.0, 10.0, 20.0, 30.0, 40.0]
-    assert shard.calls == [(2, "numpy", 8, 100), (2, "numpy", 8, 101), (2, "numpy", 8, 102)]
+    assert shard.calls == [(2, "pyarrow", 8, 100), (2, "pyarrow", 8, 101), (2, "pyarrow", 8, 102)]
     unshuffled = Shard(5)
     list(feed(unshuffled, cache=False, shuffle=False).epoch(4))
-    assert unshuffled.calls == [(4, "numpy", None, None)]
+    assert unshuffled.calls == [(4, "pyarrow", None, None)]
 
 
 def test_an_empty_shard_gives_no_batches():

@@ -2,10 +2,14 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
 from medray.train.modalities.image import augment_images
 from medray.train.modalities.signal import augment_signals
-from medray.train.steps import class_weights, epoch_metrics, warmup_cosine
+from medray.train.steps import (class_weights, epoch_metrics, gather_predictions, predict, share_of_rows,
+                                warmup_cosine)
 
 
 def test_warmup_then_cosine():
@@ -70,3 +74,42 @@ def test_epoch_metrics_match_hand_computation():
     assert metrics["val_auroc"] == 0.75
     expected = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
     assert math.isclose(metrics["val_loss"], expected, rel_tol=1e-6)
+
+
+# Validation shared across workers -----------------------------------------------------
+VAL_ROWS = 11  # odd, with a last batch of 1 row: one worker's share of it is empty
+
+
+def _val_batches():
+    inputs = torch.arange(VAL_ROWS * 3, dtype=torch.float32).reshape(VAL_ROWS, 3) / 10
+    labels = torch.arange(VAL_ROWS) % 2
+    return [(inputs[i:i + 5], labels[i:i + 5]) for i in range(0, VAL_ROWS, 5)]
+
+
+def _scorer() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(3, 2)
+
+
+def _validation_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    logits, labels = gather_predictions(*predict(_scorer(), share_of_rows(_val_batches(), rank, 2),
+                                                 torch.device("cpu")))
+    np.savez(f"{out_dir}/rank{rank}.npz", logits=logits, labels=labels)
+    dist.destroy_process_group()
+
+
+def test_two_workers_each_score_a_share_and_both_get_every_validation_row(tmp_path):
+    expected_logits, expected_labels = predict(_scorer(), _val_batches(), torch.device("cpu"))
+    mine = list(share_of_rows(_val_batches(), 1, 2))
+    assert [len(y) for _, y in mine] == [2, 2]  # rows 1, 3 | 6, 8; the last batch's one row is rank 0's
+    mp.spawn(_validation_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    order = np.argsort(np.r_[np.arange(0, 5, 2), np.arange(5, 10, 2), [10], np.arange(1, 5, 2), np.arange(6, 10, 2)])
+    for rank in (0, 1):
+        gathered = np.load(tmp_path / f"rank{rank}.npz")
+        assert gathered["labels"].shape == (VAL_ROWS,)
+        np.testing.assert_allclose(gathered["logits"][order], expected_logits, rtol=1e-6)
+        np.testing.assert_array_equal(gathered["labels"][order], expected_labels)
+    # Without a process group: one worker, the rows as given.
+    alone = gather_predictions(*predict(_scorer(), share_of_rows(_val_batches(), 0, 1), torch.device("cpu")))
+    np.testing.assert_array_equal(alone[1], expected_labels)

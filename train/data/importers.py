@@ -138,7 +138,8 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
     if request.kind == "medmnist":
         from medray.train.data.medmnist import import_medmnist
 
-        return import_medmnist(_local(request.source, staging))
+        size = options.image_size if "image_size" in options.model_fields_set else None
+        return import_medmnist(_local(request.source, staging), size)
     if request.kind == "ucr":
         from medray.train.data.ucr import import_ucr
 

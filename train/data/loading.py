@@ -24,10 +24,16 @@ def split_paths(storage: Storage, manifest: dict[str, Any], split: str) -> list[
     return [storage.arrow_path(f"{prefix}/{entry['path']}") for entry in manifest["splits"][split]["files"]]
 
 
-def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per_task: float | None = None):
+def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per_task: float | None = None,
+               as_stored: bool = False):
     """`NAME[@vN]` (or its manifest) -> a `ray.data.Dataset` of one split.
 
-    `cpus_per_task` sets the CPUs each read task asks Ray for (Ray's default: 1)."""
+    `cpus_per_task` sets the CPUs each read task asks Ray for (Ray's default: 1).
+    `as_stored`: the rows as the Parquet files hold them (an image or signal as one
+    fixed-size list), for a reader that converts each batch itself with the modality's
+    `features_from_table` (zero-copy for tensors), as training does: reshaping in a Ray
+    Data task instead costs an extra task per block and an Arrow round trip of every
+    pixel, ten times the read itself at 224x224 (benchmarks/stream_epoch.py)."""
     import ray.data
 
     manifest = ref if isinstance(ref, dict) else read_manifest(storage, ref)
@@ -45,6 +51,8 @@ def read_split(storage: Storage, ref: str | dict[str, Any], split: str, cpus_per
                                         num_cpus=cpus_per_task)
     finally:
         context.use_datasource_v2 = default_reader
+    if as_stored:
+        return dataset
     return modality(manifest["modality"]).shape_stream(dataset, manifest["schema"], cpus_per_task)
 
 

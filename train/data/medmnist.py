@@ -107,13 +107,24 @@ def _split_arrays(arrays: dict[str, np.ndarray], split: str, path: Path) -> tupl
     return images, labels.astype(np.int64)
 
 
-def import_medmnist(source: str, size: int = 28) -> ImportedDataset:
-    path, uri, flag = _resolve(source, size)
+MEDMNIST_SIZES = (28, 64, 128, 224)
+"""The side lengths MedMNIST+ publishes every subset at."""
+
+
+def import_medmnist(source: str, size: int | None = None) -> ImportedDataset:
+    """A MedMNIST `.npz` file, or a flag name downloaded at `size` (default 28). With a
+    file, `size`, when given, must be the file's own: the official splits are stored as
+    published, never resampled."""
+    if size is not None and size not in MEDMNIST_SIZES:
+        raise DataImportError(f"MedMNIST images come at sizes {', '.join(map(str, MEDMNIST_SIZES))}, not {size}")
+    path, uri, flag = _resolve(source, size or 28)
     arrays = _load_npz(path)
     splits = {name: _split_arrays(arrays, name, path) for name in SPLITS}
     shapes = {images.shape[1:] for images, _ in splits.values()}
     if len(shapes) != 1:
         raise DataImportError(f"'{path}': the splits' image shapes differ: {sorted(shapes)}")
+    if size is not None and next(iter(shapes))[:2] != (size, size):
+        raise DataImportError(f"'{path}' holds {'x'.join(map(str, next(iter(shapes))[:2]))} images, not --size {size}")
     info = MEDMNIST_INFO.get(flag or "", {})
     if info:
         classes = list(info["classes"])

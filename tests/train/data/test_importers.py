@@ -49,6 +49,26 @@ def test_medmnist_known_flag_gets_class_names_and_license(local_storage, tmp_pat
     assert manifest["license"] == "CC BY 4.0"
 
 
+def test_medmnist_sizes_fetch_the_published_file_and_a_file_must_be_the_size_asked(local_storage, tmp_path,
+                                                                                    monkeypatch):
+    # A flag name at --size 224 is MedMNIST+'s `breastmnist_224.npz`, found in the sources
+    # folder as a finished download would be (no network here).
+    monkeypatch.setenv("MEDRAY_DATA_SOURCES", str(tmp_path / "sources"))
+    (tmp_path / "sources").mkdir()
+    write_npz(tmp_path / "sources" / "breastmnist_224.npz", shape=(224, 224))
+    manifest = run(local_storage, kind="medmnist", source="breastmnist", name="b224",
+                   options=ImportOptions(image_size=224))
+    assert manifest["schema"]["shape"] == [224, 224] and manifest["classes"] == ["malignant", "normal_benign"]
+    assert manifest["source"]["uri"] == "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1"
+    write_npz(tmp_path / "toy.npz")
+    with pytest.raises(DataImportError, match="holds 8x8 images, not --size 64"):
+        run(local_storage, kind="medmnist", source=str(tmp_path / "toy.npz"), name="t",
+            options=ImportOptions(image_size=64))
+    with pytest.raises(DataImportError, match="sizes 28, 64, 128, 224, not 100"):
+        run(local_storage, kind="medmnist", source="breastmnist", name="t", options=ImportOptions(image_size=100))
+    assert list(list_datasets(local_storage)) == ["b224"]
+
+
 def test_medmnist_rgb_images(local_storage, tmp_path):
     arrays = write_npz(tmp_path / "rgb.npz", shape=(8, 8, 3))
     run(local_storage, kind="medmnist", source=str(tmp_path / "rgb.npz"), name="rgb")
