@@ -266,8 +266,9 @@ def main() -> None:
         ray.shutdown()
     results = {name: summarise(variant_runs, sampler) for name, variant_runs in runs.items()}
 
-    ratios = {f"{ray}_over_{base}": results[ray]["epoch_seconds_median"] / results[base]["epoch_seconds_median"]
-              for ray, base in (("ray_1worker", "plain"), ("ray_2workers", "torchrun_2procs"))
+    ratios = {name: results[ray]["epoch_seconds_median"] / results[base]["epoch_seconds_median"]
+              for name, ray, base in (("ray_1worker_over_plain", "ray_1worker", "plain"),
+                                      ("ray_2workers_over_torchrun", "ray_2workers", "torchrun_2procs"))
               if ray in results and base in results}
     print(json.dumps({
         "benchmark": "train_overhead",

@@ -5,6 +5,7 @@ itself: tests/integration/test_ray_training.py."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,22 @@ def test_bad_configs_fail_before_training(wdbc, overrides, error, message):
         plan_training(small_wdbc_config(*overrides), wdbc)
 
 
-def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
+def upscaled_breastmnist(shared_data: Path, destination: Path, side: int = 224, per_split: int = 12) -> Path:
+    """A few of BreastMNIST's images per split resized to `side`, in MedMNIST+'s layout
+    (`breastmnist_224.npz` cannot be downloaded here)."""
+    from PIL import Image
+
+    arrays = np.load(shared_data / "breastmnist.npz")
+    out = {}
+    for split in ("train", "val", "test"):
+        out[f"{split}_images"] = np.stack([np.asarray(Image.fromarray(image).resize((side, side)))
+                                           for image in arrays[f"{split}_images"][:per_split]])
+        out[f"{split}_labels"] = np.arange(per_split) % 2
+    np.savez(destination / f"breastmnist_{side}.npz", **out)
+    return destination / f"breastmnist_{side}.npz"
+
+
+def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_path):
     """Each YAML in train/configs validates and plans against its real dataset."""
     from medray.train.data.tabular import CLEVELAND_COLUMNS
 
@@ -58,6 +74,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
         "cleveland": ImportRequest(kind="csv", source=str(shared_data / "processed.cleveland.data"),
                                    name="cleveland", target="num", columns=CLEVELAND_COLUMNS, missing=["?"]),
         "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
+        "breastmnist224": ImportRequest(kind="medmnist", source=str(upscaled_breastmnist(shared_data, tmp_path)),
+                                        name="breastmnist224"),
         "p12": ImportRequest(kind="physionet2012", source=str(shared_data / "physionet2012" / "set-a.tar.gz"),
                              outcomes=str(shared_data / "physionet2012" / "Outcomes-a.txt"), name="p12"),
         "abstracts": ImportRequest(kind="text", source=str(shared_data / "medical_abstracts.csv"), name="abstracts",
@@ -67,7 +85,7 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
     configs = sorted(CONFIGS.glob("*.yaml"))
     assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention",
                                          "physionet2012_rnn", "physionet2012_attention", "medical_abstracts_rnn",
-                                         "medical_abstracts_attention"}
+                                         "medical_abstracts_attention", "breastmnist_cnn_224"}
     imported = set()
     for path in configs:
         config = load_config(path)
@@ -77,6 +95,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data):
             imported.add(name)
         plan = plan_training(config, local_storage)
         assert plan.model_config["num_classes"] == len(plan.labels.classes)
+    large = plan_training(load_config(CONFIGS / "breastmnist_cnn_224.yaml"), local_storage)
+    assert large.preprocessor.input_shape == [1, 224, 224] and large.model_config["stem"] == "strided"
     cleveland = plan_training(load_config(CONFIGS / "cleveland_attention.yaml"), local_storage)
     assert cleveland.labels.classes == ["no_disease", "disease"]
     icu = plan_training(load_config(CONFIGS / "physionet2012_rnn.yaml"), local_storage)
