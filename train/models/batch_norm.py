@@ -5,9 +5,9 @@ the statistics it trains with (and the running ones it serves with) get noisier 
 workers are added: BreastMNIST's CNN lost about 0.03 test AUROC going from 1 to 2
 workers. PyTorch's `SyncBatchNorm` fixes that on CUDA (NCCL) only; `GlobalBatchNorm`
 does the same on any process group, gloo on CPU included: each worker's per-channel
-count, sum and sum of squared deviations are all-reduced (`_AllReduceSum`, whose
-gradient is the all-reduced gradient, so gradients flow through the statistics as in one
-process) and every worker normalises with the moments of the whole batch.
+count, sum and sum of squared deviations are all-reduced in one call (`_AllReduceSum`,
+whose gradient is the all-reduced gradient, so gradients flow through the statistics as
+in one process) and every worker normalises with the moments of the whole batch.
 
 `global_batch_norm(model)` swaps every BatchNorm layer for one that keeps its weights,
 buffers and state-dict keys, so checkpoints load into the plain model for serving.
@@ -57,13 +57,23 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         channels = x.shape[1]
         axes = [0, *range(2, x.dim())]
         shape = [1, channels] + [1] * (x.dim() - 2)
-        local_count = torch.full((1,), x.numel() / channels, dtype=x.dtype, device=x.device)
-        totals = _AllReduceSum.apply(torch.cat([local_count, x.sum(axes)]))
-        count, mean = totals[0], totals[1:] / totals[0]
+        # One all-reduce a step each way: every worker's count, sum and sum of squared
+        # deviations from its own mean (two-pass, so steady in float32), combined as in
+        # Chan et al.'s parallel variance, M2 = sum_i (M2_i + n_i mean_i^2) - n mean^2.
+        # The combination runs in float64: its subtraction cancels the means' part,
+        # which float32 would lose when a channel's mean is far larger than its spread.
+        local_count = x.numel() / channels
+        local_mean = x.mean(axes)
+        local_m2 = ((x - local_mean.view(shape)) ** 2).sum(axes)
+        local = torch.cat([torch.full((1,), local_count, dtype=torch.float64, device=x.device),
+                           local_mean.double() * local_count,
+                           local_m2.double() + local_count * local_mean.double() ** 2])
+        totals = _AllReduceSum.apply(local)
+        count = totals[0]
+        mean64 = totals[1:channels + 1] / count
+        variance = ((totals[channels + 1:] - count * mean64 ** 2) / count).clamp_min(0.0).to(x.dtype)
+        mean = mean64.to(x.dtype)
         centred = x - mean.view(shape)
-        # Squared deviations from the global mean, summed in a second pass: steadier than
-        # E[x^2] - E[x]^2 in float32.
-        variance = _AllReduceSum.apply((centred * centred).sum(axes)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
