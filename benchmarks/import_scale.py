@@ -84,15 +84,13 @@ print(json.dumps({"images": written, "import_seconds": done - started, "process_
 def breastmnist_pngs(shared: Path) -> tuple[list[bytes], list[str]]:
     from PIL import Image
 
-    from upscaled import upscaled_image
-
     arrays = np.load(shared / "breastmnist.npz")
     images = np.concatenate([arrays[f"{s}_images"] for s in ("train", "val", "test")])
     labels = np.concatenate([arrays[f"{s}_labels"].reshape(-1) for s in ("train", "val", "test")])
     encoded = []
     for image in images:
         out = io.BytesIO()
-        Image.fromarray(upscaled_image(image, SIZE)).save(out, format="PNG")
+        Image.fromarray(image).resize((SIZE, SIZE), Image.Resampling.BILINEAR).save(out, format="PNG")
         encoded.append(out.getvalue())
     return encoded, ["malignant" if label == 0 else "normal_or_benign" for label in labels]
 

@@ -1,6 +1,6 @@
 """Streaming a 224x224 dataset from S3 every epoch against caching it in memory, 1 worker.
 
-BreastMNIST upscaled to 224x224 (`benchmarks/upscaled.py`, the 780 images with their
+BreastMNIST upscaled to 224x224 (`write_resized_medmnist`, the 780 images with their
 official splits) is imported into the local S3 server (moto, on 127.0.0.1), then
 `train/configs/breastmnist_cnn_224.yaml` trains on it through Ray Train with one worker,
 `--rounds` times interleaved:
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 from train_overhead import DATASET, PROJECT, CpuSampler, overrides, run_ray, summarise
-from upscaled import SIZE, write_upscaled_breastmnist
 
 CONFIG_FILE = PROJECT / "train" / "configs" / "breastmnist_cnn_224.yaml"
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is dropped)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved (a, b) rounds")
-    parser.add_argument("--size", type=int, default=SIZE, help="side BreastMNIST is upscaled to")
+    parser.add_argument("--size", type=int, default=224, help="side BreastMNIST is upscaled to")
     parser.add_argument("--shared", default=str(PROJECT.parent / "shared" / "data"))
     parser.add_argument("--variants", default="streaming,cached,streaming_local_disk")
     parser.add_argument("overrides", nargs="*", help="more config overrides, key=value")
@@ -55,6 +54,7 @@ def main() -> None:
     from medray.cluster.runtime import RAY_TUNING
     from medray.cluster.storage import Storage
     from medray.train.data.importers import ImportRequest, import_dataset
+    from medray.train.data.medmnist import write_resized_medmnist
 
     started = time.perf_counter()
     config_overrides = overrides(args.epochs, args.overrides, CONFIG_FILE)
@@ -64,7 +64,7 @@ def main() -> None:
         os.environ.pop("AWS_REGION", None)
         boto3.client("s3").create_bucket(Bucket="bench")
         stores = {"s3": Storage("s3://bench/store"), "disk": Storage(f"file://{scratch}/store")}
-        source = write_upscaled_breastmnist(Path(args.shared), Path(scratch), args.size)
+        source = write_resized_medmnist(Path(args.shared) / "breastmnist.npz", Path(scratch), args.size)
         for store in stores.values():
             manifest = import_dataset(store, ImportRequest(kind="medmnist", source=str(source), name=DATASET))
         s3_server = psutil.Process(server.process.pid)

@@ -22,8 +22,8 @@ Prints JSON with medians and the ratios b/a and c/d.
 
 The config is `--config` (default `train/configs/breastmnist_cnn.yaml`, else the seed CNN)
 with a fixed number of epochs, no early stopping, no bootstrap and 1 CPU per worker,
-then the overrides given. At 224x224 (`--upscaled 224`: BreastMNIST upscaled, see
-`benchmarks/upscaled.py`, with `--config train/configs/breastmnist_cnn_224.yaml`).
+then the overrides given. At 224x224 (`--upscaled 224`: BreastMNIST upscaled by
+`train.data.medmnist.write_resized_medmnist`, with `--config train/configs/breastmnist_cnn_224.yaml`).
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ def main() -> None:
         storage = Storage(args.storage or f"file://{scratch}")
         source = args.source
         if args.upscaled:
-            from upscaled import write_upscaled_breastmnist
+            from medray.train.data.medmnist import write_resized_medmnist
 
-            source = str(write_upscaled_breastmnist(Path(args.source).parent, Path(scratch), args.upscaled))
+            source = str(write_resized_medmnist(Path(args.source), Path(scratch), args.upscaled))
         import_dataset(storage, ImportRequest(kind="medmnist", source=source, name=DATASET))
         started = time.perf_counter()
         from medray.cluster.runtime import RAY_TUNING

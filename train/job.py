@@ -55,7 +55,7 @@ class WorkerPlan:
     """One preprocessed example with its label, as a worker holds it in memory."""
     train_class_counts: tuple[int, ...]
     """Per training class, for `optim.class_weights`."""
-    schema: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schema: dict[str, Any]
     """The dataset's stored schema: how a batch of stored rows becomes features
     (`Modality.features_from_table`)."""
     progress: bool = True

@@ -5,7 +5,6 @@ itself: tests/integration/test_ray_training.py."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -49,23 +48,9 @@ def test_bad_configs_fail_before_training(wdbc, overrides, error, message):
         plan_training(small_wdbc_config(*overrides), wdbc)
 
 
-def upscaled_breastmnist(shared_data: Path, destination: Path, side: int = 224, per_split: int = 12) -> Path:
-    """A few of BreastMNIST's images per split resized to `side`, in MedMNIST+'s layout
-    (`breastmnist_224.npz` cannot be downloaded here)."""
-    from PIL import Image
-
-    arrays = np.load(shared_data / "breastmnist.npz")
-    out = {}
-    for split in ("train", "val", "test"):
-        out[f"{split}_images"] = np.stack([np.asarray(Image.fromarray(image).resize((side, side)))
-                                           for image in arrays[f"{split}_images"][:per_split]])
-        out[f"{split}_labels"] = np.arange(per_split) % 2
-    np.savez(destination / f"breastmnist_{side}.npz", **out)
-    return destination / f"breastmnist_{side}.npz"
-
-
 def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_path):
     """Each YAML in train/configs validates and plans against its real dataset."""
+    from medray.train.data.medmnist import write_resized_medmnist
     from medray.train.data.tabular import CLEVELAND_COLUMNS
 
     sources = {
@@ -74,7 +59,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_pa
         "cleveland": ImportRequest(kind="csv", source=str(shared_data / "processed.cleveland.data"),
                                    name="cleveland", target="num", columns=CLEVELAND_COLUMNS, missing=["?"]),
         "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
-        "breastmnist224": ImportRequest(kind="medmnist", source=str(upscaled_breastmnist(shared_data, tmp_path)),
+        "breastmnist224": ImportRequest(kind="medmnist", source=str(write_resized_medmnist(
+            shared_data / "breastmnist.npz", tmp_path, 224, rows_per_split=12)),
                                         name="breastmnist224"),
         "p12": ImportRequest(kind="physionet2012", source=str(shared_data / "physionet2012" / "set-a.tar.gz"),
                              outcomes=str(shared_data / "physionet2012" / "Outcomes-a.txt"), name="p12"),

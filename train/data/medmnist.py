@@ -123,8 +123,9 @@ def import_medmnist(source: str, size: int | None = None) -> ImportedDataset:
     shapes = {images.shape[1:] for images, _ in splits.values()}
     if len(shapes) != 1:
         raise DataImportError(f"'{path}': the splits' image shapes differ: {sorted(shapes)}")
-    if size is not None and next(iter(shapes))[:2] != (size, size):
-        raise DataImportError(f"'{path}' holds {'x'.join(map(str, next(iter(shapes))[:2]))} images, not --size {size}")
+    shape = list(next(iter(shapes)))
+    if size is not None and shape[:2] != [size, size]:
+        raise DataImportError(f"'{path}' holds {shape[0]}x{shape[1]} images, not --size {size}")
     info = MEDMNIST_INFO.get(flag or "", {})
     if info:
         classes = list(info["classes"])
@@ -143,7 +144,6 @@ def import_medmnist(source: str, size: int | None = None) -> ImportedDataset:
         # Labels seen in train, ascending, become 0..K-1 (all labels were checked to be among them).
         values = np.asarray([int(c) for c in classes])
         splits = {name: (images, np.searchsorted(values, labels)) for name, (images, labels) in splits.items()}
-    shape = list(next(iter(shapes)))
     return ImportedDataset(
         modality="image",
         classes=classes,
@@ -159,6 +159,28 @@ def import_medmnist(source: str, size: int | None = None) -> ImportedDataset:
         license=info.get("license", "unknown: check the source's terms"),
         description=info.get("description", "MedMNIST-format images"),
     )
+
+
+def write_resized_medmnist(source: Path, destination: Path, size: int, rows_per_split: int | None = None) -> Path:
+    """`source`'s images resized to `size` x `size` (bilinear), with their labels and
+    official splits, as `destination/{flag}_resized{size}.npz`: MedMNIST+'s larger files
+    need a download, and a benchmark or test of a larger size runs offline on this. The
+    pixels are smooth, but the bytes and compute per image are those of the size.
+    `rows_per_split` keeps only the first rows of each split."""
+    from PIL import Image
+
+    path = destination / f"{source.stem.split('_')[0]}_resized{size}.npz"
+    arrays = _load_npz(source)
+    out = {}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"][:rows_per_split], arrays[f"{split}_labels"][:rows_per_split]
+        out[f"{split}_images"] = np.stack([np.asarray(Image.fromarray(image).resize((size, size),
+                                                                                 Image.Resampling.BILINEAR))
+                                           for image in images])
+        out[f"{split}_labels"] = labels
+    destination.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return path
 
 
 def write_synthetic_medmnist(flag: str, path: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
