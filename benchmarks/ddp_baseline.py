@@ -64,8 +64,8 @@ def main() -> None:
     from medray.train.models import build_model_from_config
     from medray.train.models.batch_norm import sync_batch_norm
     from medray.train.modalities import modality
-    from medray.train.steps import (class_weights, epoch_metrics, gather_predictions, predict, share_of_rows,
-                                    train_epoch, warmup_cosine)
+    from medray.train.steps import (build_optimizer, class_weights, epoch_metrics, gather_predictions, predict,
+                                    share_of_rows, train_epoch, warmup_cosine)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -91,7 +91,8 @@ def main() -> None:
 
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
     model = build_model_from_config(config.model.family, plan.model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    modality(plan.preprocessor.modality).prepare_model(model, plan.preprocessor)
+    optimizer = build_optimizer(model, optim)
     per_rank_batch = max(1, optim.batch_size // world)
     steps_per_epoch = max(1, math.ceil(len(train_y) / world / per_rank_batch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(

@@ -32,8 +32,8 @@ from medray.train.job import WorkerPlan
 from medray.train.models import build_model_from_config
 from medray.train.models.batch_norm import sync_batch_norm
 from medray.train.modalities import modality
-from medray.train.steps import (class_weights, epoch_metrics, gather_predictions, predict, share_of_rows,
-                                train_epoch, warmup_cosine)
+from medray.train.steps import (build_optimizer, class_weights, epoch_metrics, gather_predictions, predict,
+                                share_of_rows, train_epoch, warmup_cosine)
 
 CACHE_MEMORY_SHARE = 0.25
 """`train.cache_data: auto` caches a worker's data when it takes at most this share of the
@@ -234,7 +234,8 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
 
     preprocessor, labels = plan.preprocessor, plan.labels
     model = build_model_from_config(plan.family, plan.model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    modality(preprocessor.modality).prepare_model(model, preprocessor)
+    optimizer = build_optimizer(model, optim)
     per_worker_batch = plan.batch_size_per_worker(world)
     steps_per_epoch = max(1, math.ceil(plan.train_rows / world / per_worker_batch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(

@@ -7,10 +7,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from medray.cluster.config import OptimConfig
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """`optim.optimizer` over the model's parameters (see OptimConfig for adamw vs adam)."""
+    optimizer_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optim.optimizer]
+    return optimizer_cls(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):

@@ -43,6 +43,11 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "optim.label_smoothing": {"uniform": [0.0, 0.1]},        # nuisance
         # fixed: optim.epochs, token width and depth (preset defaults), seed
     },
+    "linear": {
+        "optim.weight_decay": {"loguniform": [1e-4, 3e-3]},      # scientific (L2 strength)
+        "optim.lr": {"loguniform": [0.01, 0.2]},                 # nuisance
+        # fixed: optim.optimizer (adam: L2 in the loss), epochs, buckets, seed
+    },
 }
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")

@@ -6,8 +6,8 @@
 2. datasets: scikit-learn's breast_cancer always; BreastMNIST, ECG200 and Cleveland from
    MEDRAY_DATA_SOURCES, downloaded there when missing and the network allows, else
    synthetic stand-ins made here and named `*_synthetic` everywhere;
-3. training of the CNN, RNN and attention models with 2 Ray Train workers each, a small
-   Tune search, and promotion of every winner through its gate;
+3. training of the CNN, RNN and attention models with 2 Ray Train workers each (1 with
+   `--quick`), a small Tune search, and promotion of every winner through its gate;
 4. Serve: the champions deployed, sample requests (one of them bad) and their answers;
 5. a results table beside the published numbers, and an HTML report with the plots
    (medray/demo/report.py);
@@ -218,7 +218,10 @@ def _start_local_s3(services: list[Any]) -> str:
 
 
 def _train_and_promote(storage: Storage, model: DemoModel, manifest: dict, quick: bool) -> dict[str, Any]:
-    overrides = [f"data.dataset={manifest['name']}", "scaling.num_workers=2", f"train.name=demo-{model.dataset}"]
+    # Quick: one worker, since each worker is a process to start (seconds on 2 cores) and
+    # the two-worker path is the same code, tested on its own (tests/integration).
+    workers = 1 if quick else 2
+    overrides = [f"data.dataset={manifest['name']}", f"scaling.num_workers={workers}", f"train.name=demo-{model.dataset}"]
     if quick:
         overrides += ["optim.epochs=2", "eval.bootstrap=50", "train.patience=0"]
     config = load_config(CONFIGS / model.config, overrides)

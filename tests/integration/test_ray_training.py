@@ -15,33 +15,6 @@ from medray.train.job import evaluate_checkpoint, run_training
 from support.training import small_wdbc_config
 
 
-def test_two_worker_training_reports_metrics_checkpoint_and_plots(wdbc, ray_session):
-    summary = run_training(small_wdbc_config("scaling.num_workers=2", "train.name=two-workers"), wdbc)
-    assert summary["epochs_run"] == 3
-    test = summary["metrics"]["test"]
-    for key in ("auroc", "accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "auroc_ci"):
-        assert key in test
-    assert 0.9 <= test["auroc"] <= 1.0  # WDBC is easy; 3 epochs already separate it
-    report = Path(wdbc.root.removeprefix("file://")) / "runs" / "two-workers" / "report"
-    for plot in ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png"):
-        assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["test"]["auroc"] == test["auroc"]
-
-    # Workers validated on every val row (not an equal split that drops the remainder):
-    # the AUROC reported for the best checkpoint is the full-val evaluation's.
-    best_key = wdbc.key_of(summary["checkpoint"])
-    reported = json.loads(wdbc.read_bytes(f"{best_key}/progress.json"))["metrics"]
-    val_rows = sum(json.loads(wdbc.read_bytes("datasets/wdbc/v1/manifest.json"))["splits"]["val"]["class_counts"].values())
-    assert val_rows % 2 == 1
-    assert reported["val_auroc"] == pytest.approx(summary["metrics"]["val"]["auroc"])
-
-    # The checkpoint alone rebuilds the model; re-evaluation gives the same numbers.
-    again = evaluate_checkpoint(wdbc, "two-workers", small_wdbc_config(), "test")
-    assert again["metrics"]["auroc"] == pytest.approx(test["auroc"])
-    assert again["metrics"]["accuracy"] == pytest.approx(test["accuracy"])
-
-
 def _train_workers() -> list[int]:
     import psutil
 
@@ -49,8 +22,10 @@ def _train_workers() -> list[int]:
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
-
-def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
+def test_a_killed_worker_resumes_and_the_run_reports_metrics_checkpoint_and_plots(wdbc, ray_session):
+    """Two workers, one killed mid-run: the run resumes from its latest checkpoint and
+    ends as any two-worker run must, with metrics, plots and a checkpoint that alone
+    rebuilds the model. (One run for both: each Ray Train start-up costs tens of seconds.)"""
     # Uncached data: each epoch streams its shard from storage again (seconds per epoch),
     # so the kill lands mid-run, and the restarted workers must stream the data anew.
     epochs = 8
@@ -88,6 +63,26 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(wdbc, ray_session):
     assert [row["epoch"] for row in progress["history"]] == list(range(epochs))
     assert summary["epochs_run"] == epochs
 
+    test = summary["metrics"]["test"]
+    for key in ("auroc", "accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "auroc_ci"):
+        assert key in test
+    assert 0.9 <= test["auroc"] <= 1.0  # WDBC is easy; a few epochs already separate it
+    for plot in ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png"):
+        assert (run_dir / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert final["test"]["auroc"] == test["auroc"]
+
+    # Workers validated on every val row (not an equal split that drops the remainder):
+    # the AUROC reported for the best checkpoint is the full-val evaluation's.
+    best_key = wdbc.key_of(summary["checkpoint"])
+    reported = json.loads(wdbc.read_bytes(f"{best_key}/progress.json"))["metrics"]
+    val_rows = sum(json.loads(wdbc.read_bytes("datasets/wdbc/v1/manifest.json"))["splits"]["val"]["class_counts"].values())
+    assert val_rows % 2 == 1
+    assert reported["val_auroc"] == pytest.approx(summary["metrics"]["val"]["auroc"])
+
+    # The checkpoint alone rebuilds the model; re-evaluation gives the same numbers.
+    again = evaluate_checkpoint(wdbc, "killed", small_wdbc_config(), "test")
+    assert again["metrics"]["auroc"] == pytest.approx(test["auroc"])
+    assert again["metrics"]["accuracy"] == pytest.approx(test["accuracy"])
 
 
 def test_more_workers_than_the_cluster_has_is_refused(wdbc, ray_session):

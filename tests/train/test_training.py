@@ -71,7 +71,8 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_pa
     configs = sorted(CONFIGS.glob("*.yaml"))
     assert {c.stem for c in configs} >= {"breastmnist_cnn", "ecg200_rnn", "cleveland_attention", "wdbc_attention",
                                          "physionet2012_rnn", "physionet2012_attention", "medical_abstracts_rnn",
-                                         "medical_abstracts_attention", "breastmnist_cnn_224"}
+                                         "medical_abstracts_attention", "medical_abstracts_linear",
+                                         "breastmnist_cnn_224"}
     imported = set()
     for path in configs:
         config = load_config(path)
@@ -90,6 +91,10 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_pa
     notes = plan_training(load_config(CONFIGS / "medical_abstracts_rnn.yaml"), local_storage)
     assert notes.labels.classes[0] == "neoplasms" and notes.preprocessor.input_shape == [256]
     assert notes.model_config["vocab_size"] == notes.preprocessor.vocabulary <= 8000
+    linear = plan_training(load_config(CONFIGS / "medical_abstracts_linear.yaml"), local_storage)
+    frequencies = linear.preprocessor.stats["document_frequencies"]
+    assert frequencies["documents"] == linear.manifest["splits"]["train"]["rows"]
+    assert len(frequencies["tokens"]) == linear.model_config["vocab_size"] and frequencies["bigrams"]
 
 
 @pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])

@@ -10,7 +10,8 @@ from medray.train.models import InputSpec, model_config_for
 from medray.tune.spaces import SPACES, apply_params, base_point, check_space
 
 CONFIGS = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
-SHAPES = {"cnn": ("image", (1, 28, 28)), "rnn": ("signal", (96, 1)), "attention": ("tabular", (13,))}
+SHAPES = {"cnn": ("image", (1, 28, 28)), "rnn": ("signal", (96, 1)), "attention": ("tabular", (13,)),
+          "linear": ("text", (64,), 500)}
 
 
 def _draws(spec):
@@ -27,7 +28,7 @@ def test_every_draw_of_the_family_space_builds_a_model(path):
     spec = InputSpec(*SHAPES[config.model.family])
     for key, domain in space.items():
         for value in _draws(domain):
-            for preset in _draws(space["model.preset"]):
+            for preset in _draws(space.get("model.preset", {"choice": [config.model.preset]})):
                 trial = apply_params(base, {"model.preset": preset, key: value})
                 model_config_for(trial.model.family, trial.model.preset, spec, 2, trial.model.options)
 

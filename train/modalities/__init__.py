@@ -186,6 +186,11 @@ class Modality(ABC):
         return None
 
     # Training --------------------------------------------------------------------------
+    def prepare_model(self, model: torch.nn.Module, preprocessor: Preprocessor) -> None:
+        """Give a freshly built model what it takes from the training split itself
+        before its first step (text: the document frequencies of a TF-IDF model); kept in
+        its state_dict from then on. The default gives nothing."""
+
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A batch of model inputs randomly varied for training (`train.augment`); the
         default leaves them as they are and draws nothing from `generator`."""

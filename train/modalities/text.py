@@ -3,7 +3,7 @@
 Stored (`medray.train.data.text`): one string column (`schema["column"]`) per document.
 
 Preprocessing is a tokenizer trained on the train split only (Hugging Face `tokenizers`,
-WordPiece or BPE, `data.text` in the config), serialised into the fitted statistics with
+WordPiece, BPE or whole words, `data.text` in the config), serialised into the fitted statistics with
 its sha256, so a checkpoint and a registry version rebuild it offline and give the same
 ids. A word enters the vocabulary only if `min_documents` training documents hold it:
 names and record numbers that appear in one patient's notes stay out of the stored
@@ -57,6 +57,7 @@ TOKEN_DROPOUT = 0.1
 TOP_EXPLANATIONS = 10
 """Tokens listed per explanation under `top`, largest weight first."""
 _WORD = re.compile(r"\w+")
+_TERM = re.compile(r"\w\w+")
 
 
 class TextModality(Modality):
@@ -91,7 +92,8 @@ class TextModality(Modality):
             raise ConfigError("the text dataset's train split holds no document to fit a tokenizer on")
         tokenizer = train_tokenizer(texts, options)
         serialised = tokenizer.to_str()  # untruncated: `load_tokenizer` sets max_tokens
-        lengths = np.asarray([len(e.ids) for e in tokenizer.encode_batch(texts)])
+        encodings = tokenizer.encode_batch(texts)
+        lengths = np.asarray([len(e.ids) for e in encodings])
         stats = {
             "tokenizer": serialised, "tokenizer_sha256": hashlib.sha256(serialised.encode()).hexdigest(),
             "kind": options.tokenizer, "lowercase": options.lowercase, "min_documents": options.min_documents,
@@ -100,6 +102,8 @@ class TextModality(Modality):
             "train_tokens": {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
                              "max": int(lengths.max())},
             "truncated_share": float(np.mean(lengths > options.max_tokens)),
+            "document_frequencies": document_frequencies([e.ids[:options.max_tokens] for e in encodings],
+                                                         tokenizer.get_vocab_size(), options.min_documents),
         }
         return None, [options.max_tokens], stats
 
@@ -114,6 +118,10 @@ class TextModality(Modality):
         return int(preprocessor.stats["vocab_size"])
 
     # Training --------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module, preprocessor: Preprocessor) -> None:
+        if hasattr(model, "fit_document_frequencies"):  # the linear TF-IDF model
+            model.fit_document_frequencies(preprocessor.stats["document_frequencies"])
+
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return drop_tokens(inputs, generator)
 
@@ -189,7 +197,13 @@ def train_tokenizer(texts: list[str], options: TextSection) -> Tokenizer:
     words = [[w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
     documents = Counter(w for document in words for w in set(document))
     common = {w for w, n in documents.items() if n >= options.min_documents}
-    if options.tokenizer == "wordpiece":
+    if options.tokenizer == "words":
+        # scikit-learn's TF-IDF terms (its default token pattern: 2+ word characters),
+        # the most widely held first, ties by text; punctuation and the rest are [UNK].
+        terms = sorted((w for w in common if _TERM.fullmatch(w)), key=lambda w: (-documents[w], w))
+        vocabulary = [*SPECIAL_TOKENS, *terms[:options.vocab_size - len(SPECIAL_TOKENS)]]
+        tokenizer = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocabulary)}, unk_token="[UNK]"))
+    elif options.tokenizer == "wordpiece":
         # The library's WordPieceTrainer numbers its "##" pieces in hash-map order, which
         # breaks ties between equally frequent merges differently in every process
         # (tokenizers issue 1794): the vocabulary is learned here instead, and the library
@@ -266,6 +280,22 @@ def wordpiece_vocabulary(word_counts: Mapping[str, int], vocab_size: int) -> lis
             known.add(merged)
             vocabulary.append(merged)
     return vocabulary
+
+
+def document_frequencies(documents: list[list[int]], vocab_size: int, min_documents: int) -> dict[str, Any]:
+    """How many of the token id `documents` hold each token id (`tokens`, by id) and each
+    pair of adjacent ids that are not special tokens (`bigrams`: [first, second, count],
+    sorted, for the pairs `min_documents` documents hold; like the vocabulary, a phrase
+    of one patient's notes is not kept). What a TF-IDF model weighs its terms by."""
+    tokens = np.zeros(vocab_size, dtype=np.int64)
+    pairs: Counter[tuple[int, int]] = Counter()
+    special = len(SPECIAL_TOKENS)
+    for ids in documents:
+        tokens[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+        pairs.update({(a, b) for a, b in zip(ids, ids[1:]) if a >= special and b >= special})
+    bigrams = sorted([a, b, n] for (a, b), n in pairs.items() if n >= min_documents)
+    return {"documents": len(documents), "min_documents": min_documents, "tokens": tokens.tolist(),
+            "bigrams": bigrams}
 
 
 def load_tokenizer(stats: dict[str, Any]) -> Tokenizer:

@@ -2,8 +2,10 @@
 
 Three families, one module each: `cnn` (images), `rnn` (signals, clinical time series
 and clinical text), `attention` (tabular records, one token per feature; clinical time
-series, one token per time step; clinical text, one token per word piece). Each module has a config dataclass, an `nn.Module` built from
-that config alone, `PRESETS`: named architectures, each a dict of the hyperparameters it
+series, one token per time step; clinical text, one token per word piece), and beside
+them `linear`, the classical reference as a medray model (TF-IDF logistic regression for
+text), which a small dataset's neural models must be judged against. Each module has a
+config dataclass, an `nn.Module` built from that config alone, `PRESETS`: named architectures, each a dict of the hyperparameters it
 uses with their defaults, `PRESET_MODALITIES`: the input modalities each preset takes,
 and `AXIS_FIELDS`: the config field that receives each axis of an input's shape. The
 seed's reference architecture is the preset called "seed" in every family.
@@ -167,6 +169,10 @@ PAD_TOKEN_ID = 0
 [PAD], `medray.train.modalities.text.PAD_ID`): every text preset masks it, so a
 document gives the same logits whatever padding follows it."""
 
+UNK_TOKEN_ID = 1
+"""The token id of a word outside the vocabulary (the text modality's [UNK],
+`medray.train.modalities.text.UNK_ID`): the ids below it and it are no word."""
+
 TOKEN_EMBEDDING_INIT = 0.05
 """Token embeddings start uniform in +-0.05 (Keras' `Embedding` default, the seed's). torch's
 N(0, 1) default made each word piece's vector large next to the 0.02-scale bigram and
@@ -184,6 +190,16 @@ def token_embedding(vocab_size: int, dim: int) -> nn.Embedding:
     return embedding
 
 
+BIGRAM_HASH_MULTIPLIER = 1_000_003
+"""Bigram (a, b) of token ids goes to bucket (a * BIGRAM_HASH_MULTIPLIER + b) mod buckets."""
+
+
+def bigram_buckets(first: torch.Tensor, second: torch.Tensor, buckets: int) -> torch.Tensor:
+    """The hash bucket of each bigram (first, second) of token ids: the same in the
+    bag_of_ngrams and tfidf presets and in every process (integer arithmetic only)."""
+    return (first.long() * BIGRAM_HASH_MULTIPLIER + second.long()) % buckets
+
+
 def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(input of `head`'s last layer, `head`'s output): the features the classifier reads,
     which out-of-distribution detection (`medray.train.ood`) measures, and the logits."""
@@ -192,7 +208,7 @@ def penultimate(head: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 # The family modules import the names above, so they come after them.
-from medray.train.models import attention, cnn, rnn  # noqa: E402
+from medray.train.models import attention, cnn, linear, rnn  # noqa: E402
 
 # --- Inputs and the registry ----------------------------------------------------------
 
@@ -256,6 +272,7 @@ FAMILIES: dict[str, Family] = {
         ("cnn", cnn, cnn.CNNConfig, cnn.CNN),
         ("rnn", rnn, rnn.RNNConfig, rnn.RNN),
         ("attention", attention, attention.AttentionConfig, attention.AttentionNet),
+        ("linear", linear, linear.LinearConfig, linear.LinearModel),
     )
 }
 

@@ -23,6 +23,7 @@ from medray.train.models import (
     PAD_TOKEN_ID,
     ModelConfigError,
     apply_preset,
+    bigram_buckets,
     check_fractions,
     check_input_sizes,
     check_num_classes,
@@ -423,9 +424,6 @@ class _TextTransformerEncoder(nn.Module):
 class _BagOfNgramsEncoder(nn.Module):
     """fastText's bag of unigrams and hashed bigrams, pooled by attention over real tokens."""
 
-    HASH_MULTIPLIER = 1_000_003
-    """Bigram (a, b) goes to bucket (a * HASH_MULTIPLIER + b) mod ngram_buckets."""
-
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         d = config.d_token
@@ -448,7 +446,7 @@ class _BagOfNgramsEncoder(nn.Module):
         real = ids != PAD_TOKEN_ID
         following = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), PAD_TOKEN_ID)], dim=1)
         bigram = real & (following != PAD_TOKEN_ID)
-        buckets = (ids * self.HASH_MULTIPLIER + following) % self.buckets
+        buckets = bigram_buckets(ids, following, self.buckets)
         tokens = embedded + self.bigrams(buckets) * bigram[..., None]
         attended = real.clone()
         attended[:, 0] = True  # an empty document pools its one (padding) token

@@ -1,0 +1,118 @@
+"""The linear family's TF-IDF model: its features are scikit-learn's, computed from token ids."""
+
+import numpy as np
+import pytest
+import torch
+
+from medray.train.models import PAD_TOKEN_ID, InputSpec, bigram_buckets, build_model
+from medray.train.modalities.text import document_frequencies
+
+VOCAB, LENGTH, MIN_DOCUMENTS = 40, 24, 2
+
+
+def _documents(rng, n):
+    """Token id rows (ids 1..VOCAB-1, some [UNK] = 1), different lengths, PAD at the end."""
+    rows = np.full((n, LENGTH), PAD_TOKEN_ID, dtype=np.int64)
+    for row in rows:
+        length = rng.integers(3, LENGTH + 1)
+        high = 12 if rng.random() < 0.5 else VOCAB  # some documents of common words only: bigrams recur
+        row[:length] = rng.integers(1, high, size=length)
+    return rows
+
+
+def _fitted(rows, num_classes=3):
+    model = build_model("linear", "tfidf", InputSpec("text", (LENGTH,), VOCAB), num_classes=num_classes)
+    documents = [[int(t) for t in row if t != PAD_TOKEN_ID] for row in rows]
+    model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS))
+    return model
+
+
+def _sklearn_terms(row, buckets):
+    """The row's terms as the model counts them: word ids (not [UNK]) and bigram buckets."""
+    ids = [int(t) for t in row if t != PAD_TOKEN_ID]
+    words = [f"u{t}" for t in ids if t > 1]
+    pairs = [(a, b) for a, b in zip(ids, ids[1:]) if a > 1 and b > 1]
+    return words + [f"b{int(bigram_buckets(torch.tensor(a), torch.tensor(b), buckets))}" for a, b in pairs]
+
+
+def test_the_logits_are_a_linear_model_on_scikit_learns_tfidf_features():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.default_rng(0)
+    train, test = _documents(rng, 60), _documents(rng, 12)
+    model = _fitted(train)
+    buckets = model.config.ngram_buckets
+    vectorizer = TfidfVectorizer(analyzer=lambda row: _sklearn_terms(row, buckets), min_df=MIN_DOCUMENTS,
+                                 sublinear_tf=True)
+    vectorizer.fit(list(train))
+    features = vectorizer.transform(list(test)).toarray()
+    with torch.no_grad():
+        model.unigram_weights.weight.normal_()
+        model.bigram_weights.weight.normal_()
+        model.bias.normal_()
+    weights = np.stack([
+        (model.unigram_weights.weight[int(term[1:])] if term[0] == "u" else model.bigram_weights.weight[int(term[1:])])
+        .detach().double().numpy() for term in vectorizer.get_feature_names_out()])
+    expected = features @ weights + model.bias.detach().double().numpy()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(test).float()).double().numpy()
+        parts, again = model.features_and_logits(torch.from_numpy(test).float())
+    assert any(name[0] == "b" for name in vectorizer.get_feature_names_out())  # bigrams were kept
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    np.testing.assert_allclose(again.numpy(), logits, atol=1e-6)
+    assert parts.shape == (12, 6)
+    np.testing.assert_allclose((parts[:, :3] + parts[:, 3:]).numpy() + model.bias.detach().numpy(), logits, atol=1e-5)
+
+
+def test_rare_terms_unk_and_padding_weigh_nothing():
+    rng = np.random.default_rng(1)
+    train = _documents(rng, 40)
+    model = _fitted(train)
+    assert model.unigram_idf[:2].tolist() == [0.0, 0.0]
+    frequencies = document_frequencies([[int(t) for t in r if t] for r in train], VOCAB, MIN_DOCUMENTS)
+    rare = [t for t, n in enumerate(frequencies["tokens"]) if 1 < t and n < MIN_DOCUMENTS]
+    assert all(model.unigram_idf[t] == 0 for t in rare) and (model.unigram_idf[2:] > 0).sum() > 0
+    with torch.no_grad():
+        model.unigram_weights.weight.normal_()
+        model.bigram_weights.weight.normal_()
+    row = torch.tensor([[5.0, 7.0, 5.0, 0.0, 0.0, *[0.0] * (LENGTH - 5)]])
+    padded_differently = torch.tensor([[5.0, 7.0, 5.0, *[0.0] * (LENGTH - 3)]])
+    with_unk = torch.tensor([[5.0, 1.0, 7.0, 5.0, *[0.0] * (LENGTH - 4)]])  # [UNK] adds no term, breaks a bigram
+    with torch.no_grad():
+        torch.testing.assert_close(model(row), model(padded_differently))
+        empty = model(torch.zeros(1, LENGTH))
+        only_unk = model(torch.tensor([[1.0] * LENGTH]))
+    torch.testing.assert_close(empty, model.bias[None].detach())  # nothing to weigh: the prior
+    torch.testing.assert_close(only_unk, empty)
+    assert not torch.allclose(model(with_unk), model(row))
+
+
+def test_training_data_fills_the_idf_and_a_state_dict_carries_it():
+    rng = np.random.default_rng(2)
+    model = _fitted(_documents(rng, 30))
+    fresh = build_model("linear", "tfidf", InputSpec("text", (LENGTH,), VOCAB), num_classes=3)
+    assert fresh.unigram_idf.abs().sum() == 0  # built from its config alone: no idf yet
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.unigram_idf, model.unigram_idf)
+    torch.testing.assert_close(fresh.bigram_idf, model.bigram_idf)
+    with pytest.raises(ValueError, match="document frequencies for 5 token ids, the model holds 40"):
+        model.fit_document_frequencies({"documents": 3, "min_documents": 1, "tokens": [1] * 5, "bigrams": []})
+
+
+def test_gradient_x_input_is_each_words_share_of_the_predicted_score():
+    from medray.train.modalities.text import token_attributions
+
+    rng = np.random.default_rng(3)
+    model = _fitted(_documents(rng, 50))
+    with torch.no_grad():
+        model.unigram_weights.weight.normal_()
+        model.bigram_weights.weight.zero_()
+    x = torch.from_numpy(_documents(rng, 4)).float()
+    weights = token_attributions(model, x)
+    with torch.no_grad():
+        logits = model(x)
+    predicted = logits.argmax(1)
+    # With no bigram weights, a prediction's score is its words' shares plus the bias.
+    np.testing.assert_allclose(weights.sum(1), (logits.gather(1, predicted[:, None])[:, 0]
+                                               - model.bias[predicted]).detach().double().numpy(), atol=1e-5)
+    assert (weights[x.numpy() == PAD_TOKEN_ID] == 0).all()

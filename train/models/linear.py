@@ -1,0 +1,166 @@
+"""Linear models: the classical reference, trained, checkpointed, calibrated and served as
+every other medray model is.
+
+"tfidf": logistic regression on TF-IDF features of a text's unigrams and hashed bigrams,
+computed inside the model from its (B, L) token ids (padded with PAD_TOKEN_ID at the
+end), as scikit-learn's `TfidfVectorizer(sublinear_tf=True)` computes them: each term's
+value is (1 + ln tf) * idf, idf = ln((1 + n) / (1 + df)) + 1 over the n training
+documents, and the document's vector is L2-normalised. On a few thousand documents
+trained from scratch this is the model to beat (Medical Abstracts: every neural preset
+here fell short of it), so medray ships it as a preset rather than only as a baseline.
+
+The document frequencies are the training split's, held as buffers (in the state_dict,
+so a checkpoint carries them) and filled once before training by
+`fit_document_frequencies` from the text modality's fitted statistics
+(`medray.train.modalities.text`): a model built from its config alone gives bias-only
+logits until then. Terms in fewer than `min_documents` training documents, [PAD] and
+[UNK] get idf 0, so they weigh nothing and stay out of the norm, as the vocabulary's
+rare words do.
+
+Output: logits (B, num_classes). `features_and_logits` gives the unigram and the bigram
+parts of the logits side by side, (B, 2 * num_classes): what the head (their sum plus
+the bias) reads, and what out-of-distribution detection measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medray.train.models import (
+    PAD_TOKEN_ID,
+    UNK_TOKEN_ID,
+    ModelConfigError,
+    apply_preset,
+    bigram_buckets,
+    check_input_sizes,
+    check_num_classes,
+    check_positive_ints,
+    input_shape_fields,
+)
+
+PRESETS: dict[str, dict[str, object]] = {
+    # 2**16 buckets hold the few tens of thousands of bigrams in 5+ documents of a
+    # hospital's note collection with few collisions.
+    "tfidf": {"ngram_buckets": 2**16},
+}
+PRESET_MODALITIES = {"tfidf": ("text",)}
+AXIS_FIELDS = {"tokens": "seq_len"}
+SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
+
+
+@dataclass
+class LinearConfig:
+    preset: str
+    """Architecture: a key of PRESETS ("tfidf")."""
+    num_classes: int
+    """Number of logits."""
+    seq_len: int | None = None
+    """Text: tokens per document the model was built for (longer inputs are accepted)."""
+    vocab_size: int | None = None
+    """Text: token ids the unigram weights hold."""
+    ngram_buckets: int | None = None
+    """tfidf: hash buckets of the bigram weights (`bigram_buckets`)."""
+
+    def __post_init__(self) -> None:
+        apply_preset(self, PRESETS)
+        check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
+        check_positive_ints(self, "vocab_size", "ngram_buckets")
+        if self.vocab_size is None:
+            raise ModelConfigError(f"LinearConfig: preset {self.preset!r} needs vocab_size")
+        check_num_classes(self)
+
+
+class LinearModel(nn.Module):
+    """Logistic regression on TF-IDF features of unigrams and hashed bigrams."""
+
+    def __init__(self, config: LinearConfig) -> None:
+        super().__init__()
+        self.config = config
+        classes = config.num_classes
+        # Zero weights: the convex problem's usual start, and every class equally likely.
+        self.unigram_weights = nn.Embedding(config.vocab_size, classes)
+        self.bigram_weights = nn.Embedding(config.ngram_buckets, classes)
+        nn.init.zeros_(self.unigram_weights.weight)
+        nn.init.zeros_(self.bigram_weights.weight)
+        self.bias = nn.Parameter(torch.zeros(classes))
+        self.register_buffer("unigram_idf", torch.zeros(config.vocab_size))
+        self.register_buffer("bigram_idf", torch.zeros(config.ngram_buckets))
+
+    def fit_document_frequencies(self, frequencies: Mapping[str, Any]) -> None:
+        """Set the idf buffers from the training split's document frequencies: `documents`
+        (n), `min_documents`, `tokens` (df per token id) and `bigrams` ([first id, second
+        id, df] for the pairs in at least min_documents documents). Two pairs that share a
+        bucket share its weight and take the larger idf weight's pair, the rarer one."""
+        n, least = int(frequencies["documents"]), int(frequencies["min_documents"])
+        df = torch.as_tensor(frequencies["tokens"], dtype=torch.float64)
+        if df.shape != self.unigram_idf.shape:
+            raise ValueError(f"document frequencies for {df.shape[0]} token ids, the model holds "
+                             f"{self.unigram_idf.shape[0]}")
+        unigram_idf = torch.where(df >= least, _idf(df, n), torch.zeros_like(df))
+        unigram_idf[:UNK_TOKEN_ID + 1] = 0.0  # [PAD] and [UNK]: no term
+        bigram_idf = torch.zeros(self.bigram_idf.shape, dtype=torch.float64)
+        pairs = torch.as_tensor(frequencies["bigrams"], dtype=torch.long).reshape(-1, 3)
+        if len(pairs):
+            buckets = bigram_buckets(pairs[:, 0], pairs[:, 1], self.config.ngram_buckets)
+            bigram_idf.scatter_reduce_(0, buckets, _idf(pairs[:, 2].double(), n), reduce="amax")
+        with torch.no_grad():
+            self.unigram_idf.copy_(unigram_idf.float())
+            self.bigram_idf.copy_(bigram_idf.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_embeddings(self.embed_tokens(x), x)
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, 2 * num_classes): the unigram then the bigram part of each logit, logits)."""
+        unigram, bigram = self._parts(self.embed_tokens(x), x)
+        return torch.cat([unigram, bigram], dim=1), unigram + bigram + self.bias
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Each token id's class weights, (B, L, num_classes): gradient x input on these
+        is each occurrence's exact share of its unigram's term in the logit."""
+        return self.unigram_weights(x.long())
+
+    def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The logits for unigram weights `embedded` of the ids `x`; forward(x) is
+        logits_from_embeddings(embed_tokens(x), x)."""
+        unigram, bigram = self._parts(embedded, x)
+        return unigram + bigram + self.bias
+
+    def _parts(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = x.long()
+        following = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), PAD_TOKEN_ID)], dim=1)
+        is_bigram = (ids > UNK_TOKEN_ID) & (following > UNK_TOKEN_ID)  # two words
+        buckets = bigram_buckets(ids, following, self.config.ngram_buckets)
+        unigram_share, unigram_tf = _occurrence_shares(ids, self.unigram_idf[ids])
+        bigram_share, bigram_tf = _occurrence_shares(
+            torch.where(is_bigram, buckets, -1), self.bigram_idf[buckets] * is_bigram)
+        # Each occurrence carries value / tf of its term, so a term's occurrences sum to
+        # its value, and share^2 * tf summed over them to value^2: the squared norm.
+        squared = (unigram_share ** 2 * unigram_tf).sum(1) + (bigram_share ** 2 * bigram_tf).sum(1)
+        norm = squared.clamp_min(1e-12).sqrt()[:, None]
+        unigram = ((unigram_share / norm)[..., None] * embedded).sum(1)
+        bigram = ((bigram_share / norm)[..., None] * self.bigram_weights(buckets)).sum(1)
+        return unigram, bigram
+
+
+def _idf(df: torch.Tensor, documents: int) -> torch.Tensor:
+    """scikit-learn's smoothed idf: ln((1 + n) / (1 + df)) + 1."""
+    return torch.log((1.0 + documents) / (1.0 + df)) + 1.0
+
+
+def _occurrence_shares(terms: torch.Tensor, idf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position of (B, L) `terms` (-1: none) with its term's `idf` (0: no feature):
+    (the occurrence's share of its term's value (1 + ln tf) * idf, that is value / tf;
+    tf, the term's count in the row, where the term has a feature, else 0)."""
+    counts = (terms[:, :, None] == terms[:, None, :]).sum(-1).to(idf.dtype)
+    present = idf > 0
+    tf = torch.where(present, counts, torch.zeros_like(counts))
+    value = (1.0 + torch.log(counts)) * idf
+    share = torch.where(present, value / counts, torch.zeros_like(value))
+    return share, tf
+
