@@ -60,8 +60,16 @@ def test_the_logits_are_a_linear_model_on_scikit_learns_tfidf_features():
     assert any(name[0] == "b" for name in vectorizer.get_feature_names_out())  # bigrams were kept
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     np.testing.assert_allclose(again.numpy(), logits, atol=1e-6)
-    assert parts.shape == (12, 6)
-    np.testing.assert_allclose((parts[:, :3] + parts[:, 3:]).numpy() + model.bias.detach().numpy(), logits, atol=1e-5)
+    assert parts.shape == (12, 8)
+    np.testing.assert_allclose((parts[:, :3] + parts[:, 3:6]).numpy() + model.bias.detach().numpy(), logits,
+                               atol=1e-5)
+    # The shares of known language: terms among the tokens, bigrams in the squared norm.
+    terms = [[t for t in row if t != PAD_TOKEN_ID] for row in test]
+    np.testing.assert_allclose(parts[:, 6].numpy(), [np.mean([model.unigram_idf[t] > 0 for t in row]) for row in terms],
+                               atol=1e-6)
+    names = vectorizer.get_feature_names_out()
+    bigram_share = (features[:, [n[0] == "b" for n in names]] ** 2).sum(1)
+    np.testing.assert_allclose(parts[:, 7].numpy(), bigram_share, atol=1e-5)
 
 
 def test_rare_terms_unk_and_padding_weigh_nothing():

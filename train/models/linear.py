@@ -18,8 +18,8 @@ logits until then. Terms in fewer than `min_documents` training documents, [PAD]
 rare words do.
 
 Output: logits (B, num_classes). `features_and_logits` gives the unigram and the bigram
-parts of the logits side by side, (B, 2 * num_classes): what the head (their sum plus
-the bias) reads, and what out-of-distribution detection measures.
+parts of the logits (what the head sums with the bias) and two shares of known language
+(see there), (B, 2 * num_classes + 2): what out-of-distribution detection measures.
 """
 
 from __future__ import annotations
@@ -116,9 +116,14 @@ class LinearModel(nn.Module):
         return self.logits_from_embeddings(self.embed_tokens(x), x)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, 2 * num_classes): the unigram then the bigram part of each logit, logits)."""
-        unigram, bigram = self._parts(self.embed_tokens(x), x)
-        return torch.cat([unigram, bigram], dim=1), unigram + bigram + self.bias
+        """((B, 2 * num_classes + 2) features, logits). The features are what the head
+        sums, the unigram then the bigram part of each logit, and two shares that say
+        how much of the input is language the model knows: of its tokens, those that are
+        weighted terms, and of its TF-IDF norm, the bigrams' part. A linear model has no
+        hidden layer to measure, and without these a page of random vocabulary words
+        was not told from an abstract (Mahalanobis AUROC 0.48)."""
+        unigram, bigram, shares = self._parts(self.embed_tokens(x), x)
+        return torch.cat([unigram, bigram, shares], dim=1), unigram + bigram + self.bias
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Each token id's class weights, (B, L, num_classes): gradient x input on these
@@ -128,10 +133,12 @@ class LinearModel(nn.Module):
     def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The logits for unigram weights `embedded` of the ids `x`; forward(x) is
         logits_from_embeddings(embed_tokens(x), x)."""
-        unigram, bigram = self._parts(embedded, x)
+        unigram, bigram, _ = self._parts(embedded, x)
         return unigram + bigram + self.bias
 
-    def _parts(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _parts(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(unigram part of the logits, bigram part, (B, 2) shares: terms among the real
+        tokens, bigrams in the squared norm)."""
         ids = x.long()
         following = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), PAD_TOKEN_ID)], dim=1)
         is_bigram = (ids > UNK_TOKEN_ID) & (following > UNK_TOKEN_ID)  # two words
@@ -141,11 +148,14 @@ class LinearModel(nn.Module):
             torch.where(is_bigram, buckets, -1), self.bigram_idf[buckets] * is_bigram)
         # Each occurrence carries value / tf of its term, so a term's occurrences sum to
         # its value, and share^2 * tf summed over them to value^2: the squared norm.
-        squared = (unigram_share ** 2 * unigram_tf).sum(1) + (bigram_share ** 2 * bigram_tf).sum(1)
-        norm = squared.clamp_min(1e-12).sqrt()[:, None]
+        unigram_squared = (unigram_share ** 2 * unigram_tf).sum(1)
+        squared = (unigram_squared + (bigram_share ** 2 * bigram_tf).sum(1)).clamp_min(1e-12)
+        norm = squared.sqrt()[:, None]
         unigram = ((unigram_share / norm)[..., None] * embedded).sum(1)
         bigram = ((bigram_share / norm)[..., None] * self.bigram_weights(buckets)).sum(1)
-        return unigram, bigram
+        real = (ids != PAD_TOKEN_ID).sum(1).clamp_min(1)
+        shares = torch.stack([(unigram_tf > 0).sum(1) / real, 1.0 - unigram_squared / squared], dim=1)
+        return unigram, bigram, shares.to(unigram.dtype)
 
 
 def _idf(df: torch.Tensor, documents: int) -> torch.Tensor:
