@@ -108,3 +108,24 @@ def test_each_preset_learns_which_documents_hold_a_token(family, preset):
     with torch.no_grad():
         accuracy = (model(test_ids).argmax(dim=1) == test_labels).float().mean().item()
     assert accuracy > 0.9, accuracy
+
+
+def test_the_tfidf_model_learns_which_documents_hold_a_token_once_given_the_document_frequencies():
+    from medray.train.modalities.text import document_frequencies
+
+    model = build_model("linear", "tfidf", SPEC, num_classes=2)
+    ids, labels = documents(512)
+    test_ids, test_labels = documents(256, seed=1)
+    model.fit_document_frequencies(document_frequencies(
+        [[int(t) for t in row if t != PAD_TOKEN_ID] for row in ids], VOCAB, min_documents=5))
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=1e-3)  # L2: 500 bigrams overfit without
+    for _ in range(12):
+        for start in range(0, 512, 32):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(ids[start:start + 32]), labels[start:start + 32]).backward()
+            optimiser.step()
+    with torch.no_grad():
+        accuracy = (model(test_ids).argmax(dim=1) == test_labels).float().mean().item()
+    assert accuracy > 0.9, accuracy
+        longer = torch.cat([test_ids[:4], torch.zeros(4, 8)], dim=1)
+        torch.testing.assert_close(model(longer), model(test_ids[:4]))  # more padding changes nothing
