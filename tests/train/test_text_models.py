@@ -126,6 +126,6 @@ def test_the_tfidf_model_learns_which_documents_hold_a_token_once_given_the_docu
             optimiser.step()
     with torch.no_grad():
         accuracy = (model(test_ids).argmax(dim=1) == test_labels).float().mean().item()
-    assert accuracy > 0.9, accuracy
         longer = torch.cat([test_ids[:4], torch.zeros(4, 8)], dim=1)
         torch.testing.assert_close(model(longer), model(test_ids[:4]))  # more padding changes nothing
+    assert accuracy > 0.9, accuracy
