@@ -389,9 +389,13 @@ def test_same_seed_builds_the_same_model(family, preset):
     a, b = _model(family, preset, spec, seed=7), _model(family, preset, spec, seed=7)
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(ta, tb), name
-    assert not torch.equal(
-        next(a.parameters()), next(_model(family, preset, spec, seed=8).parameters())
-    )
+    other_seed = _model(family, preset, spec, seed=8)
+    if family == "linear":
+        # Logistic regression is convex: it starts at zero whatever the seed, so the
+        # optimum it reaches does not depend on the draw.
+        assert all(not p.any() for p in other_seed.parameters())
+        return
+    assert not torch.equal(next(a.parameters()), next(other_seed.parameters()))
 
 
 # bigru trains on shorter series: its cost is per time step, and the length does not
