@@ -140,8 +140,9 @@ def plan_data(config: MedrayConfig, storage: Storage) -> DataPlan:
         raise ConfigError("no dataset chosen: set data.dataset=NAME (see `medray data list`)")
     manifest = read_manifest(storage, config.data.dataset)
     labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
-    train_features, _ = read_split_arrays(storage, manifest, "train")
-    return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features, config.data))
+    train_features, train_labels = read_split_arrays(storage, manifest, "train")
+    return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features, config.data,
+                                                       labels.apply(train_labels)))
 
 
 def plan_training(config: MedrayConfig, storage: Storage, config_name: str | None = None,

@@ -44,6 +44,7 @@ SPACES: dict[str, dict[str, dict[str, Any]]] = {
         # fixed: optim.epochs, token width and depth (preset defaults), seed
     },
     "linear": {
+        "model.preset": {"choice": ["tfidf", "nb_tfidf"]},       # scientific
         "optim.weight_decay": {"loguniform": [1e-4, 3e-3]},      # scientific (L2 strength)
         "optim.lr": {"loguniform": [0.01, 0.2]},                 # nuisance
         # fixed: optim.optimizer (adam: L2 in the loss), epochs, buckets, seed

@@ -124,3 +124,47 @@ def test_gradient_x_input_is_each_words_share_of_the_predicted_score():
     np.testing.assert_allclose(weights.sum(1), (logits.gather(1, predicted[:, None])[:, 0]
                                                - model.bias[predicted]).detach().double().numpy(), atol=1e-5)
     assert (weights[x.numpy() == PAD_TOKEN_ID] == 0).all()
+
+
+def _nb_ratios(features, labels, classes):
+    """NBSVM's log-count ratios from a (documents, terms) matrix: each class against the
+    rest, add-one smoothed over the terms, by the document counts of a binarised matrix."""
+    present = features > 0
+    ratios = []
+    for c in range(classes):
+        p = present[labels == c].sum(0) + 1.0
+        q = present[labels != c].sum(0) + 1.0
+        ratios.append(np.log(p / p.sum()) - np.log(q / q.sum()))
+    return np.stack(ratios, axis=1)
+
+
+def test_naive_bayes_weights_are_the_terms_log_count_ratios_by_class():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.default_rng(4)
+    train, test = _documents(rng, 60), _documents(rng, 12)
+    labels = rng.integers(0, 3, size=len(train))
+    model = build_model("linear", "nb_tfidf", InputSpec("text", (LENGTH,), VOCAB), num_classes=3)
+    documents = [[int(t) for t in row if t != PAD_TOKEN_ID] for row in train]
+    model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS, labels))
+    buckets = model.config.ngram_buckets
+    vectorizer = TfidfVectorizer(analyzer=lambda row: _sklearn_terms(row, buckets), min_df=MIN_DOCUMENTS,
+                                 sublinear_tf=True)
+    train_features = vectorizer.fit_transform(list(train)).toarray()
+    ratios = _nb_ratios(train_features, labels, 3)
+    names = vectorizer.get_feature_names_out()
+    with torch.no_grad():
+        model.unigram_weights.weight.normal_()
+        model.bigram_weights.weight.normal_()
+    weights = np.stack([
+        (model.unigram_weights.weight[int(term[1:])] if term[0] == "u" else model.bigram_weights.weight[int(term[1:])])
+        .detach().double().numpy() for term in names])
+    expected = vectorizer.transform(list(test)).toarray() @ (weights * ratios) + model.bias.detach().double().numpy()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(test).float()).double().numpy()
+    assert np.abs(ratios).max() > 0.5  # the classes' counts differ: the scaling is not ~1
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the document frequencies by class"):
+        model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS))
+    with pytest.raises(ValueError, match="by class for 2 classes, the model has 3"):
+        model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS, labels % 2))

@@ -84,11 +84,13 @@ class Preprocessor:
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, manifest: dict[str, Any], train_features: Any, data: DataConfig | None = None) -> "Preprocessor":
+    def fit(cls, manifest: dict[str, Any], train_features: Any, data: DataConfig | None = None,
+            train_labels: np.ndarray | None = None) -> "Preprocessor":
         """Fitted on the train split's features; `data` is the config's data section (its
-        `text` tokenization; the defaults when None)."""
+        `text` tokenization; the defaults when None); `train_labels`, each row's class
+        index after the label map, for the statistics a modality keeps by class."""
         column, input_shape, stats = modality(manifest["modality"]).fit(
-            manifest["schema"], train_features, data if data is not None else DataConfig())
+            manifest["schema"], train_features, data if data is not None else DataConfig(), train_labels)
         return cls(manifest["modality"], column, input_shape, stats)
 
     def transform(self, batch: Batch | np.ndarray) -> np.ndarray:

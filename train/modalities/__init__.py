@@ -164,10 +164,11 @@ class Modality(ABC):
 
     # Preprocessing ---------------------------------------------------------------------
     @abstractmethod
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         """(column, input_shape, stats) fitted on the train split's features, with the
-        config's data section (its `text` tokenization, for text)."""
+        config's data section (its `text` tokenization, for text) and, when known, each
+        train row's class index (text: document frequencies by class)."""
 
     @abstractmethod
     def transform(self, preprocessor: Preprocessor, batch: Batch | np.ndarray) -> np.ndarray:

@@ -34,8 +34,8 @@ class ImageModality(TensorModality):
     name = "image"
     shape_axes = ("channels", "height", "width")
 
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         images = _channels_first(np.asarray(train_features), schema["shape"])
         mean, std = _channel_moments(images)
         # What the training set's DICOMs were (recorded at import), for `metadata_mismatches`.

@@ -35,8 +35,8 @@ class SignalModality(TensorModality):
     name = "signal"
     shape_axes = ("length", "channels")
 
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         signals = _time_major(np.asarray(train_features, dtype=np.float64))
         mean = np.nanmean(signals, axis=(0, 1)).tolist()
         std = np.maximum(np.nanstd(signals, axis=(0, 1)), 1e-6).tolist()

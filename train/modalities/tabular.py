@@ -51,8 +51,8 @@ class TabularModality(Modality):
                 for f in schema["features"]}
 
     # Preprocessing ---------------------------------------------------------------------
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         columns = []
         width = 0
         for feature in schema["features"]:

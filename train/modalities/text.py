@@ -84,8 +84,8 @@ class TextModality(Modality):
         return {"text": str(features["text"].iloc[row])}
 
     # Preprocessing ---------------------------------------------------------------------
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         options = data.text
         texts = _texts(train_features)
         if not texts:
@@ -103,7 +103,8 @@ class TextModality(Modality):
                              "max": int(lengths.max())},
             "truncated_share": float(np.mean(lengths > options.max_tokens)),
             "document_frequencies": document_frequencies([e.ids[:options.max_tokens] for e in encodings],
-                                                         tokenizer.get_vocab_size(), options.min_documents),
+                                                         tokenizer.get_vocab_size(), options.min_documents,
+                                                         train_labels),
         }
         return None, [options.max_tokens], stats
 
@@ -282,20 +283,42 @@ def wordpiece_vocabulary(word_counts: Mapping[str, int], vocab_size: int) -> lis
     return vocabulary
 
 
-def document_frequencies(documents: list[list[int]], vocab_size: int, min_documents: int) -> dict[str, Any]:
+def document_frequencies(documents: list[list[int]], vocab_size: int, min_documents: int,
+                         labels: np.ndarray | None = None) -> dict[str, Any]:
     """How many of the token id `documents` hold each token id (`tokens`, by id) and each
     pair of adjacent ids that are not special tokens (`bigrams`: [first, second, count],
     sorted, for the pairs `min_documents` documents hold; like the vocabulary, a phrase
-    of one patient's notes is not kept). What a TF-IDF model weighs its terms by."""
+    of one patient's notes is not kept). What a TF-IDF model weighs its terms by. With
+    each document's class index `labels`, the same counts by class: `tokens_by_class`
+    (classes x ids) and `bigrams_by_class` (a row of counts per class for each pair of
+    `bigrams`), which a Naive Bayes weighting of the terms reads."""
     tokens = np.zeros(vocab_size, dtype=np.int64)
     pairs: Counter[tuple[int, int]] = Counter()
     special = len(SPECIAL_TOKENS)
+    term_sets = []
     for ids in documents:
-        tokens[np.unique(np.asarray(ids, dtype=np.int64))] += 1
-        pairs.update({(a, b) for a, b in zip(ids, ids[1:]) if a >= special and b >= special})
+        unique = np.unique(np.asarray(ids, dtype=np.int64))
+        document_pairs = {(a, b) for a, b in zip(ids, ids[1:]) if a >= special and b >= special}
+        tokens[unique] += 1
+        pairs.update(document_pairs)
+        term_sets.append((unique, document_pairs))
     bigrams = sorted([a, b, n] for (a, b), n in pairs.items() if n >= min_documents)
-    return {"documents": len(documents), "min_documents": min_documents, "tokens": tokens.tolist(),
-            "bigrams": bigrams}
+    frequencies: dict[str, Any] = {"documents": len(documents), "min_documents": min_documents,
+                                   "tokens": tokens.tolist(), "bigrams": bigrams}
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(documents),):
+            raise ValueError(f"{labels.shape[0]} labels for {len(documents)} documents")
+        classes = int(labels.max()) + 1 if len(labels) else 0
+        row = {(a, b): i for i, (a, b, _) in enumerate(bigrams)}
+        tokens_by_class = np.zeros((classes, vocab_size), dtype=np.int64)
+        bigrams_by_class = np.zeros((len(bigrams), classes), dtype=np.int64)
+        for label, (unique, document_pairs) in zip(labels, term_sets):
+            tokens_by_class[label, unique] += 1
+            kept = [row[p] for p in document_pairs if p in row]
+            bigrams_by_class[kept, label] += 1
+        frequencies |= {"tokens_by_class": tokens_by_class.tolist(), "bigrams_by_class": bigrams_by_class.tolist()}
+    return frequencies
 
 
 def load_tokenizer(stats: dict[str, Any]) -> Tokenizer:

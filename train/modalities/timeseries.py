@@ -98,8 +98,8 @@ class TimeSeriesModality(Modality):
         return {"static": static, "observations": observations}
 
     # Preprocessing ---------------------------------------------------------------------
-    def fit(self, schema: dict[str, Any], train_features: Any,
-            data: DataConfig) -> tuple[str | None, list[int], dict[str, Any]]:
+    def fit(self, schema: dict[str, Any], train_features: Any, data: DataConfig,
+            train_labels: np.ndarray | None = None) -> tuple[str | None, list[int], dict[str, Any]]:
         variables = _concatenated(train_features["obs_variable"], np.int64)
         values = _concatenated(train_features["obs_value"], np.float64)
         fitted_variables = []

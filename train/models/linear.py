@@ -9,6 +9,15 @@ documents, and the document's vector is L2-normalised. On a few thousand documen
 trained from scratch this is the model to beat (Medical Abstracts: every neural preset
 here fell short of it), so medray ships it as a preset rather than only as a baseline.
 
+"nb_tfidf": the same model with each term's weight for a class scaled by the term's
+Naive Bayes log-count ratio for that class, r = ln((p / |p|) / (q / |q|)) where p and q
+are 1 + the number of training documents of the class and of the other classes that hold
+the term (Wang & Manning 2012, "Baselines and bigrams", NBSVM, here as one multinomial
+model rather than one per class). The L2 penalty then pulls each weight towards what the
+term's class counts alone say rather than towards 0: a prior that helps where documents
+are few (Medical Abstracts, validation macro-F1 0.671 against 0.657 for plain TF-IDF at
+their best strength, in scikit-learn-equal features).
+
 The document frequencies are the training split's, held as buffers (in the state_dict,
 so a checkpoint carries them) and filled once before training by
 `fit_document_frequencies` from the text modality's fitted statistics
@@ -46,9 +55,10 @@ from medray.train.models import (
 PRESETS: dict[str, dict[str, object]] = {
     # 2**16 buckets hold the few tens of thousands of bigrams in 5+ documents of a
     # hospital's note collection with few collisions.
-    "tfidf": {"ngram_buckets": 2**16},
+    "tfidf": {"ngram_buckets": 2**16, "naive_bayes": False},
+    "nb_tfidf": {"ngram_buckets": 2**16, "naive_bayes": True},
 }
-PRESET_MODALITIES = {"tfidf": ("text",)}
+PRESET_MODALITIES = {"tfidf": ("text",), "nb_tfidf": ("text",)}
 AXIS_FIELDS = {"tokens": "seq_len"}
 SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
@@ -65,6 +75,8 @@ class LinearConfig:
     """Text: token ids the unigram weights hold."""
     ngram_buckets: int | None = None
     """tfidf: hash buckets of the bigram weights (`bigram_buckets`)."""
+    naive_bayes: bool | None = None
+    """Scale each term's class weights by its Naive Bayes log-count ratios (nb_tfidf)."""
 
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
@@ -76,7 +88,8 @@ class LinearConfig:
 
 
 class LinearModel(nn.Module):
-    """Logistic regression on TF-IDF features of unigrams and hashed bigrams."""
+    """Logistic regression on TF-IDF features of unigrams and hashed bigrams, optionally
+    with Naive Bayes scaled weights."""
 
     def __init__(self, config: LinearConfig) -> None:
         super().__init__()
@@ -90,12 +103,17 @@ class LinearModel(nn.Module):
         self.bias = nn.Parameter(torch.zeros(classes))
         self.register_buffer("unigram_idf", torch.zeros(config.vocab_size))
         self.register_buffer("bigram_idf", torch.zeros(config.ngram_buckets))
+        # Effective weight = weight * ratio: all ones (plain logistic regression) unless
+        # naive_bayes, where fit_document_frequencies sets them.
+        self.register_buffer("unigram_ratio", torch.ones(config.vocab_size, classes))
+        self.register_buffer("bigram_ratio", torch.ones(config.ngram_buckets, classes))
 
     def fit_document_frequencies(self, frequencies: Mapping[str, Any]) -> None:
         """Set the idf buffers from the training split's document frequencies: `documents`
         (n), `min_documents`, `tokens` (df per token id) and `bigrams` ([first id, second
-        id, df] for the pairs in at least min_documents documents). Two pairs that share a
-        bucket share its weight and take the larger idf weight's pair, the rarer one."""
+        id, df] for the pairs in at least min_documents documents); with naive_bayes, also
+        their counts by class (`tokens_by_class`, `bigrams_by_class`) for the ratios. Two
+        pairs that share a bucket share its weight and take the rarer pair's idf and ratios."""
         n, least = int(frequencies["documents"]), int(frequencies["min_documents"])
         df = torch.as_tensor(frequencies["tokens"], dtype=torch.float64)
         if df.shape != self.unigram_idf.shape:
@@ -111,6 +129,42 @@ class LinearModel(nn.Module):
         with torch.no_grad():
             self.unigram_idf.copy_(unigram_idf.float())
             self.bigram_idf.copy_(bigram_idf.float())
+        if self.config.naive_bayes:
+            self._fit_ratios(frequencies, unigram_idf > 0, pairs)
+
+    def _fit_ratios(self, frequencies: Mapping[str, Any], is_term: torch.Tensor, pairs: torch.Tensor) -> None:
+        """The Naive Bayes log-count ratios of the weighted terms (idf > 0), every class
+        against the rest, with add-one smoothing over all those terms together."""
+        if "tokens_by_class" not in frequencies:
+            raise ValueError("preset nb_tfidf needs the document frequencies by class: the text "
+                             "preprocessing was fitted without the train split's labels")
+        classes = self.config.num_classes
+        by_class = torch.as_tensor(frequencies["tokens_by_class"], dtype=torch.float64).reshape(-1, is_term.shape[0]).T
+        if by_class.shape[1] != classes:
+            raise ValueError(f"document frequencies by class for {by_class.shape[1]} classes, the model "
+                             f"has {classes}")
+        bigram_by_class = torch.as_tensor(frequencies["bigrams_by_class"], dtype=torch.float64)
+        unigram_in = by_class[is_term]  # (terms, classes): documents of each class holding it
+        counts = torch.cat([unigram_in, bigram_by_class.reshape(len(pairs), classes)])
+        p = counts + 1.0
+        q = counts.sum(1, keepdim=True) - counts + 1.0
+        ratios = torch.log(p / p.sum(0)) - torch.log(q / q.sum(0))
+        unigram_ratio = torch.ones(self.unigram_ratio.shape, dtype=torch.float64)
+        unigram_ratio[is_term] = ratios[: len(unigram_in)]
+        bigram_ratio = torch.ones(self.bigram_ratio.shape, dtype=torch.float64)
+        if len(pairs):
+            buckets = bigram_buckets(pairs[:, 0], pairs[:, 1], self.config.ngram_buckets)
+            # Rarest pair first (a stable sort), then each bucket's first: the pair whose
+            # idf the bucket holds.
+            order = torch.sort(pairs[:, 2], stable=True).indices
+            first = {}
+            for index in order.tolist():
+                first.setdefault(int(buckets[index]), index)
+            chosen = torch.tensor(list(first.values()), dtype=torch.long)
+            bigram_ratio[buckets[chosen]] = ratios[len(unigram_in):][chosen]
+        with torch.no_grad():
+            self.unigram_ratio.copy_(unigram_ratio.float())
+            self.bigram_ratio.copy_(bigram_ratio.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from_embeddings(self.embed_tokens(x), x)
@@ -126,9 +180,10 @@ class LinearModel(nn.Module):
         return torch.cat([unigram, bigram, shares], dim=1), unigram + bigram + self.bias
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Each token id's class weights, (B, L, num_classes): gradient x input on these
-        is each occurrence's exact share of its unigram's term in the logit."""
-        return self.unigram_weights(x.long())
+        """Each token id's effective class weights, (B, L, num_classes): gradient x input
+        on these is each occurrence's exact share of its unigram's term in the logit."""
+        ids = x.long()
+        return self.unigram_weights(ids) * self.unigram_ratio[ids]
 
     def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The logits for unigram weights `embedded` of the ids `x`; forward(x) is
@@ -152,7 +207,8 @@ class LinearModel(nn.Module):
         squared = (unigram_squared + (bigram_share ** 2 * bigram_tf).sum(1)).clamp_min(1e-12)
         norm = squared.sqrt()[:, None]
         unigram = ((unigram_share / norm)[..., None] * embedded).sum(1)
-        bigram = ((bigram_share / norm)[..., None] * self.bigram_weights(buckets)).sum(1)
+        bigram_weights = self.bigram_weights(buckets) * self.bigram_ratio[buckets]
+        bigram = ((bigram_share / norm)[..., None] * bigram_weights).sum(1)
         real = (ids != PAD_TOKEN_ID).sum(1).clamp_min(1)
         shares = torch.stack([(unigram_tf > 0).sum(1) / real, 1.0 - unigram_squared / squared], dim=1)
         return unigram, bigram, shares.to(unigram.dtype)
