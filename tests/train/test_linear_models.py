@@ -168,3 +168,54 @@ def test_naive_bayes_weights_are_the_terms_log_count_ratios_by_class():
         model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS))
     with pytest.raises(ValueError, match="by class for 2 classes, the model has 3"):
         model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS, labels % 2))
+
+
+def test_character_ngrams_are_a_second_tfidf_block_and_every_token_gets_its_share():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from medray.train.modalities.text import char_ngrams
+    from medray.train.modalities.text import token_attributions
+
+    rng = np.random.default_rng(5)
+    # Words that share stems and endings, so their n-grams recur across token ids.
+    stems, endings = ["card", "neur", "gast", "pulm"], ["iac", "itis", "ology", "al", "o"]
+    words = ["[PAD]", "[UNK]"] + [stems[i % 4] + endings[(i // 4) % 5] + "xyz"[: i % 3] for i in range(VOCAB - 2)]
+    grams = [[] if i < 2 else char_ngrams(w) for i, w in enumerate(words)]
+    train, test = _documents(rng, 60), _documents(rng, 12)
+    documents = [[int(t) for t in row if t != PAD_TOKEN_ID] for row in train]
+    model = build_model("linear", "tfidf_chars", InputSpec("text", (LENGTH,), VOCAB), num_classes=3)
+    model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS, words=words), grams)
+    buckets = model.config.ngram_buckets
+    word_block = TfidfVectorizer(analyzer=lambda row: _sklearn_terms(row, buckets), min_df=MIN_DOCUMENTS,
+                                 sublinear_tf=True).fit(list(train))
+    char_block = TfidfVectorizer(analyzer=lambda row: [g for t in row if t > 1 for g in grams[int(t)]],
+                                 min_df=MIN_DOCUMENTS, sublinear_tf=True).fit(list(train))
+    with torch.no_grad():
+        for weights in (model.unigram_weights, model.bigram_weights, model.char_weights, model.bias):
+            getattr(weights, "weight", weights).normal_()
+    from medray.train.models.linear import char_bucket
+
+    def weight_of(term):
+        table = model.unigram_weights if term[0] == "u" else model.bigram_weights
+        return table.weight[int(term[1:])].detach().double().numpy()
+
+    word_weights = np.stack([weight_of(t) for t in word_block.get_feature_names_out()])
+    char_weights = np.stack([model.char_weights.weight[char_bucket(g, model.config.char_buckets)].detach().double().numpy()
+                             for g in char_block.get_feature_names_out()])
+    assert len(char_block.get_feature_names_out()) > 20
+    expected = (word_block.transform(list(test)).toarray() @ word_weights
+                + char_block.transform(list(test)).toarray() @ char_weights + model.bias.detach().double().numpy())
+    x = torch.from_numpy(test).float()
+    with torch.no_grad():
+        logits = model(x)
+        features, again = model.features_and_logits(x)
+    np.testing.assert_allclose(logits.double().numpy(), expected, atol=1e-4)
+    assert features.shape == (12, 3 * 3 + 2)
+    torch.testing.assert_close(again, logits)
+    # Every block's share goes to the tokens: attributions sum to the score less the bias.
+    weights = token_attributions(model, x)
+    predicted = logits.argmax(1)
+    np.testing.assert_allclose(weights.sum(1), (logits.gather(1, predicted[:, None])[:, 0] - model.bias[predicted])
+                               .detach().double().numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="needs the document frequencies of character n-grams"):
+        model.fit_document_frequencies(document_frequencies(documents, VOCAB, MIN_DOCUMENTS), grams)

@@ -5,6 +5,7 @@ itself: tests/integration/test_ray_training.py."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,12 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_pa
     frequencies = linear.preprocessor.stats["document_frequencies"]
     assert frequencies["documents"] == linear.manifest["splits"]["train"]["rows"]
     assert len(frequencies["tokens"]) == linear.model_config["vocab_size"] and frequencies["bigrams"]
+    # Counted by class from the train labels (Naive Bayes ratios), and by character n-gram.
+    by_class = np.asarray(frequencies["tokens_by_class"])
+    assert by_class.shape == (5, len(frequencies["tokens"]))
+    np.testing.assert_array_equal(by_class.sum(0), frequencies["tokens"])  # each document in one class
+    assert sum(linear.train_class_counts()) == frequencies["documents"]
+    assert all(df >= frequencies["min_documents"] for _, df in frequencies["char_ngrams"])
 
 
 @pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])

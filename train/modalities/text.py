@@ -58,6 +58,8 @@ TOP_EXPLANATIONS = 10
 """Tokens listed per explanation under `top`, largest weight first."""
 _WORD = re.compile(r"\w+")
 _TERM = re.compile(r"\w\w+")
+CHAR_NGRAM_SIZES = (3, 4, 5)
+"""The lengths of the character n-grams of a word a TF-IDF model may weigh."""
 
 
 class TextModality(Modality):
@@ -102,9 +104,9 @@ class TextModality(Modality):
             "train_tokens": {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
                              "max": int(lengths.max())},
             "truncated_share": float(np.mean(lengths > options.max_tokens)),
-            "document_frequencies": document_frequencies([e.ids[:options.max_tokens] for e in encodings],
-                                                         tokenizer.get_vocab_size(), options.min_documents,
-                                                         train_labels),
+            "document_frequencies": document_frequencies(
+                [e.ids[:options.max_tokens] for e in encodings], tokenizer.get_vocab_size(), options.min_documents,
+                train_labels, token_strings(tokenizer) if options.tokenizer == "words" else None),
         }
         return None, [options.max_tokens], stats
 
@@ -121,7 +123,9 @@ class TextModality(Modality):
     # Training --------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module, preprocessor: Preprocessor) -> None:
         if hasattr(model, "fit_document_frequencies"):  # the linear TF-IDF model
-            model.fit_document_frequencies(preprocessor.stats["document_frequencies"])
+            words = token_strings(load_tokenizer(preprocessor.stats))
+            model.fit_document_frequencies(preprocessor.stats["document_frequencies"],
+                                           [[] if i < len(SPECIAL_TOKENS) else char_ngrams(w) for i, w in enumerate(words)])
 
     def augment(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return drop_tokens(inputs, generator)
@@ -283,15 +287,34 @@ def wordpiece_vocabulary(word_counts: Mapping[str, int], vocab_size: int) -> lis
     return vocabulary
 
 
+def char_ngrams(word: str) -> list[str]:
+    """The character n-grams of one word, 3 to 5 characters of " word " (the spaces mark
+    its ends, as scikit-learn's char_wb analyzer does), shorter ones first, repeats kept:
+    a word's share of each n-gram's count in a document."""
+    padded = f" {word} "
+    return [padded[i:i + n] for n in CHAR_NGRAM_SIZES for i in range(len(padded) - n + 1)]
+
+
+def token_strings(tokenizer: Tokenizer) -> list[str]:
+    """Each token id's string, by id."""
+    vocabulary = tokenizer.get_vocab()
+    strings = [""] * tokenizer.get_vocab_size()
+    for token, token_id in vocabulary.items():
+        strings[token_id] = token
+    return strings
+
+
 def document_frequencies(documents: list[list[int]], vocab_size: int, min_documents: int,
-                         labels: np.ndarray | None = None) -> dict[str, Any]:
+                         labels: np.ndarray | None = None, words: list[str] | None = None) -> dict[str, Any]:
     """How many of the token id `documents` hold each token id (`tokens`, by id) and each
     pair of adjacent ids that are not special tokens (`bigrams`: [first, second, count],
     sorted, for the pairs `min_documents` documents hold; like the vocabulary, a phrase
     of one patient's notes is not kept). What a TF-IDF model weighs its terms by. With
     each document's class index `labels`, the same counts by class: `tokens_by_class`
     (classes x ids) and `bigrams_by_class` (a row of counts per class for each pair of
-    `bigrams`), which a Naive Bayes weighting of the terms reads."""
+    `bigrams`), which a Naive Bayes weighting of the terms reads. With each token id's
+    string `words` (a whole-word vocabulary), the documents holding each character
+    n-gram of their words (`char_ngrams`: [gram, count] for those in min_documents)."""
     tokens = np.zeros(vocab_size, dtype=np.int64)
     pairs: Counter[tuple[int, int]] = Counter()
     special = len(SPECIAL_TOKENS)
@@ -318,6 +341,12 @@ def document_frequencies(documents: list[list[int]], vocab_size: int, min_docume
             kept = [row[p] for p in document_pairs if p in row]
             bigrams_by_class[kept, label] += 1
         frequencies |= {"tokens_by_class": tokens_by_class.tolist(), "bigrams_by_class": bigrams_by_class.tolist()}
+    if words is not None:
+        grams_of = [set() if i < special else set(char_ngrams(w)) for i, w in enumerate(words)]
+        grams: Counter[str] = Counter()
+        for unique, _ in term_sets:
+            grams.update(set().union(*(grams_of[i] for i in unique)))
+        frequencies["char_ngrams"] = sorted([g, n] for g, n in grams.items() if n >= min_documents)
     return frequencies
 
 

@@ -33,7 +33,8 @@ parts of the logits (what the head sums with the bias) and two shares of known l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +58,13 @@ PRESETS: dict[str, dict[str, object]] = {
     # hospital's note collection with few collisions.
     "tfidf": {"ngram_buckets": 2**16, "naive_bayes": False},
     "nb_tfidf": {"ngram_buckets": 2**16, "naive_bayes": True},
+    # Character n-grams of the vocabulary's words: some tens of thousands in 5+ documents.
+    "tfidf_chars": {"ngram_buckets": 2**16, "naive_bayes": False, "char_buckets": 2**16},
 }
-PRESET_MODALITIES = {"tfidf": ("text",), "nb_tfidf": ("text",)}
+PRESET_MODALITIES = {"tfidf": ("text",), "nb_tfidf": ("text",), "tfidf_chars": ("text",)}
+CHAR_GRAMS_PER_WORD = 96
+"""The n-grams a token id holds at most: all of a word of up to 33 characters; a longer
+word keeps its 3- and 4-grams and its first 5-grams."""
 AXIS_FIELDS = {"tokens": "seq_len"}
 SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
@@ -76,12 +82,14 @@ class LinearConfig:
     ngram_buckets: int | None = None
     """tfidf: hash buckets of the bigram weights (`bigram_buckets`)."""
     naive_bayes: bool | None = None
-    """Scale each term's class weights by its Naive Bayes log-count ratios (nb_tfidf)."""
+    """Scale each word term's class weights by its Naive Bayes log-count ratios (nb_tfidf)."""
+    char_buckets: int | None = None
+    """tfidf_chars: hash buckets of the character n-gram weights (`char_bucket`)."""
 
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
         check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
-        check_positive_ints(self, "vocab_size", "ngram_buckets")
+        check_positive_ints(self, "vocab_size", "ngram_buckets", "char_buckets")
         if self.vocab_size is None:
             raise ModelConfigError(f"LinearConfig: preset {self.preset!r} needs vocab_size")
         check_num_classes(self)
@@ -107,13 +115,21 @@ class LinearModel(nn.Module):
         # naive_bayes, where fit_document_frequencies sets them.
         self.register_buffer("unigram_ratio", torch.ones(config.vocab_size, classes))
         self.register_buffer("bigram_ratio", torch.ones(config.ngram_buckets, classes))
+        if config.char_buckets:
+            self.char_weights = nn.Embedding(config.char_buckets, classes)
+            nn.init.zeros_(self.char_weights.weight)
+            self.register_buffer("char_grams", torch.full((config.vocab_size, CHAR_GRAMS_PER_WORD), -1,
+                                                          dtype=torch.int32))
+            self.register_buffer("char_idf", torch.zeros(config.char_buckets))
 
-    def fit_document_frequencies(self, frequencies: Mapping[str, Any]) -> None:
+    def fit_document_frequencies(self, frequencies: Mapping[str, Any],
+                                 token_char_ngrams: Sequence[Sequence[str]] | None = None) -> None:
         """Set the idf buffers from the training split's document frequencies: `documents`
         (n), `min_documents`, `tokens` (df per token id) and `bigrams` ([first id, second
         id, df] for the pairs in at least min_documents documents); with naive_bayes, also
         their counts by class (`tokens_by_class`, `bigrams_by_class`) for the ratios. Two
-        pairs that share a bucket share its weight and take the rarer pair's idf and ratios."""
+        pairs that share a bucket share its weight and take the rarer pair's idf and ratios.
+        `token_char_ngrams`, each token id's character n-grams (tfidf_chars)."""
         n, least = int(frequencies["documents"]), int(frequencies["min_documents"])
         df = torch.as_tensor(frequencies["tokens"], dtype=torch.float64)
         if df.shape != self.unigram_idf.shape:
@@ -131,6 +147,10 @@ class LinearModel(nn.Module):
             self.bigram_idf.copy_(bigram_idf.float())
         if self.config.naive_bayes:
             self._fit_ratios(frequencies, unigram_idf > 0, pairs)
+        if self.config.char_buckets:
+            if token_char_ngrams is None:
+                raise ValueError(f"preset {self.config.preset!r} needs each token's character n-grams")
+            self.fit_char_ngrams(token_char_ngrams, frequencies)
 
     def _fit_ratios(self, frequencies: Mapping[str, Any], is_term: torch.Tensor, pairs: torch.Tensor) -> None:
         """The Naive Bayes log-count ratios of the weighted terms (idf > 0), every class
@@ -166,35 +186,93 @@ class LinearModel(nn.Module):
             self.unigram_ratio.copy_(unigram_ratio.float())
             self.bigram_ratio.copy_(bigram_ratio.float())
 
+    def fit_char_ngrams(self, token_char_ngrams: Sequence[Sequence[str]], frequencies: Mapping[str, Any]) -> None:
+        """Set the character n-gram buffers: each token id's n-grams (the text modality's
+        `char_ngrams` of its word) that at least min_documents training documents hold, as
+        hash buckets, and their idf from `frequencies["char_ngrams"]` ([gram, df] pairs)."""
+        if len(token_char_ngrams) != self.config.vocab_size:
+            raise ValueError(f"character n-grams of {len(token_char_ngrams)} tokens for a model of "
+                             f"{self.config.vocab_size} token ids")
+        if "char_ngrams" not in frequencies:
+            raise ValueError(f"preset {self.config.preset!r} needs the document frequencies of character "
+                             "n-grams: the text preprocessing counts them for data.text.tokenizer words")
+        n, buckets = int(frequencies["documents"]), self.config.char_buckets
+        kept = {gram: int(df) for gram, df in frequencies["char_ngrams"]}
+        # The rarest gram of a shared bucket gives it its idf, as for bigrams.
+        idf = torch.zeros(buckets, dtype=torch.float64)
+        for gram, df in kept.items():
+            bucket = char_bucket(gram, buckets)
+            idf[bucket] = max(float(idf[bucket]), float(_idf(torch.tensor(float(df)), n)))
+        table = torch.full(self.char_grams.shape, -1, dtype=torch.int32)
+        for token_id, token_grams in enumerate(token_char_ngrams):
+            if token_id <= UNK_TOKEN_ID:
+                continue
+            grams = [char_bucket(g, buckets) for g in token_grams if g in kept][: table.shape[1]]
+            table[token_id, : len(grams)] = torch.tensor(grams, dtype=torch.int32)
+        with torch.no_grad():
+            self.char_grams.copy_(table)
+            self.char_idf.copy_(idf.float())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_embeddings(self.embed_tokens(x), x)
+        parts, _ = self._parts(x)
+        return sum(parts) + self.bias
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, 2 * num_classes + 2) features, logits). The features are what the head
-        sums, the unigram then the bigram part of each logit, and two shares that say
-        how much of the input is language the model knows: of its tokens, those that are
-        weighted terms, and of its TF-IDF norm, the bigrams' part. A linear model has no
-        hidden layer to measure, and without these a page of random vocabulary words
-        was not told from an abstract (Mahalanobis AUROC 0.48)."""
-        unigram, bigram, shares = self._parts(self.embed_tokens(x), x)
-        return torch.cat([unigram, bigram, shares], dim=1), unigram + bigram + self.bias
+        """((B, blocks * num_classes + 2) features, logits). The features are what the
+        head sums, the unigram, the bigram and (tfidf_chars) the character n-gram part of
+        each logit, and two shares that say how much of the input is language the model
+        knows: of its tokens, those that are weighted terms, and of its word TF-IDF norm,
+        the bigrams' part. A linear model has no hidden layer to measure, and without
+        these a page of random vocabulary words was not told from an abstract
+        (Mahalanobis AUROC 0.48)."""
+        parts, shares = self._parts(x)
+        return torch.cat([*parts, shares], dim=1), sum(parts) + self.bias
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Each token id's effective class weights, (B, L, num_classes): gradient x input
-        on these is each occurrence's exact share of its unigram's term in the logit."""
+        """Each token's share of every logit, (B, L, num_classes): its occurrence's part
+        of its word's term, of the term of the bigram it starts, and of its character
+        n-grams' terms. With the bias they sum to the logits
+        (`logits_from_embeddings`), so gradient x input on them is each token's exact
+        share of the predicted score, every feature block included."""
         ids = x.long()
-        return self.unigram_weights(ids) * self.unigram_ratio[ids]
+        unigram_coefficient, bigram_coefficient, buckets, _ = self._word_coefficients(ids)
+        shares = (unigram_coefficient[..., None] * self._unigram_weights(ids)
+                  + bigram_coefficient[..., None] * self._bigram_weights(buckets))
+        if self.config.char_buckets:
+            grams = self.char_grams[ids].long()  # (B, L, grams per word), -1 where none
+            value, tf, norm = self._char_values(grams)
+            coefficient = torch.where(tf > 0, value / tf.clamp_min(1.0), torch.zeros_like(value)) / norm
+            per_gram = coefficient.gather(1, grams.clamp_min(0).flatten(1)).view(grams.shape) * (grams >= 0)
+            shares = shares + (per_gram[..., None] * self.char_weights(grams.clamp_min(0))).sum(2)
+        return shares
 
     def logits_from_embeddings(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The logits for unigram weights `embedded` of the ids `x`; forward(x) is
-        logits_from_embeddings(embed_tokens(x), x)."""
-        unigram, bigram, _ = self._parts(embedded, x)
-        return unigram + bigram + self.bias
+        """The logits for the tokens' shares `embedded` (`embed_tokens`): their sum and
+        the bias; forward(x) is logits_from_embeddings(embed_tokens(x), x)."""
+        return embedded.sum(1) + self.bias
 
-    def _parts(self, embedded: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(unigram part of the logits, bigram part, (B, 2) shares: terms among the real
-        tokens, bigrams in the squared norm)."""
+    def _unigram_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.unigram_weights(ids) * self.unigram_ratio[ids]
+
+    def _bigram_weights(self, buckets: torch.Tensor) -> torch.Tensor:
+        return self.bigram_weights(buckets) * self.bigram_ratio[buckets]
+
+    def _parts(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([unigram part of the logits, bigram part, character n-gram part (tfidf_chars)],
+        (B, 2) shares: terms among the real tokens, bigrams in the words' squared norm)."""
         ids = x.long()
+        unigram_coefficient, bigram_coefficient, buckets, shares = self._word_coefficients(ids)
+        parts = [(unigram_coefficient[..., None] * self._unigram_weights(ids)).sum(1),
+                 (bigram_coefficient[..., None] * self._bigram_weights(buckets)).sum(1)]
+        if self.config.char_buckets:
+            value, _, norm = self._char_values(self.char_grams[ids].long())
+            parts.append((value / norm) @ self.char_weights.weight)
+        return parts, shares.to(parts[0].dtype)
+
+    def _word_coefficients(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per position of (B, L) ids: (the coefficient of its unigram's weights, of the
+        weights of the bigram it starts, that bigram's bucket) in the L2-normalised word
+        TF-IDF, and the (B, 2) shares of `_parts`."""
         following = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), PAD_TOKEN_ID)], dim=1)
         is_bigram = (ids > UNK_TOKEN_ID) & (following > UNK_TOKEN_ID)  # two words
         buckets = bigram_buckets(ids, following, self.config.ngram_buckets)
@@ -206,12 +284,25 @@ class LinearModel(nn.Module):
         unigram_squared = (unigram_share ** 2 * unigram_tf).sum(1)
         squared = (unigram_squared + (bigram_share ** 2 * bigram_tf).sum(1)).clamp_min(1e-12)
         norm = squared.sqrt()[:, None]
-        unigram = ((unigram_share / norm)[..., None] * embedded).sum(1)
-        bigram_weights = self.bigram_weights(buckets) * self.bigram_ratio[buckets]
-        bigram = ((bigram_share / norm)[..., None] * bigram_weights).sum(1)
         real = (ids != PAD_TOKEN_ID).sum(1).clamp_min(1)
         shares = torch.stack([(unigram_tf > 0).sum(1) / real, 1.0 - unigram_squared / squared], dim=1)
-        return unigram, bigram, shares.to(unigram.dtype)
+        return unigram_share / norm, bigram_share / norm, buckets, shares
+
+    def _char_values(self, grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From each position's n-gram buckets (B, L, K; -1: none): the document's
+        (B, char_buckets) TF-IDF values (1 + ln tf) * idf, its counts tf, and the (B, 1)
+        L2 norm of the values (the block is normalised on its own, as scikit-learn's
+        union of two vectorizers is)."""
+        flat = grams.flatten(1)
+        tf = torch.zeros(grams.shape[0], self.config.char_buckets, dtype=self.char_idf.dtype, device=grams.device)
+        tf.scatter_add_(1, flat.clamp_min(0), (flat >= 0).to(tf.dtype))
+        value = torch.where(tf > 0, (1.0 + torch.log(tf.clamp_min(1.0))) * self.char_idf, torch.zeros_like(tf))
+        return value, tf, value.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def char_bucket(gram: str, buckets: int) -> int:
+    """A character n-gram's hash bucket: CRC-32 of its UTF-8 bytes, the same in every process."""
+    return zlib.crc32(gram.encode()) % buckets
 
 
 def _idf(df: torch.Tensor, documents: int) -> torch.Tensor:
