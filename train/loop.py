@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
+import queue
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -69,13 +71,77 @@ class ArrayFeed:
             index = order[start:start + self.batch_size]
             yield self.inputs[index], self.targets[index]
 
+    def prefetch(self, epoch: int) -> None:
+        """Nothing to read ahead: the batches are in memory."""
+
+    def close(self) -> None:
+        pass
+
+
+READ_AHEAD_BATCHES = 2
+"""Batches a streaming feed holds ready ahead of the training loop."""
+
+
+class ReadAhead:
+    """The items of an iterator, produced in a daemon thread at most `depth` ahead of
+    the consumer: what a streaming epoch waits on at its start (a Ray Data execution
+    starting, its first block read: 0.5-2 s an epoch at 224x224, and as long for the
+    validation split) and the batches' conversion overlap the work before them."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator, depth: int = READ_AHEAD_BATCHES):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        threading.Thread(target=self._produce, args=(items,), daemon=True, name="medray-read-ahead").start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as error:  # re-raised in the consumer, where it can be handled
+            self._put((self._END, error))
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    def __iter__(self) -> Iterator:
+        try:
+            while True:
+                item, error = self._queue.get()
+                if error is not None:
+                    raise error
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop producing (an epoch abandoned, or read ahead and never wanted)."""
+        self._stop.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
 
 class ShardFeed:
     """Batches of (inputs, labels) tensors from a Ray Data dataset (a worker's shard).
 
     With `cache`, the shard is read from storage once (`load`) and then reshuffled in
     memory each epoch: for small datasets the per-epoch streaming setup costs more than
-    the epoch itself. Without it the shard streams from storage every epoch.
+    the epoch itself. Without it the shard streams from storage every epoch, read and
+    converted in a background thread (`ReadAhead`) that `prefetch` can start before the
+    epoch is wanted.
     """
 
     def __init__(self, shard, features: Callable[[pa.Table], Any], preprocessor: Preprocessor, labels: LabelMap,
@@ -85,6 +151,7 @@ class ShardFeed:
         self.shard, self.features, self.preprocessor, self.labels = shard, features, preprocessor, labels
         self.batch_size, self.cache, self.shuffle, self.seed = batch_size, cache, shuffle, seed
         self._cached: ArrayFeed | None = None
+        self._ahead: dict[int, ReadAhead] = {}
 
     def _stream(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.shard.iter_batches(
@@ -105,16 +172,33 @@ class ShardFeed:
             self._cached = ArrayFeed(inputs, targets, self.batch_size, self.shuffle, self.seed)
         return self
 
+    def prefetch(self, epoch: int) -> None:
+        """Start reading `epoch`'s batches now, in the background (streaming only)."""
+        if not self.cache and epoch not in self._ahead:
+            self._ahead[epoch] = ReadAhead(self._stream(epoch))
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not self.cache:
-            yield from self._stream(epoch)
+            self.prefetch(epoch)
+            yield from self._ahead.pop(epoch)
             return
         self.load()
         yield from self._cached.epoch(epoch)
 
+    def close(self) -> None:
+        """Stop any epoch read ahead and not consumed (a run stopped early)."""
+        for ahead in self._ahead.values():
+            ahead.close()
+        self._ahead.clear()
+
 
 class Feed(Protocol):
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def prefetch(self, epoch: int) -> None:
+        """Start reading `epoch` ahead of its `epoch(epoch)` call, where reading takes time."""
+
+    def close(self) -> None: ...
 
 
 class Runner(Protocol):
@@ -269,48 +353,55 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
                "startup_seconds": first_epoch_at - plan.launched_at if plan.launched_at else None,
                "checkpoint_seconds": 0.0}
 
-    for epoch in range(start_epoch, optim.epochs):
-        started = time.perf_counter()
-        batches = train_feed.epoch(epoch)
-        if augmenter:
-            batches = ((augmenter(x, generator), y) for x, y in batches)
-        loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
-                                     optim.grad_clip, mixed_precision)
-        train_loss = _mean_across_workers(loss_sum, seen, device)
-        # Each worker scores its share of the validation rows with the bare module (no
-        # DDP collective can wait on a worker whose share of a batch is empty).
-        logits, targets = gather_predictions(*predict(getattr(model, "module", model),
-                                                      share_of_rows(val_feed.epoch(epoch), rank, world),
-                                                      device, mixed_precision))
-        metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
-                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
-                   "resumed_from_epoch": resumed_from, "worker_nodes": nodes}
-        if _improved(metrics[metric], best, mode):
-            best, stale = metrics[metric], 0
-        else:
-            stale += 1
-        stop = bool(patience) and stale >= patience
-        metrics["stopped_early"] = stop and epoch + 1 < optim.epochs
-        history.append({**{k: metrics[k] for k in HISTORY_KEYS}, "finished_at": time.time()})
-        if rank == 0 and plan.progress:
-            emit_progress({**{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy",
-                                                       "epoch_seconds", "resumed_from_epoch", "stopped_early")},
-                           "epochs": optim.epochs})
-        saving = time.perf_counter()
-        with tempfile.TemporaryDirectory() as directory:
-            if rank == 0:
-                save_checkpoint(
-                    directory, model, plan.family, preprocessor, labels, plan.dataset,
-                    progress={"epoch": epoch, "metrics": metrics, "history": history},
-                    train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "epoch": epoch, "history": history, "best": best, "stale": stale},
-                )
-            report = {**_reportable(metrics), **timings, "reported_at": time.time()}
-            report["checkpoint_seconds"] += time.perf_counter() - saving
-            runner.report(report, directory if rank == 0 else None)
-        timings["checkpoint_seconds"] += time.perf_counter() - saving
-        if stop:
-            break
+    try:
+        for epoch in range(start_epoch, optim.epochs):
+            started = time.perf_counter()
+            val_feed.prefetch(epoch)  # a streamed validation split is read while this epoch trains
+            batches = train_feed.epoch(epoch)
+            if augmenter:
+                batches = ((augmenter(x, generator), y) for x, y in batches)
+            loss_sum, seen = train_epoch(model, batches, optimizer, scheduler, loss_fn, device,
+                                         optim.grad_clip, mixed_precision)
+            train_loss = _mean_across_workers(loss_sum, seen, device)
+            if epoch + 1 < optim.epochs:  # and the next epoch's shard while this one is scored and saved
+                train_feed.prefetch(epoch + 1)
+            # Each worker scores its share of the validation rows with the bare module (no
+            # DDP collective can wait on a worker whose share of a batch is empty).
+            logits, targets = gather_predictions(*predict(getattr(model, "module", model),
+                                                          share_of_rows(val_feed.epoch(epoch), rank, world),
+                                                          device, mixed_precision))
+            metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
+                       "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
+                       "resumed_from_epoch": resumed_from, "worker_nodes": nodes}
+            if _improved(metrics[metric], best, mode):
+                best, stale = metrics[metric], 0
+            else:
+                stale += 1
+            stop = bool(patience) and stale >= patience
+            metrics["stopped_early"] = stop and epoch + 1 < optim.epochs
+            history.append({**{k: metrics[k] for k in HISTORY_KEYS}, "finished_at": time.time()})
+            if rank == 0 and plan.progress:
+                shown = ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy", "epoch_seconds",
+                         "resumed_from_epoch", "stopped_early")
+                emit_progress({**{k: metrics[k] for k in shown}, "epochs": optim.epochs})
+            saving = time.perf_counter()
+            with tempfile.TemporaryDirectory() as directory:
+                if rank == 0:
+                    save_checkpoint(
+                        directory, model, plan.family, preprocessor, labels, plan.dataset,
+                        progress={"epoch": epoch, "metrics": metrics, "history": history},
+                        train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                     "epoch": epoch, "history": history, "best": best, "stale": stale},
+                    )
+                report = {**_reportable(metrics), **timings, "reported_at": time.time()}
+                report["checkpoint_seconds"] += time.perf_counter() - saving
+                runner.report(report, directory if rank == 0 else None)
+            timings["checkpoint_seconds"] += time.perf_counter() - saving
+            if stop:
+                break
+    finally:
+        train_feed.close()
+        val_feed.close()
 
 
 def _worker_nodes() -> int:

@@ -17,7 +17,7 @@ from medray.cluster.config import MedrayConfig
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.checkpoint import load_bundle
 from medray.train.job import TrainingPlan, WorkerPlan, plan_data, plan_training
-from medray.train.loop import ArrayFeed, ShardFeed, fit
+from medray.train.loop import ArrayFeed, ReadAhead, ShardFeed, fit
 from support.training import small_wdbc_config
 
 
@@ -126,6 +126,61 @@ def test_a_cached_feed_reads_on_load_and_not_again():
     assert len(shard.calls) == 1
     streaming = feed(Shard(6), cache=False, shuffle=True).load()
     assert streaming.shard.calls == []  # streaming reads in each epoch, not on load
+
+
+def wait_until(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_streaming_feed_reads_a_prefetched_epoch_before_it_is_asked_for_and_only_once():
+    shard = Shard(7)
+    streaming = feed(shard, cache=False, shuffle=True, seed=100, batch_size=2)
+    expected = rows(feed(Shard(7), cache=False, shuffle=True, seed=100, batch_size=2).epoch(1))
+    streaming.prefetch(1)
+    wait_until(lambda: shard.calls)  # read in the background, with epoch 1's shuffle seed
+    assert shard.calls == [(2, "pyarrow", 8, 101)]
+    streaming.prefetch(1)  # already under way: not read twice
+    assert rows(streaming.epoch(1)) == expected and len(shard.calls) == 1
+    cached = feed(Shard(7), cache=True, shuffle=True)
+    cached.prefetch(0), cached.close()  # in memory: nothing to read ahead
+    assert len(cached.shard.calls) == 0
+
+
+def test_read_ahead_holds_at_most_its_depth_and_stops_when_closed():
+    produced, closed = [], []
+
+    def items():
+        try:
+            for i in range(100):
+                produced.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    ahead = ReadAhead(items(), depth=2)
+    wait_until(lambda: len(produced) == 3)  # two queued, the third waiting for room
+    time.sleep(0.3)
+    assert len(produced) == 3
+    iterator = iter(ahead)
+    assert [next(iterator), next(iterator)] == [0, 1]
+    wait_until(lambda: len(produced) == 5)
+    ahead.close()  # an epoch read ahead and never wanted: the source is closed, not drained
+    wait_until(lambda: closed)
+    assert len(produced) <= 6
+
+
+def test_read_ahead_raises_the_sources_error_in_the_consumer():
+    def items():
+        yield 1
+        raise ValueError("shard 3 cannot be read")
+
+    iterator = iter(ReadAhead(items()))
+    assert next(iterator) == 1
+    with pytest.raises(ValueError, match="shard 3 cannot be read"):
+        next(iterator)
 
 
 # ArrayFeed --------------------------------------------------------------------------
