@@ -278,6 +278,37 @@ def test_fit_stops_on_patience_and_says_so(wdbc, tmp_path):
     assert [r["epoch"] for r in runner.reports] == [0, 1] and runner.reports[-1]["stopped_early"] is True
 
 
+class CallLog:
+    """A feed that records what fit asks of it, in order, into a shared list."""
+
+    def __init__(self, name, inner, calls):
+        self.name, self.inner, self.calls = name, inner, calls
+
+    def prefetch(self, epoch):
+        self.calls.append((self.name, "prefetch", epoch))
+
+    def epoch(self, epoch):
+        self.calls.append((self.name, "epoch", epoch))
+        return self.inner.epoch(epoch)
+
+    def close(self):
+        self.calls.append((self.name, "close"))
+
+
+def test_fit_starts_each_read_before_it_is_needed_and_closes_the_feeds(wdbc, tmp_path):
+    plan, open_feeds = wdbc_run(wdbc, "optim.epochs=2")
+    calls = []
+
+    def logged_feeds():
+        train, val = open_feeds()
+        return CallLog("train", train, calls), CallLog("val", val, calls)
+
+    fit(plan, Recorder(tmp_path), logged_feeds)
+    assert calls == [("val", "prefetch", 0), ("train", "epoch", 0), ("train", "prefetch", 1), ("val", "epoch", 0),
+                     ("val", "prefetch", 1), ("train", "epoch", 1), ("val", "epoch", 1),  # no epoch 2 to read
+                     ("train", "close"), ("val", "close")]
+
+
 def test_auto_caching_keeps_a_shard_in_memory_only_when_it_fits_its_share():
     from medray.train.loop import CACHE_MEMORY_SHARE, caches_data
 
