@@ -96,13 +96,12 @@ class ReadAhead:
         threading.Thread(target=self._produce, args=(items,), daemon=True, name="medray-read-ahead").start()
 
     def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        # A put blocked on a full queue when `close` comes is freed by its drain, and the
+        # stop is seen before the next one: no put outlives `close` for long.
+        if self._stop.is_set():
+            return False
+        self._queue.put(item)
+        return True
 
     def _produce(self, items: Iterator) -> None:
         try:
@@ -128,10 +127,14 @@ class ReadAhead:
             self.close()
 
     def close(self) -> None:
-        """Stop producing (an epoch abandoned, or read ahead and never wanted)."""
+        """Stop producing (an epoch abandoned, or read ahead and never wanted): the stop is
+        set first, then the queue drained, which frees a put waiting for room."""
         self._stop.set()
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
 
 
 class ShardFeed:
