@@ -3,6 +3,13 @@
 The one launcher for `medray demo`'s storage and the tests' S3 fixtures, so both exercise
 the S3 path against the same server started the same way. moto is a dev extra
 (`medray[dev]`); a machine without it gets one line saying so.
+
+The server runs through `serve()` below rather than `python -m moto.server`: moto looks
+each request's host up among its ~200 service packages by listing its own folder
+(an `isdir` per package, every request), which was half of the CPU a GET cost it; the
+list is read once instead, and werkzeug's per-request log line (sent to /dev/null here)
+is not formatted. Measured with boto3 GETs of 10 KB objects: 3.6 ms of server CPU per GET
+before, 1.8 ms after.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class LocalS3:
         credential checks on)."""
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "medray.cluster.local_s3", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
         )
         server = cls(process, port)
@@ -70,3 +77,20 @@ class LocalS3:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def serve(argv: list[str]) -> None:
+    """moto's server (`moto.server.main(argv)`), its host lookup read once."""
+    import logging
+
+    import moto.backends
+    from moto.server import main
+
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: modules
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    main(argv)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

@@ -29,7 +29,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from medray.cluster.config import StorageConfig
@@ -127,6 +127,11 @@ class Storage:
     def read_bytes(self, key: str) -> bytes:
         return self._backend.read_bytes(check_key(key))
 
+    def object_reader(self) -> Callable[[str], bytes]:
+        """`read(key) -> bytes` for reading many files once each (an image archive): on S3
+        one lean signed GET per object (`s3_reads`), a plain read on disk."""
+        return self._backend.object_reader()
+
     def read_with_tag(self, key: str) -> tuple[bytes, str]:
         """The file and a tag for `write_bytes(..., if_match=tag)`; NotFoundError if absent."""
         return self._backend.read_with_tag(check_key(key))
@@ -213,6 +218,7 @@ class Storage:
 class _Backend:
     def check(self) -> None: ...
     def read_bytes(self, key: str) -> bytes: ...
+    def object_reader(self) -> Callable[[str], bytes]: ...
     def read_with_tag(self, key: str) -> tuple[bytes, str]: ...
     def exists(self, key: str) -> bool: ...
     def list_dir(self, key: str) -> list[str]: ...
@@ -244,6 +250,9 @@ class _LocalBackend(_Backend):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"file://{self._path(key)} does not exist") from None
+
+    def object_reader(self) -> Callable[[str], bytes]:
+        return lambda key: self.read_bytes(check_key(key))
 
     def read_with_tag(self, key: str) -> tuple[bytes, str]:
         data = self.read_bytes(key)
@@ -418,6 +427,13 @@ class _S3Backend(_Backend):
     def read_bytes(self, key: str) -> bytes:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), key=key)
         return response["Body"].read()
+
+    def object_reader(self) -> Callable[[str], bytes]:
+        from medray.cluster.s3_reads import ObjectReader
+
+        read = ObjectReader(self.bucket, self.prefix, self.endpoint.url, self.endpoint.region,
+                            self.config.max_attempts, self.config.connect_timeout_s)
+        return lambda key: read(check_key(key))
 
     def read_with_tag(self, key: str) -> tuple[bytes, str]:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), key=key)

@@ -171,3 +171,42 @@ def test_arrow_filesystem_writes_ask_for_the_configured_encryption(s3_bucket, tm
     fs.delete_file(storage.arrow_path("run/moved.bin"))
     assert set(objects_encryption(s3_bucket, "root/run/")) == {"root/run/empty/", "root/run/a.bin",
                                                                "root/run/t.parquet"}
+
+
+@pytest.mark.parametrize("key", ["images/a b+c~d.png", "images/ünïcode/x%20y.dcm", "top.png"])
+def test_object_reader_reads_what_storage_wrote(storage, key):
+    storage.write_bytes(key, b"\x89PNG" + key.encode())
+    read = storage.object_reader()
+    assert read(key) == b"\x89PNG" + key.encode()
+    with pytest.raises(NotFoundError, match="does not exist"):
+        read("images/absent.png")
+
+
+def test_object_reader_names_a_missing_bucket_and_an_unreachable_endpoint(monkeypatch, s3_endpoint):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        Storage("s3://no-such-bucket/root").object_reader()("x.png")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    read = Storage("s3://some-bucket/root", StorageConfig(max_attempts=2, connect_timeout_s=1)).object_reader()
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint http://127.0.0.1:9"):
+        read("x.png")
+
+
+def test_object_reader_signs_requests_a_checking_server_accepts(monkeypatch, s3_endpoint):
+    # Authentication on after the five set-up calls: the server checks each GET's
+    # signature against the user's secret, as AWS does.
+    with LocalS3.start({"INITIAL_NO_AUTH_ACTION_COUNT": "5"}) as server:
+        iam = boto3.client("iam", endpoint_url=server.url)
+        iam.create_user(UserName="reader")
+        secret = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        s3 = boto3.client("s3", endpoint_url=server.url)
+        s3.create_bucket(Bucket="signed")
+        s3.put_object(Bucket="signed", Key="root/scan 1.png", Body=b"pixels")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", secret["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret["SecretAccessKey"])
+        assert Storage("s3://signed/root").object_reader()("scan 1.png") == b"pixels"
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(StorageError, match="refused the credentials"):
+            Storage("s3://signed/root").object_reader()("scan 1.png")
