@@ -129,7 +129,8 @@ class Storage:
 
     def object_reader(self) -> Callable[[str], bytes]:
         """`read(key) -> bytes` for reading many files once each (an image archive): on S3
-        one lean signed GET per object (`s3_reads`), a plain read on disk."""
+        one lean signed GET per object (`s3_reads`), a plain read on disk; errors as
+        `read_bytes` words them."""
         return self._backend.object_reader()
 
     def read_with_tag(self, key: str) -> tuple[bytes, str]:
@@ -331,7 +332,7 @@ class _LocalBackend(_Backend):
 # botocore error codes, grouped by what the user has to do about them.
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
-    "InvalidToken", "403", "Forbidden", "UnrecognizedClientException",
+    "InvalidToken", "401", "403", "Forbidden", "UnrecognizedClientException",
 }
 _MISSING_BUCKET_CODES = {"NoSuchBucket"}
 # "ConditionalRequestConflict": AWS's answer when two conditional writes of a key overlap.
@@ -429,11 +430,11 @@ class _S3Backend(_Backend):
         return response["Body"].read()
 
     def object_reader(self) -> Callable[[str], bytes]:
-        from medray.cluster.s3_reads import ObjectReader
+        from medray.cluster.s3_reads import SignedGet
 
-        read = ObjectReader(self.bucket, self.prefix, self.endpoint.url, self.endpoint.region,
-                            self.config.max_attempts, self.config.connect_timeout_s)
-        return lambda key: read(check_key(key))
+        get = SignedGet(self.bucket, self.endpoint.url, self.endpoint.region, self.config.max_attempts,
+                        self.config.connect_timeout_s)
+        return lambda key: self._call(get, self._key(check_key(key)), key=key)
 
     def read_with_tag(self, key: str) -> tuple[bytes, str]:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key), key=key)
