@@ -143,6 +143,9 @@ def main() -> None:
             "first_epoch_started_at": first_epoch_started_at, "history": history,
         }, indent=2, default=float))
     if world > 1:
+        # No rank leaves while rank 0 still saves: a gloo group torn down under a peer's
+        # pending work aborts that peer ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -29,16 +29,20 @@ from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from medray.cluster.errors import ConfigError
-from medray.serve.schemas import InputError, ModelList, PredictRequest, PredictResponse, Problem, parse_json_body
+from medray.serve import inference_protocol as v2
+from medray.serve.schemas import (InferError, InferRequest, InferResponse, InputError, ModelList, PredictRequest,
+                                  PredictResponse, Problem, inline_schema, parse_json_body)
 
 log = logging.getLogger("ray.serve")
 TOKEN_VARIABLE = "MEDRAY_API_TOKEN"
-PROBES = frozenset({"/healthz", "/readyz"})
+PROBES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """The only routes open without the token: they answer ready or not, and nothing else."""
+V2 = "/v2"
+"""The Open Inference Protocol's routes, whose errors are `{"error": ...}` as it defines them."""
 
 
 @serve.deployment
@@ -83,6 +87,20 @@ class ModelServer:
             return {"error": str(error)}
         return await self.predict_batch((model, inputs))
 
+    async def infer(self, tensors: dict[str, Any], version: int | None = None) -> dict[str, Any]:
+        """An Open Inference Protocol request's tensors, answered as `predict` answers
+        (with the model and version that answered), or {"error"}, or {"missing"} when
+        `version` is not the one served."""
+        model = self.model
+        if version is not None and version != model.version:
+            return {"missing": f"version: this model serves version {model.version}"}
+        try:
+            inputs = model.decode(v2.instances_from_tensors(model.input_schema(), tensors))
+        except InputError as error:
+            return {"error": str(error)}
+        return {**await self.predict_batch((model, inputs)), "model": model.name, "version": model.version,
+                "outputs": [spec["name"] for spec in v2.output_specs(model.info())]}
+
     async def predict_file(self, data: bytes) -> dict[str, Any]:
         model = self.model
         try:
@@ -112,11 +130,16 @@ app = FastAPI(
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_problem(_request: Request, error: RequestValidationError) -> JSONResponse:
+async def _validation_problem(request: Request, error: RequestValidationError) -> JSONResponse:
     # FastAPI's default answer echoes the submitted input; name only where and what.
     problems = ["/".join(str(part) for part in e.get("loc", ())) + f": {e.get('msg', 'invalid')}"
                 for e in error.errors()]
-    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+    return JSONResponse(_problem_body(_route_path(request.scope), "; ".join(problems)), status_code=422)
+
+
+def _problem_body(path: str, detail: str) -> dict[str, str]:
+    """A problem as the route's protocol words it: `/v1`'s `detail`, the OIP's `error`."""
+    return {"error": detail} if path == V2 or path.startswith(V2 + "/") else {"detail": detail}
 
 
 class BodyLimit:
@@ -130,7 +153,7 @@ class BodyLimit:
             return await self.asgi(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_problem(send, 413, f"request body exceeds {self.limit} bytes")
+            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
         seen = 0
 
         async def limited_receive():
@@ -144,7 +167,7 @@ class BodyLimit:
         try:
             return await self.asgi(scope, limited_receive, send)
         except _TooLarge:
-            return await _send_problem(send, 413, f"request body exceeds {self.limit} bytes")
+            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
 
 
 class _TooLarge(Exception):
@@ -166,7 +189,8 @@ class BearerAuth:
             return await self.asgi(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
-        return await _send_problem(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        return await _send_problem(send, scope, 401, "missing or wrong bearer token",
+                                   [(b"www-authenticate", b"Bearer")])
 
     def _admits(self, scope) -> bool:
         offered = next((value for key, value in scope.get("headers") or [] if key == b"authorization"), b"")
@@ -181,8 +205,8 @@ def _route_path(scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
-async def _send_problem(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_problem(send, scope, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(_problem_body(_route_path(scope), detail)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
@@ -248,6 +272,10 @@ def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+def _v2_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
 def _no_such_model() -> JSONResponse:
     # The path's name is the caller's text: not repeated back.
     return _problem(404, "name: no such model is served; GET /v1/models lists them")
@@ -266,6 +294,12 @@ def _openapi_with_bearer() -> dict[str, Any]:
 
 
 PROBLEMS = {401: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}}
+V2_ERRORS = {status: {"model": InferError} for status in (400, 401, 404, 413, 415, 503)}
+V2_INFER = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": inline_schema(InferRequest)},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+"""The infer body as the OpenAPI document shows it: JSON, or JSON then binary tensor data
+(with Inference-Header-Content-Length); parsed by serve/inference_protocol.py."""
 
 
 @serve.deployment
@@ -344,6 +378,99 @@ class Ingress:
         if handle is None:
             return _no_such_model()
         return await self._answer(name, handle.predict_file.remote(await file.read()))
+
+    # The Open Inference Protocol (KServe v2); serve/inference_protocol.py maps it. -----
+    @app.get("/v2/health/live", responses=V2_ERRORS)
+    async def v2_live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", responses=V2_ERRORS)
+    async def v2_ready(self):
+        ready = await self.readyz()
+        return {"ready": True} if isinstance(ready, dict) else _v2_error(503, "not every model is loaded yet")
+
+    @app.get("/v2", responses=V2_ERRORS)
+    async def v2_server(self) -> dict[str, Any]:
+        return {"name": "medray", "version": app.version, "extensions": [v2.BINARY_EXTENSION]}
+
+    @app.get("/v2/models/{name}", responses=V2_ERRORS)
+    async def v2_model(self, name: str):
+        info = await self._v2_info(name, None)
+        return info if isinstance(info, Response) else v2.model_metadata(info)
+
+    @app.get("/v2/models/{name}/versions/{version}", responses=V2_ERRORS)
+    async def v2_model_version(self, name: str, version: str):
+        info = await self._v2_info(name, version)
+        return info if isinstance(info, Response) else v2.model_metadata(info)
+
+    @app.get("/v2/models/{name}/ready", responses=V2_ERRORS)
+    async def v2_model_ready(self, name: str):
+        info = await self._v2_info(name, None)
+        return info if isinstance(info, Response) else {"name": name, "ready": True}
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", responses=V2_ERRORS)
+    async def v2_model_version_ready(self, name: str, version: str):
+        info = await self._v2_info(name, version)
+        return info if isinstance(info, Response) else {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=V2_ERRORS,
+              openapi_extra=V2_INFER)
+    async def v2_infer(self, name: str, request: Request):
+        return await self._v2_infer(name, None, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse,
+              responses=V2_ERRORS, openapi_extra=V2_INFER)
+    async def v2_infer_version(self, name: str, version: str, request: Request):
+        return await self._v2_infer(name, version, request)
+
+    async def _v2_info(self, name: str, version: str | None) -> dict[str, Any] | Response:
+        """The served model's info, or the protocol's error: no such model or version,
+        or not loaded yet."""
+        handle = self.models.get(name)
+        if handle is None:
+            return _v2_error(404, "name: no such model is served; GET /v1/models lists them")
+        try:
+            info = await asyncio.wait_for(handle.info.remote(), 5)
+        except Exception:  # loading or being replaced
+            return _v2_error(503, "the model is not loaded yet")
+        if version is not None and version != str(info["version"]):
+            return _v2_error(404, f"version: this model serves version {info['version']}")
+        return info
+
+    async def _v2_infer(self, name: str, version: str | None, request: Request) -> Response:
+        started = time.perf_counter()
+        handle = self.models.get(name)
+        if handle is None:
+            return _v2_error(404, "name: no such model is served; GET /v1/models lists them")
+        if version is not None and not version.isdigit():
+            return _v2_error(404, "version: must be a version number")
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            # A compressed body's size is not its cost: refused before reading it.
+            return _v2_error(415, "content-encoding: compressed request bodies are not accepted")
+        try:
+            parsed = v2.parse_infer_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
+        except InputError as error:
+            return _v2_error(400, str(error))
+        most = int(self.settings["max_instances"])
+        if any(t.ndim == 0 or not 1 <= t.shape[0] <= most for t in parsed.inputs.values()):
+            return _v2_error(400, f"inputs: each input's first dimension (instances) must be 1 to {most}")
+        result = await handle.infer.remote(parsed.inputs, None if version is None else int(version))
+        status = "404" if "missing" in result else "400" if "error" in result else "200"
+        self.requests.inc(tags={"model": name, "status": status})
+        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": name})
+        if "missing" in result:
+            return _v2_error(404, result["missing"])
+        if "error" in result:
+            return _v2_error(400, result["error"])
+        model_outputs = result["outputs"]
+        wanted = list(parsed.outputs) if parsed.outputs is not None else model_outputs
+        unknown = sum(output not in model_outputs for output in wanted)
+        if unknown:
+            return _v2_error(400, f"outputs: {unknown} output(s) the model does not give; "
+                                  f"it gives: {', '.join(model_outputs)}")
+        body, headers = v2.encode_response(result["model"], result["version"], parsed,
+                                           v2.output_tensors(result["predictions"], wanted))
+        return Response(content=body, headers=headers)
 
     async def _answer(self, name: str, pending) -> JSONResponse | dict:
         started = time.perf_counter()

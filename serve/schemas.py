@@ -60,6 +60,22 @@ def _bounded_int(digits: str) -> int:
     return int(digits)
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its nested models written in place: an OpenAPI request
+    body given as `openapi_extra` cannot point into the schema's own `$defs`."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(value) for value in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
 class PredictRequest(BaseModel):
     instances: list[Any] = Field(
         ..., description="Images: nested arrays (H, W) or (H, W, C) of 0-255 values, or base64 PNG/JPEG/DICOM "
@@ -112,6 +128,34 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class InferTensor(BaseModel):
+    name: str
+    datatype: str = Field(description="BOOL, UINT8-64, INT8-64, FP16, FP32, FP64 or BYTES.")
+    shape: list[int]
+    data: list[Any] | None = Field(None, description="Row-major elements, flat or nested; or leave it out and "
+                                                     "send the bytes after the JSON (binary tensor data extension).")
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """An Open Inference Protocol (KServe v2) infer request; see GET /v2/models/{name} for
+    the inputs a model takes."""
+
+    inputs: list[InferTensor]
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    outputs: list[InferTensor]
+
+
+class InferError(BaseModel):
+    error: str = Field(description="What is wrong and where; never the submitted values.")
 
 
 class Problem(BaseModel):

@@ -249,6 +249,65 @@ def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
+def test_tritonclient_speaks_the_open_inference_protocol_with_v1s_answers(served, real_inputs):
+    """The protocol's reference client, not an imitation: health, metadata, readiness and
+    infer for every modality, in binary (its default) and JSON, equal to `/v1`'s answers."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = served["client"]
+    triton_client = triton.InferenceServerClient(served["deployed"]["url"].removeprefix("http://"),
+                                                 network_timeout=60)
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert triton_client.is_model_ready("ultrasound") and triton_client.is_model_ready("ecg", "1")
+    assert not triton_client.is_model_ready("ultrasound", "7") and not triton_client.is_model_ready("nope")
+    metadata = triton_client.get_model_metadata("ultrasound")
+    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}]
+
+    images, signals, records = real_inputs["images"][:4], real_inputs["signals"][:4], real_inputs["records"][:4]
+    names = real_inputs["feature_names"]
+    cases = {"ultrasound": ([("image", images, "UINT8")], [im.tolist() for im in images]),
+             "ecg": ([("signal", signals.astype(np.float32), "FP32")], [s.astype(np.float32).tolist() for s in signals]),
+             "records": ([(n, records[:, i].copy(), "FP64") for i, n in enumerate(names)],
+                         [dict(zip(names, map(float, row))) for row in records])}
+    for name, (tensors, instances) in cases.items():
+        expected = _predict(client, name, instances).json()["predictions"]
+        for binary in (True, False):
+            inputs = []
+            for input_name, array, datatype in tensors:
+                inputs.append(triton.InferInput(input_name, list(array.shape), datatype))
+                inputs[-1].set_data_from_numpy(array, binary_data=binary)
+            outputs = None if binary else [triton.InferRequestedOutput(o, binary_data=False)
+                                           for o in ("probabilities", "calibrated_probabilities", "label")]
+            result = triton_client.infer(name, inputs, outputs=outputs, model_version="1" if binary else "")
+            classes = list(expected[0]["probabilities"])
+            for key in ("probabilities", "calibrated_probabilities"):
+                np.testing.assert_allclose(result.as_numpy(key), [[a[key][c] for c in classes] for a in expected],
+                                           rtol=0, atol=1e-6)
+            # BYTES come back as bytes from binary data, as str from JSON.
+            labels = [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")]
+            assert labels == [a["label"] for a in expected] and result.get_response()["model_version"] == "1"
+
+    image = triton.InferInput("image", [1, 5, 5], "FP64")
+    image.set_data_from_numpy(np.full((1, 5, 5), CANARY))
+    refusals = [(lambda: triton_client.infer("ultrasound", [image]), "400", "image must have shape (28, 28)"),
+                (lambda: triton_client.infer("nope", [image]), "404", "no such model"),
+                (lambda: triton_client.infer("ultrasound", [image], model_version="7"), "404",
+                 "this model serves version 1")]
+    for call, status, message in refusals:
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == status and message in refused.value.message(), str(refused.value)
+        assert str(CANARY) not in str(refused.value)
+    raw = client.post("/v2/models/ultrasound/infer", content=b'{"inputs": [{"name": "image"}]}')
+    assert raw.status_code == 400 and raw.json() == {"error": "inputs[0].datatype: must be one of BYTES, BOOL, "
+                                                              "UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, "
+                                                              "INT64, FP16, FP32, FP64"}
+    gzipped = client.post("/v2/models/ultrasound/infer", content=b"\x1f\x8b", headers={"content-encoding": "gzip"})
+    assert gzipped.status_code == 415 and "compressed" in gzipped.json()["error"]
+
+
 def test_no_request_value_reaches_the_logs(served, real_inputs):
     client = served["client"]
     names = real_inputs["feature_names"]

@@ -81,10 +81,14 @@ def _widened(low: float, high: float) -> tuple[float, float]:
 
 
 def numeric_array(field: str, item: Any, max_ndim: int) -> np.ndarray:
-    """A rectangular nested list of JSON numbers as float64. Booleans are refused (Python
+    """A rectangular nested list of JSON numbers (or a numeric array) as float64. Booleans are refused (Python
     counts them as ints, NumPy would quietly make them 1 and 0), so are ints past float64.
     Walks one level at a time, never deeper than `max_ndim`, so no input recurses."""
     problem = f"{field}: must be a rectangular, non-empty array of numbers"
+    if isinstance(item, np.ndarray):  # a tensor already (the inference protocol's): rectangular by construction
+        if item.dtype.kind not in "iuf" or not 1 <= item.ndim <= max_ndim or item.size == 0:
+            raise InputError(problem)
+        return item.astype(np.float64)
     if not isinstance(item, list):
         raise InputError(f"{field}: must be an array of numbers")
     shape, level = [], [item]
