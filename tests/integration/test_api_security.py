@@ -117,6 +117,27 @@ def test_docs_and_model_names_need_the_token_and_probes_say_only_ready(secured):
     assert sorted(m["name"] for m in listing) == ["ecg", "records", "ultrasound"]
 
 
+def test_the_inference_protocol_needs_the_token_but_its_health_probes_do_not(secured, real_inputs):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    triton_client = triton.InferenceServerClient(secured["deployed"]["url"].removeprefix("http://"))
+    assert triton_client.is_server_live() and triton_client.is_server_ready()  # probes: open
+    image = triton.InferInput("image", [1, 28, 28], "UINT8")
+    image.set_data_from_numpy(real_inputs["images"][:1])
+    for call in (lambda: triton_client.infer("ultrasound", [image]),
+                 lambda: triton_client.get_model_metadata("ultrasound"),
+                 lambda: triton_client.infer("ultrasound", [image], headers={"Authorization": "Bearer wrong"})):
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == "401" and refused.value.message() == "missing or wrong bearer token"
+    assert not triton_client.is_model_ready("ultrasound")
+    # Copies: tritonclient adds its Inference-Header-Content-Length to the dict it is given.
+    assert triton_client.is_model_ready("ultrasound", headers=dict(AUTH))
+    answer = triton_client.infer("ultrasound", [image], headers=dict(AUTH))
+    assert answer.as_numpy("probabilities").shape == (1, 2)
+
+
 def test_the_token_is_read_on_the_node_and_never_stored_in_serves_config(secured):
     from ray import serve
     from ray.serve.context import _get_global_client
@@ -146,7 +167,12 @@ def test_serve_update_from_a_shell_without_the_token_keeps_the_auth(secured, mon
 # Examples per operation, each sent with and without the token: about 20 s on 2 cores.
 # (The probes take no input: Hypothesis stops once it has tried their one request.)
 FUZZ_EXAMPLES = {"GET /healthz": 5, "GET /readyz": 5, "GET /v1/models": 10,
-                 "POST /v1/models/{name}/predict": 120, "POST /v1/models/{name}/predict-file": 60}
+                 "POST /v1/models/{name}/predict": 120, "POST /v1/models/{name}/predict-file": 60,
+                 "GET /v2/health/live": 3, "GET /v2/health/ready": 3, "GET /v2": 3, "GET /v2/models/{name}": 10,
+                 "GET /v2/models/{name}/versions/{version}": 10, "GET /v2/models/{name}/ready": 5,
+                 "GET /v2/models/{name}/versions/{version}/ready": 5, "POST /v2/models/{name}/infer": 100,
+                 "POST /v2/models/{name}/versions/{version}/infer": 30}
+PROBE_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 
 
 def _generated(case) -> set[str]:
@@ -197,7 +223,8 @@ def test_schemathesis_finds_no_5xx_and_no_echo_with_or_without_the_token(secured
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH, timeout=30)
     operations = {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
     assert sorted(operations) == sorted(FUZZ_EXAMPLES)  # every route the API documents
-    own_words = json.dumps(schema.raw_schema) + client.get("/v1/models", headers=AUTH).text
+    own_words = json.dumps(schema.raw_schema) + client.get("/v1/models", headers=AUTH).text + \
+        client.get("/v1/models").text  # the server's own refusal
     models = ["ecg", "records", "ultrasound"]
     session = requests.Session()
     statuses: dict[str, Counter] = {label: Counter() for label in operations}
@@ -219,7 +246,7 @@ def test_schemathesis_finds_no_5xx_and_no_echo_with_or_without_the_token(secured
                 response = case.call(base_url=url, session=session, headers=headers, timeout=60)
                 statuses[label][response.status_code] += 1
                 assert response.status_code < 500, (label, response.status_code, response.content[:300])
-                if not headers and operation.path not in ("/healthz", "/readyz"):
+                if not headers and operation.path not in PROBE_PATHS:
                     assert response.status_code == 401, (label, response.status_code)
                 text = response.content.decode("utf-8", "replace")
                 assert not [v for v in made_up if _echoed(text, v, own_words)], (label, text[:300])
@@ -229,6 +256,8 @@ def test_schemathesis_finds_no_5xx_and_no_echo_with_or_without_the_token(secured
     # Enough requests reached the models, with and without decodable inputs.
     predict = statuses["POST /v1/models/{name}/predict"]
     assert predict[401] >= 100 and predict[422] >= 30 and predict[404] >= 5
+    infer = statuses["POST /v2/models/{name}/infer"]
+    assert infer[401] >= 80 and infer[400] >= 20 and infer[404] >= 5
 
 
 def test_an_open_ingress_refuses_to_start_beyond_loopback(secured, tmp_path):

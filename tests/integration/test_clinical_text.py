@@ -17,7 +17,7 @@ from medray.cluster.config import load_config
 from medray.cluster.registry import Registry
 from medray.train.data.importers import ImportRequest, import_dataset
 from support.project import PROJECT
-from support.serving import assert_same_answers
+from support.serving import assert_same_answers, assert_triton_answers, triton_infer_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +128,9 @@ def test_import_train_promote_and_serve_notes(abstracts, ray_session, tmp_path):
                 assert problem in response.json()["detail"] and CANARY not in response.text
             good = client.post("/v1/models/abstracts/predict", json={"instances": [{"text": note}]})
             assert good.status_code == 200 and CANARY not in good.text  # no explanation asked: no tokens back
+            # The same notes through the Open Inference Protocol, as a BYTES tensor.
+            assert_triton_answers(triton_infer_bytes(deployed["url"], "abstracts", "text",
+                                                     [d["text"].encode() for d in documents]), expected)
     finally:
         down()
     leaked = [p.name for p in _ray_logs() if CANARY.encode() in p.read_bytes()]

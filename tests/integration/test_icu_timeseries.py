@@ -16,7 +16,7 @@ from medray.cluster.config import load_config
 from medray.cluster.registry import Registry
 from medray.train.data.importers import ImportRequest, import_dataset
 from support.project import PROJECT
-from support.serving import assert_same_answers
+from support.serving import assert_same_answers, assert_triton_answers, triton_infer_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -117,5 +117,8 @@ def test_import_train_promote_and_serve_a_patient(icu, ray_session):
             # A stay with no observation is referred, whatever the model scores.
             empty = client.post("/v1/models/p12/predict", json={"instances": [{"static": {}, "observations": []}]})
             assert empty.json()["predictions"][0]["refer_to_clinician"] is True
+            # The same stays through the Open Inference Protocol, each a JSON document in a BYTES tensor.
+            assert_triton_answers(triton_infer_bytes(deployed["url"], "p12", "stay",
+                                                     [json.dumps(p).encode() for p in patients]), expected)
     finally:
         down()

@@ -16,7 +16,7 @@ import pytest
 from medray.cluster.config import load_config
 from medray.serve.model import ServedModel
 from support.project import PROJECT
-from support.serving import assert_same_answers
+from support.serving import assert_same_answers, assert_triton_answers
 
 pytestmark = pytest.mark.integration
 
@@ -281,13 +281,7 @@ def test_tritonclient_speaks_the_open_inference_protocol_with_v1s_answers(served
             outputs = None if binary else [triton.InferRequestedOutput(o, binary_data=False)
                                            for o in ("probabilities", "calibrated_probabilities", "label")]
             result = triton_client.infer(name, inputs, outputs=outputs, model_version="1" if binary else "")
-            classes = list(expected[0]["probabilities"])
-            for key in ("probabilities", "calibrated_probabilities"):
-                np.testing.assert_allclose(result.as_numpy(key), [[a[key][c] for c in classes] for a in expected],
-                                           rtol=0, atol=1e-6)
-            # BYTES come back as bytes from binary data, as str from JSON.
-            labels = [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")]
-            assert labels == [a["label"] for a in expected] and result.get_response()["model_version"] == "1"
+            assert_triton_answers(result, expected)
 
     image = triton.InferInput("image", [1, 5, 5], "FP64")
     image.set_data_from_numpy(np.full((1, 5, 5), CANARY))

@@ -77,3 +77,25 @@ def assert_same_answers(got: list[dict], expected: list[dict], tolerance: float 
             assert mine[key].keys() == theirs[key].keys()
             assert np.allclose(list(mine[key].values()), [theirs[key][c] for c in mine[key]], rtol=0,
                                atol=tolerance), key
+
+
+def assert_triton_answers(result, expected: list[dict], tolerance: float = 1e-6) -> None:
+    """A tritonclient `InferResult` says what the `/v1` answers `expected` say:
+    probabilities within `tolerance`, the same labels and version."""
+    classes = list(expected[0]["probabilities"])
+    for key in ("probabilities", "calibrated_probabilities"):
+        np.testing.assert_allclose(result.as_numpy(key), [[a[key][c] for c in classes] for a in expected],
+                                   rtol=0, atol=tolerance)
+    # BYTES come back as bytes from binary data, as str from JSON.
+    labels = [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")]
+    assert labels == [a["label"] for a in expected]
+    assert result.get_response()["model_version"] == str(expected[0]["version"])
+
+
+def triton_infer_bytes(url: str, model: str, input_name: str, items: list[bytes]):
+    """`model`'s answer, through tritonclient, to one BYTES input of `items`."""
+    import tritonclient.http as triton
+
+    tensor = triton.InferInput(input_name, [len(items)], "BYTES")
+    tensor.set_data_from_numpy(np.array(items, dtype=object))
+    return triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60).infer(model, [tensor])
