@@ -207,3 +207,18 @@ def load_model(ref: str, storage: str | Storage | None = None) -> ServedModel:
     registry = Registry(open_storage(storage))
     name, version = registry.resolve(ref)
     return ServedModel.from_registry(registry, name, version)
+
+
+def export_model(ref: str, fmt: str, destination: str | os.PathLike,
+                 storage: str | Storage | None = None) -> dict[str, Any]:
+    """Write the registry version `NAME@K` (or `NAME`'s champion) as an ONNX or TorchScript
+    graph that outputs calibrated probabilities, with its calibration, model card and
+    checksums, into the folder `destination` (see `medray.serve.export`)."""
+    from pathlib import Path
+
+    from medray.cluster.registry import Registry
+    from medray.serve.export import export_version
+
+    registry = Registry(open_storage(storage))
+    name, version = registry.resolve(ref)
+    return export_version(registry, name, version, fmt, Path(destination))

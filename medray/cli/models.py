@@ -1,4 +1,4 @@
-"""`medray models list|show|promote|rollback`: the model registry."""
+"""`medray models list|show|promote|rollback|export`: the model registry."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def models_rollback(args: argparse.Namespace) -> None:
     emit(args, pointer, lambda: f"{args.name}: champion rolled back to version {pointer['version']}")
 
 
+def models_export(args: argparse.Namespace) -> None:
+    from medray.api import export_model
+
+    exported = export_model(args.ref, args.format, args.destination, args.storage)
+    emit(args, exported, lambda: f"{exported['model']} version {exported['version']} exported as {args.format} to "
+                                 f"{exported['destination']}/{exported['graph']} (input {exported['input']['takes']}; "
+                                 f"output calibrated probabilities of {', '.join(exported['classes'])})")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="the model registry")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -73,3 +82,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     m_rollback.add_argument("name")
     add_common(m_rollback)
     m_rollback.set_defaults(handler=models_rollback)
+    m_export = model_commands.add_parser(
+        "export", help="a version as an ONNX or TorchScript graph giving calibrated probabilities, with checksums")
+    m_export.add_argument("ref", metavar="NAME[@K]")
+    m_export.add_argument("destination", metavar="DEST", help="folder to write (made if missing)")
+    m_export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    add_common(m_export)
+    m_export.set_defaults(handler=models_export)
