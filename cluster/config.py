@@ -274,6 +274,9 @@ class ServeSection(Section):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     replica_cpus: float = Field(0.5, gt=0)
     """CPUs each model replica reserves (its torch threads follow)."""
+    runtime: Literal["torch", "onnx"] = "torch"
+    """What runs a replica's forward pass: PyTorch, or ONNX Runtime on the network exported
+    when the replica loads it (faster on CPU: see benchmarks/serve_throughput.py's `runtimes`)."""
     autoscaling: AutoscalingSection = AutoscalingSection()
 
 

@@ -71,7 +71,7 @@ def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], 
             user_config={"storage": storage.root, "name": name, "version": version,
                          "max_batch_size": serve_cfg.max_batch_size,
                          "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
-                         "threads": max(1, int(serve_cfg.replica_cpus))},
+                         "threads": max(1, int(serve_cfg.replica_cpus)), "runtime": serve_cfg.runtime},
         )).bind()
     return _pinned(Ingress.options(
         ray_actor_options={"num_cpus": 0.1},

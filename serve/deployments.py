@@ -49,7 +49,7 @@ V2 = "/v2"
 class ModelServer:
     def __init__(self) -> None:
         self.model = None
-        self.loaded: tuple[str, str, int] | None = None
+        self.loaded: tuple[str, str, int, str] | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         import torch
@@ -59,9 +59,10 @@ class ModelServer:
         from medray.serve.model import ServedModel
 
         torch.set_num_threads(max(1, int(user_config.get("threads", 1))))
-        wanted = (user_config["storage"], user_config["name"], int(user_config["version"]))
+        wanted = (user_config["storage"], user_config["name"], int(user_config["version"]),
+                  user_config.get("runtime", "torch"))
         if wanted != self.loaded:
-            model = ServedModel.from_registry(Registry(Storage(wanted[0])), wanted[1], wanted[2])
+            model = ServedModel.from_registry(Registry(Storage(wanted[0])), *wanted[1:])
             self.model, self.loaded = model, wanted  # one assignment: requests see old or new, whole
             log.info("serving model %s version %d", wanted[1], wanted[2])
         self.predict_batch.set_max_batch_size(int(user_config["max_batch_size"]))

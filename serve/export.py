@@ -146,22 +146,10 @@ def export_version(registry: Registry, name: str, version: int, fmt: str, destin
     with tempfile.TemporaryDirectory(dir=destination, prefix=".export-") as scratch:
         folder = Path(scratch)
         graph_file = folder / GRAPH_FILES[fmt]
-        # The fused attention kernel PyTorch runs in eval mode has no ONNX form; the
-        # unfused path computes the same, in exported operators.
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                # The tracers' notes on shapes read as constants (attention's head size) and on
-                # GRUs exported at a batch of 2: the graphs are tested at other batch sizes.
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-                if fmt == "onnx":
-                    _to_onnx(graph, example, graph_file)
-                else:
-                    torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(graph_file))
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+        if fmt == "onnx":
+            _traced(lambda: _to_onnx(graph, example, graph_file))
+        else:
+            _traced(lambda: torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(graph_file)))
         calibration = registry.read_file(name, version, "calibration.json", info)
         (folder / "calibration.json").write_bytes(calibration)
         if "model_card.md" in info["files"]:
@@ -184,6 +172,53 @@ def export_version(registry: Registry, name: str, version: int, fmt: str, destin
                 os.replace(path, destination / path.name)
         os.replace(folder / "SHA256SUMS", destination / "SHA256SUMS")
     return {**manifest, "destination": str(destination), "sha256": sums}
+
+
+class FeaturesAndLogits(nn.Module):
+    """The network as a replica runs it: the preprocessed tensor in, (penultimate
+    features, logits) out, what the OOD detector and the calibrated answers are built from."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network.features_and_logits(inputs)
+
+
+def onnx_session(model: ServedModel):
+    """An ONNX Runtime session running `model`'s network (`serve.runtime: onnx`): one
+    thread, as a replica's torch runs. Built from the weights in memory at load."""
+    import onnxruntime
+
+    pre = model.bundle.preprocessor
+    example = torch.zeros(2, *pre.input_shape)
+    with tempfile.TemporaryDirectory(prefix="medray-onnx-") as folder:
+        path = Path(folder) / "network.onnx"
+        _traced(lambda: torch.onnx.export(
+            FeaturesAndLogits(model.bundle.model.eval()).eval(), (example,), str(path), input_names=[INPUT],
+            output_names=["features", "logits"], dynamic_axes={INPUT: {0: "batch"}, "features": {0: "batch"},
+                                                              "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=False))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        return onnxruntime.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+
+def _traced(export) -> None:
+    """Run a tracing export: the fused attention kernel off (it has no ONNX form; the
+    unfused path computes the same), no gradients, and the tracers' notes on shapes read
+    as constants (attention's head size) and on GRUs traced at a batch of 2 silenced: the
+    graphs are tested at other batch sizes."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+            export()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _to_onnx(graph: nn.Module, example: torch.Tensor, path: Path) -> None:

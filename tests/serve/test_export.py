@@ -112,3 +112,19 @@ def test_the_cli_exports_a_champion_and_refuses_an_unknown_format(registry, tmp_
     assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigError, match="--format must be one of onnx, torchscript"):
         export_version(registry, "ecg", 1, "pickle", tmp_path / "x")
+
+
+def test_an_onnx_runtime_replica_answers_as_the_pytorch_one(registry, cases):
+    for name in ("ultrasound", "ecg", "records"):
+        torch_model = ServedModel.from_registry(registry, name, 1)
+        onnx_model = ServedModel.from_registry(registry, name, 1, runtime="onnx")
+        assert onnx_model.session is not None and torch_model.session is None
+        expected = torch_model.predict(torch_model.decode(cases[name]))
+        got = onnx_model.predict(onnx_model.decode(cases[name]))
+        assert [a["label"] for a in got] == [a["label"] for a in expected]
+        assert [a["prediction_set"] for a in got] == [a["prediction_set"] for a in expected]
+        for key in ("probabilities", "calibrated_probabilities"):
+            np.testing.assert_allclose([list(a[key].values()) for a in got],
+                                       [list(a[key].values()) for a in expected], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown serving runtime 'tvm'"):
+        ServedModel.from_registry(registry, "ecg", 1, runtime="tvm")
