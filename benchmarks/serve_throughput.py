@@ -125,17 +125,10 @@ def autoscaling_run(config_overrides: list[str], storage, model: str, body: dict
     timeline: list[tuple[float, int]] = []
     began = time.perf_counter()
 
-    def replicas() -> int:
-        from ray import serve
-
-        app = serve.status().applications["medray"]
-        return sum(count for state, count in app.deployments[f"model-{model}"].replica_states.items()
-                   if str(getattr(state, "value", state)) == "RUNNING")
-
     async def run() -> dict:
         async def sample():
             while True:
-                count = await asyncio.to_thread(replicas)  # off the loop the clients run on
+                count = await asyncio.to_thread(running_replicas, model)  # off the loop the clients run on
                 timeline.append((round(time.perf_counter() - began, 1), count))
                 await asyncio.sleep(0.5)
 
@@ -235,6 +228,42 @@ def runtimes(storage, model_name: str, image, seconds: float) -> dict:
             "onnxruntime_vs_torch": round(onnx_rate / torch_rate, 3), "max_abs_difference": agree, "batch": 32}
 
 
+def scale_to_zero_run(config_overrides: list[str], storage, model: str, body: dict, wait_seconds: float = 90) -> dict:
+    """`min_replicas: 0`: how long after the last request the deployment reaches zero
+    replicas, and what the first request after that takes (held until a replica is up)."""
+    import httpx
+
+    from medray.cluster.config import load_config
+    from medray.serve.app import deploy
+
+    config = load_config(None, config_overrides + [
+        "serve.autoscaling.min_replicas=0", "serve.autoscaling.max_replicas=1",
+        "serve.autoscaling.downscale_delay_s=2", "serve.autoscaling.upscale_delay_s=0", "serve.replica_cpus=0.5"])
+    deployed = deploy(config, storage, [model])
+    url = f"{deployed['url']}/v1/models/{model}/predict"
+    warm = httpx.post(url, timeout=120, **body).status_code
+    idle_since = time.perf_counter()
+    seconds_to_zero = None
+    while time.perf_counter() - idle_since < wait_seconds:
+        if running_replicas(model) == 0:
+            seconds_to_zero = round(time.perf_counter() - idle_since, 1)
+            break
+        time.sleep(0.5)
+    started = time.perf_counter()
+    cold = httpx.post(url, timeout=120, **body).status_code
+    return {"warm_status": warm, "seconds_to_zero_replicas": seconds_to_zero,
+            "cold_start_seconds": round(time.perf_counter() - started, 2) if seconds_to_zero is not None else None,
+            "cold_request_status": cold, "waited_seconds": wait_seconds}
+
+
+def running_replicas(model: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications["medray"]
+    return sum(count for state, count in app.deployments[f"model-{model}"].replica_states.items()
+               if str(getattr(state, "value", state)) == "RUNNING")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default=os.environ.get("MEDRAY_STORAGE"), help="registry root (MEDRAY_STORAGE)")
@@ -308,6 +337,7 @@ def run(args, storage, image) -> dict:
     results["serve_noop"] = measure(f"http://127.0.0.1:{port}/noop", body, args.seconds)
     serve.delete("noop")
     results["autoscaling"] = autoscaling_run([f"serve.port={port}"], storage, args.model, body, args.step_seconds)
+    results["scale_to_zero"] = scale_to_zero_run([f"serve.port={port}"], storage, args.model, body)
     down()
     serve.shutdown()
     ray.shutdown()

@@ -32,10 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from medray.cluster.errors import ConfigError
+from medray.cluster.bounded_json import parse_json_body
+from medray.cluster.errors import ConfigError, InputError
 from medray.serve import inference_protocol as v2
-from medray.serve.schemas import (InferError, InferRequest, InferResponse, InputError, ModelList, PredictRequest,
-                                  PredictResponse, Problem, inline_schema, parse_json_body)
+from medray.serve.schemas import (InferError, InferRequest, InferResponse, ModelList, PredictRequest, PredictResponse,
+                                  Problem, inline_schema)
 
 log = logging.getLogger("ray.serve")
 TOKEN_VARIABLE = "MEDRAY_API_TOKEN"
@@ -71,6 +72,9 @@ class ModelServer:
     def info(self) -> dict[str, Any]:
         return self.model.info()
 
+    def protocol_metadata(self) -> dict[str, Any]:
+        return self.model.protocol_metadata()
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -96,7 +100,7 @@ class ModelServer:
         if version is not None and version != model.version:
             return {"missing": f"version: this model serves version {model.version}"}
         try:
-            inputs = model.decode(v2.instances_from_tensors(model.input_schema(), tensors))
+            inputs = model.decode_tensors(tensors)
         except InputError as error:
             return {"error": str(error)}
         return {**await self.predict_batch((model, inputs)), "model": model.name, "version": model.version,
@@ -396,13 +400,11 @@ class Ingress:
 
     @app.get("/v2/models/{name}", responses=V2_ERRORS)
     async def v2_model(self, name: str):
-        info = await self._v2_info(name, None)
-        return info if isinstance(info, Response) else v2.model_metadata(info)
+        return await self._v2_info(name, None)
 
     @app.get("/v2/models/{name}/versions/{version}", responses=V2_ERRORS)
     async def v2_model_version(self, name: str, version: str):
-        info = await self._v2_info(name, version)
-        return info if isinstance(info, Response) else v2.model_metadata(info)
+        return await self._v2_info(name, version)
 
     @app.get("/v2/models/{name}/ready", responses=V2_ERRORS)
     async def v2_model_ready(self, name: str):
@@ -425,18 +427,18 @@ class Ingress:
         return await self._v2_infer(name, version, request)
 
     async def _v2_info(self, name: str, version: str | None) -> dict[str, Any] | Response:
-        """The served model's info, or the protocol's error: no such model or version,
-        or not loaded yet."""
+        """The served model's protocol metadata, or the protocol's error: no such model or
+        version, or not loaded yet."""
         handle = self.models.get(name)
         if handle is None:
             return _v2_error(404, "name: no such model is served; GET /v1/models lists them")
         try:
-            info = await asyncio.wait_for(handle.info.remote(), 5)
+            metadata = await asyncio.wait_for(handle.protocol_metadata.remote(), 5)
         except Exception:  # loading or being replaced
             return _v2_error(503, "the model is not loaded yet")
-        if version is not None and version != str(info["version"]):
-            return _v2_error(404, f"version: this model serves version {info['version']}")
-        return info
+        if version is not None and [version] != metadata["versions"]:
+            return _v2_error(404, f"version: this model serves version {metadata['versions'][0]}")
+        return metadata
 
     async def _v2_infer(self, name: str, version: str | None, request: Request) -> Response:
         started = time.perf_counter()

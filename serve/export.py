@@ -2,13 +2,14 @@
 a portable graph for runtimes without medray (ONNX Runtime, Triton, OpenVINO, LibTorch).
 
 The graph is the whole prediction up to the probabilities: the preprocessing fitted on
-the train split (pixel scaling and per-channel standardisation for images, per-channel
-standardisation for signals, median imputation and standardisation for numeric health
-records), the network, and the temperature fitted on val, so its one output is the
-calibrated class probabilities `/v1` answers. Text, ICU stays and records with
-categorical features take preprocessing a graph cannot hold (a tokenizer, irregular
-observations binned into hours, category lookups); their graph starts at the model's
-input tensor, what `Preprocessor.transform` returns, and `export.json` says so.
+the train split, as the modality builds it (`Modality.graph_input`: pixel scaling and
+per-channel standardisation for images, per-channel standardisation for signals, median
+imputation and standardisation for numeric health records), the network, and the
+temperature fitted on val, so its one output is the calibrated class probabilities `/v1`
+answers. Text, ICU stays and records with categorical features take preprocessing a
+graph cannot hold (a tokenizer, irregular observations binned into hours, category
+lookups); their graph starts at the model's input tensor, what `Preprocessor.transform`
+returns, and `export.json` says so.
 
 Beside the graph: `export.json` (input and output names, shapes and meaning, classes,
 temperature, operating threshold, conformal quantile and coverage), the version's
@@ -32,58 +33,11 @@ from torch import nn
 from medray.cluster.errors import ConfigError
 from medray.cluster.registry import Registry
 from medray.serve.model import ServedModel
-from medray.train.data.preprocess import Preprocessor
 
 FORMATS = ("onnx", "torchscript")
 GRAPH_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INPUT, OUTPUT = "input", "calibrated_probabilities"
 ONNX_OPSET = 18
-
-
-class ImageInput(nn.Module):
-    """Pixels 0-255, (N, H, W) for one channel or (N, H, W, C), as the model's (N, C, H, W)."""
-
-    def __init__(self, preprocessor: Preprocessor):
-        super().__init__()
-        channels = preprocessor.input_shape[0]
-        self.channels = channels
-        self.register_buffer("mean", torch.tensor(preprocessor.stats["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocessor.stats["std"], dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = pixels.unsqueeze(1) if self.channels == 1 else pixels.permute(0, 3, 1, 2)
-        return (images / 255.0 - self.mean) / self.std
-
-
-class SignalInput(nn.Module):
-    """Raw values, (N, L) for one channel or (N, L, C), standardised per channel."""
-
-    def __init__(self, preprocessor: Preprocessor):
-        super().__init__()
-        self.channels = preprocessor.input_shape[1]
-        self.register_buffer("mean", torch.tensor(preprocessor.stats["mean"], dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(preprocessor.stats["std"], dtype=torch.float32))
-
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        signals = values.unsqueeze(-1) if self.channels == 1 else values
-        normalised = (signals - self.mean) / self.std
-        return torch.where(torch.isnan(normalised), torch.zeros_like(normalised), normalised)
-
-
-class RecordInput(nn.Module):
-    """Numeric features (N, F) in the model's feature order, NaN for unknown: imputed with
-    the train split's median and standardised."""
-
-    def __init__(self, preprocessor: Preprocessor):
-        super().__init__()
-        columns = preprocessor.stats["columns"]
-        for key in ("median", "mean", "std"):
-            self.register_buffer(key, torch.tensor([c[key] for c in columns], dtype=torch.float64))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        values = features.double()
-        values = torch.where(torch.isnan(values), self.median.expand_as(values), values)
-        return ((values - self.mean) / self.std).float()
 
 
 class CalibratedGraph(nn.Module):
@@ -97,37 +51,9 @@ class CalibratedGraph(nn.Module):
         return torch.softmax(self.network(self.preprocess(raw)) / self.temperature, dim=1)
 
 
-def graph_input(model: ServedModel) -> tuple[nn.Module, dict[str, Any]]:
-    """The preprocessing the graph starts with, and what its input is (for export.json)."""
-    pre = model.bundle.preprocessor
-    if pre.modality == "image":
-        channels, height, width = pre.input_shape
-        shape = [-1, height, width] + ([channels] if channels > 1 else [])
-        return ImageInput(pre), {"shape": shape, "dtype": "float32", "takes": "pixel values 0-255"}
-    if pre.modality == "signal":
-        length, channels = pre.input_shape
-        shape = [-1, length] + ([channels] if channels > 1 else [])
-        return SignalInput(pre), {"shape": shape, "dtype": "float32", "takes": "raw signal values"}
-    if pre.modality == "tabular" and all(c["type"] == "numeric" for c in pre.stats["columns"]):
-        names = [c["name"] for c in pre.stats["columns"]]
-        return RecordInput(pre), {"shape": [-1, len(names)], "dtype": "float32", "features": names,
-                                  "takes": "raw feature values in this order, NaN for unknown"}
-    return nn.Identity(), {"shape": [-1, *pre.input_shape], "dtype": "float32",
-                           "takes": f"the model's input tensor: medray's {pre.modality} preprocessing "
-                                    "(Preprocessor.transform) of the request, which this graph does not hold"}
-
-
 def raw_example(model: ServedModel, instances: list[Any]) -> np.ndarray:
     """`instances` (as `/v1` takes them) as the exported graph's input."""
-    kind = model.bundle.preprocessor.modality
-    if kind in ("image", "signal"):
-        return np.stack([np.asarray(item, dtype=np.float32) for item in instances])
-    decoded = model.kind.decode(model.bundle.preprocessor, instances)
-    _, spec = graph_input(model)
-    if "features" in spec:
-        return np.stack([np.asarray(decoded[name], dtype=np.float64) for name in spec["features"]], axis=1
-                        ).astype(np.float32)
-    return model.bundle.preprocessor.transform(decoded)
+    return model.kind.graph_rows(model.bundle.preprocessor, instances)
 
 
 def export_version(registry: Registry, name: str, version: int, fmt: str, destination: Path) -> dict[str, Any]:
@@ -137,7 +63,7 @@ def export_version(registry: Registry, name: str, version: int, fmt: str, destin
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     model = ServedModel.from_registry(registry, name, version)
     info = registry.version_info(name, version)
-    preprocess, spec = graph_input(model)
+    preprocess, spec = model.kind.graph_input(model.bundle.preprocessor)
     network = model.bundle.model.eval()
     graph = CalibratedGraph(network, preprocess, model.temperature).eval()
     example = torch.zeros(2, *[abs(d) if d > 0 else 1 for d in spec["shape"][1:]])

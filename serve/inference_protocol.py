@@ -1,10 +1,10 @@
 """The Open Inference Protocol (KServe v2, as Triton, MLServer and Seldon speak it) over
-medray's models: request bodies to tensors, tensors to the instances `/v1` takes, and
-answers back to output tensors.
+medray's models: request bodies to tensors, and answers back to output tensors.
 
-Light on purpose (NumPy, no torch): the ingress parses and answers, the replica maps
-tensors to instances with its model's input schema, so a v2 request is checked and
-predicted by exactly the code `/v1` runs and gets the same answers.
+Light on purpose (NumPy, no torch): the ingress parses and answers; in the replica the
+model's modality maps the tensors to the instances `/v1` takes
+(`Modality.instances_from_tensors`), so a v2 request is checked and predicted by exactly
+the code `/v1` runs and gets the same answers.
 
 Tensors arrive as JSON (`data`, flat or nested, row-major) or in the binary tensor data
 extension: the body is the JSON header (`Inference-Header-Content-Length` bytes) and then
@@ -13,7 +13,7 @@ each input's bytes in order, `parameters.binary_data_size` each (BYTES elements 
 the body before anything is allocated; every problem is an `InputError` naming the input
 by position and the protocol field, never a value (the values may be patient data).
 
-What each modality takes (also in `GET /v2/models/{name}`):
+What each modality takes (`Modality.inference_inputs`, also in `GET /v2/models/{name}`):
     image               `image`: UINT8/INT*/FP* (N, H, W) or (N, H, W, C) pixels 0-255,
                         or BYTES (N,) each a PNG, JPEG or DICOM file
     signal              `signal`: numeric (N, L) or (N, L, C)
@@ -29,7 +29,6 @@ BOOL (N,) and `ood_score` FP64 (N,; NaN when undefined).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import struct
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from medray.cluster.errors import InputError
-from medray.serve.schemas import parse_json_body
+from medray.cluster.bounded_json import parse_json_body
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
@@ -236,101 +235,13 @@ def _outputs(outputs: Any) -> tuple[tuple[str, ...] | None, frozenset[str]]:
     return tuple(names), frozenset(binary)
 
 
-# Tensors -> the instances /v1 takes ------------------------------------------------------
-
-SINGLE_INPUT = {"image": "image", "signal": "signal", "text": "text", "patient_timeseries": "stay"}
-"""The one input each modality takes, by the input schema's `type`; records take one per feature."""
-
-
-def instances_from_tensors(schema: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[Any]:
-    """The request's tensors as the `instances` `/v1` takes, for a model whose input
-    schema (`ServedModel.input_schema()`) is `schema`; `InputError` naming the input."""
-    kind = schema["type"]
-    if kind == "record":
-        return _records(schema, tensors)
-    expected = SINGLE_INPUT[kind]
-    if set(tensors) != {expected}:
-        raise InputError(f"inputs: this model takes one input, '{expected}'")
-    tensor = tensors[expected]
-    rows = _rows(expected, tensor)
-    if kind == "image" and tensor.dtype == object:  # encoded files, as /v1's base64 strings
-        return [base64.b64encode(file).decode("ascii") for file in rows]
-    if kind in ("image", "signal"):
-        if tensor.dtype == object or tensor.dtype == np.bool_:
-            raise InputError(f"{expected}: must be a numeric tensor" + (" or BYTES files" if kind == "image" else ""))
-        return list(tensor.astype(np.float64, copy=False))
-    if tensor.dtype != object or tensor.ndim != 1:
-        raise InputError(f"{expected}: must be a BYTES tensor of shape (N,)")
-    texts = [_utf8(f"{expected}[{i}]", item) for i, item in enumerate(rows)]
-    if kind == "text":
-        return [{"text": text} for text in texts]
-    return [parse_json_body(text.encode("utf-8")) for text in texts]
-
-
-def _rows(name: str, tensor: np.ndarray) -> np.ndarray:
-    if tensor.shape[0] == 0:
-        raise InputError(f"{name}: holds no instances (its first dimension is 0)")
-    return tensor
-
-
-def _utf8(field: str, item: bytes) -> str:
-    try:
-        return item.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{field}: must be UTF-8 text") from None
-
-
-def _records(schema: dict[str, Any], tensors: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    features = schema["features"]
-    names = [f["name"] for f in features]
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise InputError(f"inputs: missing feature(s) {', '.join(missing)}")
-    if len(tensors) != len(names):  # unknown names are the caller's text: counted, not named
-        raise InputError(f"inputs: {len(tensors) - len(names)} input(s) the model does not take; "
-                         f"it takes one per feature: {', '.join(names)}")
-    columns, count = {}, None
-    for feature in features:
-        name, tensor = feature["name"], tensors[feature["name"]]
-        if tensor.ndim == 2 and tensor.shape[1] == 1:
-            tensor = tensor[:, 0]
-        if tensor.ndim != 1:
-            raise InputError(f"{name}: must have shape (N,) or (N, 1)")
-        if count is not None and len(tensor) != count:
-            raise InputError(f"{name}: holds {len(tensor)} rows where the other features hold {count}")
-        count = len(_rows(name, tensor))
-        if feature["type"] == "categorical":
-            if tensor.dtype != object:
-                raise InputError(f"{name}: a categorical feature is a BYTES tensor")
-            columns[name] = [_utf8(name, v) or None for v in tensor]
-        else:
-            if tensor.dtype == object or tensor.dtype == np.bool_:
-                raise InputError(f"{name}: a numeric feature is a numeric tensor")
-            values = tensor.astype(np.float64)
-            # NaN means unknown (JSON null in /v1); infinity stays, for /v1's check to refuse.
-            columns[name] = [None if math.isnan(v) else v for v in values.tolist()]
-    return [{name: columns[name][row] for name in names} for row in range(count)]
-
-
 # Metadata -------------------------------------------------------------------------------
 
-def model_metadata(info: dict[str, Any]) -> dict[str, Any]:
-    """`GET /v2/models/{name}` for a served model's `info()`."""
-    schema, classes = info["input"], info["classes"]
-    kind = schema["type"]
-    if kind == "record":
-        inputs = [{"name": f["name"], "datatype": "BYTES" if f["type"] == "categorical" else "FP64", "shape": [-1]}
-                  for f in schema["features"]]
-    elif kind == "image":
-        shape = [-1, schema["height"], schema["width"]] + ([schema["channels"]] if schema["channels"] > 1 else [])
-        inputs = [{"name": "image", "datatype": "UINT8", "shape": shape}]
-    elif kind == "signal":
-        shape = [-1, schema["length"]] + ([schema["channels"]] if schema["channels"] > 1 else [])
-        inputs = [{"name": "signal", "datatype": "FP32", "shape": shape}]
-    else:
-        inputs = [{"name": SINGLE_INPUT[kind], "datatype": "BYTES", "shape": [-1]}]
+def model_metadata(info: dict[str, Any], inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`GET /v2/models/{name}` for a served model's `info()` and its modality's
+    `inference_inputs`."""
     return {"name": info["name"], "versions": [str(info["version"])], "platform": "medray_pytorch",
-            "inputs": inputs, "outputs": output_specs(info), "parameters": {"classes": classes}}
+            "inputs": inputs, "outputs": output_specs(info), "parameters": {"classes": info["classes"]}}
 
 
 def output_specs(info: dict[str, Any]) -> list[dict[str, Any]]:

@@ -132,6 +132,16 @@ class ServedModel:
             raise InputError("instances: must be a non-empty list")
         return self._inputs(self.kind.decode(self.bundle.preprocessor, instances), instances)
 
+    def decode_tensors(self, tensors: dict[str, np.ndarray]) -> Inputs:
+        """An Open Inference Protocol request's tensors, as the instances `decode` takes."""
+        return self.decode(self.kind.instances_from_tensors(self.bundle.preprocessor, tensors))
+
+    def protocol_metadata(self) -> dict[str, Any]:
+        """`GET /v2/models/{name}`: the tensors this model takes and gives."""
+        from medray.serve.inference_protocol import model_metadata
+
+        return model_metadata(self.info(), self.kind.inference_inputs(self.bundle.preprocessor))
+
     def decode_file(self, data: bytes) -> Inputs:
         """An uploaded file (an image model's PNG, JPEG or DICOM) as a batch of one."""
         return self._inputs(self.kind.decode_file(self.bundle.preprocessor, data, self.name), [data])

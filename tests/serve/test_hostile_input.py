@@ -15,7 +15,7 @@ from pydicom import uid
 
 from support.hostile_files import deflated_dicom, dicom_bytes, encapsulated, encoded, png_bomb, peak_bytes
 from medray.serve.model import InputError, ServedModel
-from medray.serve.schemas import MAX_JSON_DEPTH, parse_json_body
+from medray.cluster.bounded_json import MAX_JSON_DEPTH, parse_json_body
 from medray.train.data.preprocess import Preprocessor
 from medray.train.modalities.image import decode_limits
 

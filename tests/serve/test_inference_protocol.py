@@ -38,8 +38,8 @@ def tensor(name, array, datatype, binary=True):
 def answer_via_v2(model, inputs, outputs=None):
     """Request -> tensors -> /v1 instances -> answers -> response, decoded by tritonclient."""
     request = v2.parse_infer_request(*body_of(inputs, outputs))
-    answers = model.predict(model.decode(v2.instances_from_tensors(model.input_schema(), request.inputs)))
-    names = list(request.outputs) if request.outputs else [s["name"] for s in v2.output_specs(model.info())]
+    answers = model.predict(model.decode_tensors(request.inputs))
+    names = list(request.outputs) if request.outputs else [o["name"] for o in model.protocol_metadata()["outputs"]]
     body, headers = v2.encode_response(model.name, model.version, request, v2.output_tensors(answers, names))
     length = headers.get(v2.HEADER_LENGTH)
     return answers, triton.InferResult.from_response_body(body, header_length=None if length is None else int(length))
@@ -91,14 +91,13 @@ def test_an_image_sent_as_a_file_and_chosen_outputs(models, real_inputs):
 
 
 def test_the_metadata_names_what_each_model_takes_and_gives(models, real_inputs):
-    image = v2.model_metadata(models["ultrasound"].info())
+    image = models["ultrasound"].protocol_metadata()
     assert image["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}]
     assert image["versions"] == ["1"] and image["parameters"]["classes"] == ["benign", "malignant"]
     assert [o["name"] for o in image["outputs"]] == ["probabilities", "calibrated_probabilities", "label",
                                                      "prediction_set", "refer_to_clinician"]
-    assert v2.model_metadata(models["ecg"].info())["inputs"] == [{"name": "signal", "datatype": "FP32",
-                                                                    "shape": [-1, 96]}]
-    records = v2.model_metadata(models["records"].info())["inputs"]
+    assert models["ecg"].protocol_metadata()["inputs"] == [{"name": "signal", "datatype": "FP32", "shape": [-1, 96]}]
+    records = models["records"].protocol_metadata()["inputs"]
     assert [i["name"] for i in records] == real_inputs["feature_names"] and records[0]["datatype"] == "FP64"
 
 
@@ -159,23 +158,21 @@ def test_malformed_bodies_are_refused_naming_the_field_never_a_value(models):
 
 def test_tensors_the_model_does_not_take_are_refused_by_name(models, real_inputs):
     image, names = models["ultrasound"], real_inputs["feature_names"]
-    schema = image.input_schema()
     cases = [
         ({"pixels": np.zeros((1, 28, 28))}, "this model takes one input, 'image'"),
         ({"image": np.zeros((0, 28, 28))}, "holds no instances"),
         ({"image": np.zeros((1, 28, 28), dtype=bool)}, "must be a numeric tensor"),
+        ({"image": np.full((1, 5, 5), CANARY)}, r"image must have shape \(28, 28\), got \(5, 5\)"),
     ]
     for tensors, message in cases:
         with pytest.raises(InputError, match=message):
-            v2.instances_from_tensors(schema, tensors)
-    with pytest.raises(InputError, match=r"image must have shape \(28, 28\), got \(5, 5\)"):
-        image.decode(v2.instances_from_tensors(schema, {"image": np.full((1, 5, 5), CANARY)}))
-    records = models["records"].input_schema()
+            image.decode_tensors(tensors)
+    records = models["records"]
     full = {n: np.ones(2) for n in names}
     with pytest.raises(InputError, match="missing feature"):
-        v2.instances_from_tensors(records, {n: v for n, v in full.items() if n != names[0]})
+        records.decode_tensors({n: v for n, v in full.items() if n != names[0]})
     with pytest.raises(InputError) as extra:
-        v2.instances_from_tensors(records, {**full, f"mrn {CANARY}": np.ones(2)})
+        records.decode_tensors({**full, f"mrn {CANARY}": np.ones(2)})
     assert "1 input(s) the model does not take" in str(extra.value) and str(CANARY) not in str(extra.value)
     with pytest.raises(InputError, match="holds 3 rows where the other features hold 2"):
-        v2.instances_from_tensors(records, {**full, names[-1]: np.ones(3)})
+        records.decode_tensors({**full, names[-1]: np.ones(3)})

@@ -244,6 +244,32 @@ class Modality(ABC):
                 preprocessor: Preprocessor) -> list[dict[str, Any]]:
         """Why, per input, the model (in eval mode) predicts its class."""
 
+    # The Open Inference Protocol and exported graphs ---------------------------------
+    @abstractmethod
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        """The input tensors of an Open Inference Protocol request (name, datatype, shape
+        with -1 for the batch axis), as GET /v2/models/{name} lists them."""
+
+    @abstractmethod
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        """An Open Inference Protocol request's tensors by name as the `instances` `decode`
+        takes (so both protocols are checked alike); a problem raises `InputError` naming
+        the input, never a value."""
+
+    def graph_input(self, preprocessor: Preprocessor) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The preprocessing an exported graph starts with (a module from its input to the
+        model's) and what that input is (`shape`, `dtype`, `takes`). The default holds none:
+        the graph takes the model's input tensor, as `transform` returns it."""
+        from torch import nn
+
+        return nn.Identity(), {"shape": [-1, *preprocessor.input_shape], "dtype": "float32",
+                               "takes": f"the model's input tensor: medray's {self.name} preprocessing "
+                                        "(Preprocessor.transform) of the request, which this graph does not hold"}
+
+    def graph_rows(self, preprocessor: Preprocessor, instances: list[Any]) -> np.ndarray:
+        """Request `instances` as an exported graph's input (what `graph_input` takes)."""
+        return self.transform(preprocessor, self.decode(preprocessor, instances))
+
 
 class TensorModality(Modality, ABC):
     """A modality stored as one fixed-size-list column holding each example's array
@@ -268,6 +294,35 @@ class TensorModality(Modality, ABC):
         return np.asarray(features[row]).tolist()
 
 
+# --- Open Inference Protocol tensors: checks every modality's mapping shares ---------
+
+def one_tensor(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The request's only input, which must be called `name` and hold instances."""
+    if set(tensors) != {name}:
+        raise InputError(f"inputs: this model takes one input, '{name}'")
+    tensor = tensors[name]
+    if tensor.ndim == 0 or tensor.shape[0] == 0:
+        raise InputError(f"{name}: holds no instances (its first dimension is 0)")
+    return tensor
+
+
+def numeric_rows(name: str, tensor: np.ndarray) -> list[np.ndarray]:
+    """A numeric tensor's rows as float64 arrays (what `numeric_array` checks)."""
+    if tensor.dtype == object or tensor.dtype == np.bool_:
+        raise InputError(f"{name}: must be a numeric tensor")
+    return list(tensor.astype(np.float64, copy=False))
+
+
+def text_elements(name: str, tensor: np.ndarray) -> list[str]:
+    """A BYTES tensor of shape (N,) as UTF-8 strings."""
+    if tensor.dtype != object or tensor.ndim != 1:
+        raise InputError(f"{name}: must be a BYTES tensor of shape (N,)")
+    try:
+        return [bytes(item).decode("utf-8") for item in tensor]
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: elements must be UTF-8 text") from None
+
+
 # The modality modules import the names above, so they come after them.
 from medray.train.modalities import image, signal, tabular, text, timeseries  # noqa: E402
 
@@ -284,4 +339,5 @@ def modality(name: str) -> Modality:
     return MODALITIES[name]
 
 
-__all__ = ["MODALITIES", "Baseline", "Modality", "OODSet", "TensorModality", "modality"]
+__all__ = ["MODALITIES", "Baseline", "Modality", "OODSet", "TensorModality", "modality", "numeric_rows", "one_tensor",
+           "text_elements"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from medray.cluster.errors import InputError
 from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image, dicom_metadata, metadata_differences
-from medray.train.modalities import OODSet, TensorModality, check_numbers, numeric_array
+from medray.train.modalities import OODSet, TensorModality, check_numbers, numeric_array, numeric_rows, one_tensor
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
@@ -79,6 +79,46 @@ class ImageModality(TensorModality):
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         return [{"type": "grad_cam", "map": m.round(4).tolist()} for m in grad_cam(model, inputs)]
+
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        return [{"name": "image", "datatype": "UINT8", "shape": [-1, *_pixel_shape(preprocessor)]}]
+
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        tensor = one_tensor(tensors, "image")
+        if tensor.dtype == object:  # BYTES: encoded files, as /v1's base64 strings
+            if tensor.ndim != 1:
+                raise InputError("image: BYTES files must have shape (N,)")
+            return [base64.b64encode(bytes(file)).decode("ascii") for file in tensor]
+        return numeric_rows("image", tensor)
+
+    def graph_input(self, preprocessor: Preprocessor) -> tuple[nn.Module, dict[str, Any]]:
+        return PixelInput(preprocessor), {"shape": [-1, *_pixel_shape(preprocessor)], "dtype": "float32",
+                                          "takes": "pixel values 0-255"}
+
+    def graph_rows(self, preprocessor: Preprocessor, instances: list[Any]) -> np.ndarray:
+        pixels = self.decode(preprocessor, instances).astype(np.float32)  # checked, (N, C, H, W)
+        return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
+
+
+def _pixel_shape(preprocessor: Preprocessor) -> list[int]:
+    """An image as clients hold it: (H, W) for one channel, else (H, W, C)."""
+    channels, height, width = preprocessor.input_shape
+    return [height, width] + ([channels] if channels > 1 else [])
+
+
+class PixelInput(nn.Module):
+    """An exported graph's preprocessing: pixels 0-255, (N, H, W) or (N, H, W, C), as
+    `transform` makes them, (N, C, H, W) standardised with the train split's statistics."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        super().__init__()
+        self.channels = preprocessor.input_shape[0]
+        self.register_buffer("mean", torch.tensor(preprocessor.stats["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessor.stats["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = pixels.unsqueeze(1) if self.channels == 1 else pixels.permute(0, 3, 1, 2)
+        return (images / 255.0 - self.mean) / self.std
 
 
 def decode_limits(preprocessor: Preprocessor) -> DecodeLimits:

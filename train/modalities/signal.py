@@ -24,6 +24,8 @@ from medray.train.modalities import (
     finite_extremes,
     fitted_range,
     numeric_array,
+    numeric_rows,
+    one_tensor,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +72,42 @@ class SignalModality(TensorModality):
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         return [{"type": "saliency", "per_time_step": s.round(4).tolist()} for s in saliency(model, inputs)]
+
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        return [{"name": "signal", "datatype": "FP32", "shape": [-1, *_series_shape(preprocessor)]}]
+
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        return numeric_rows("signal", one_tensor(tensors, "signal"))
+
+    def graph_input(self, preprocessor: Preprocessor) -> tuple[nn.Module, dict[str, Any]]:
+        return SeriesInput(preprocessor), {"shape": [-1, *_series_shape(preprocessor)], "dtype": "float32",
+                                           "takes": "raw signal values"}
+
+    def graph_rows(self, preprocessor: Preprocessor, instances: list[Any]) -> np.ndarray:
+        values = self.decode(preprocessor, instances).astype(np.float32)  # checked, (N, L, C)
+        return values[:, :, 0] if values.shape[2] == 1 else values
+
+
+def _series_shape(preprocessor: Preprocessor) -> list[int]:
+    """A signal as clients hold it: (L,) for one channel, else (L, C)."""
+    length, channels = preprocessor.input_shape
+    return [length] + ([channels] if channels > 1 else [])
+
+
+class SeriesInput(nn.Module):
+    """An exported graph's preprocessing: raw values, (N, L) or (N, L, C), standardised
+    per channel with the train split's statistics, as `transform` does."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        super().__init__()
+        self.channels = preprocessor.input_shape[1]
+        self.register_buffer("mean", torch.tensor(preprocessor.stats["mean"], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(preprocessor.stats["std"], dtype=torch.float32))
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        signals = values.unsqueeze(-1) if self.channels == 1 else values
+        normalised = (signals - self.mean) / self.std
+        return torch.where(torch.isnan(normalised), torch.zeros_like(normalised), normalised)
 
 
 def augment_signals(

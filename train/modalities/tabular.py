@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
-from medray.train.modalities import Modality, OODSet, check_numbers, finite_extremes, fitted_range
+from medray.train.modalities import Modality, OODSet, check_numbers, finite_extremes, fitted_range, text_elements
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
@@ -137,6 +137,69 @@ class TabularModality(Modality):
             weights = model.attention_weights(inputs).double().numpy()
         names = self.feature_names(preprocessor)
         return [{"type": "attention", "features": dict(zip(names, map(float, row)))} for row in weights]
+
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        # One tensor per feature (the layout of KServe's and MLServer's pandas codecs).
+        return [{"name": c["name"], "datatype": "BYTES" if c["type"] == "categorical" else "FP64", "shape": [-1]}
+                for c in preprocessor.stats["columns"]]
+
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        columns = preprocessor.stats["columns"]
+        names = [c["name"] for c in columns]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise InputError(f"inputs: missing feature(s) {', '.join(missing)}")
+        if len(tensors) != len(names):  # unknown names are the caller's text: counted, not named
+            raise InputError(f"inputs: {len(tensors) - len(names)} input(s) the model does not take; "
+                             f"it takes one per feature: {', '.join(names)}")
+        values, rows = {}, None
+        for column in columns:
+            name, tensor = column["name"], tensors[column["name"]]
+            if tensor.ndim == 2 and tensor.shape[1] == 1:
+                tensor = tensor[:, 0]
+            if tensor.ndim != 1 or len(tensor) == 0:
+                raise InputError(f"{name}: must have shape (N,) or (N, 1), N at least 1")
+            if rows is not None and len(tensor) != rows:
+                raise InputError(f"{name}: holds {len(tensor)} rows where the other features hold {rows}")
+            rows = len(tensor)
+            if column["type"] == "categorical":  # an empty string is unknown, as null is in /v1
+                values[name] = [text or None for text in text_elements(name, tensor)]
+            elif tensor.dtype == object or tensor.dtype == np.bool_:
+                raise InputError(f"{name}: a numeric feature is a numeric tensor")
+            else:  # NaN is unknown (null in /v1); an infinity stays, for decode to refuse
+                values[name] = [None if math.isnan(v) else v for v in tensor.astype(np.float64).tolist()]
+        return [{name: values[name][row] for name in names} for row in range(rows)]
+
+    def graph_input(self, preprocessor: Preprocessor) -> tuple[nn.Module, dict[str, Any]]:
+        columns = preprocessor.stats["columns"]
+        if any(c["type"] == "categorical" for c in columns):  # category lookups stay outside the graph
+            return super().graph_input(preprocessor)
+        return RecordInput(preprocessor), {"shape": [-1, len(columns)], "dtype": "float32",
+                                           "features": [c["name"] for c in columns],
+                                           "takes": "raw feature values in this order, NaN for unknown"}
+
+    def graph_rows(self, preprocessor: Preprocessor, instances: list[Any]) -> np.ndarray:
+        columns = preprocessor.stats["columns"]
+        if any(c["type"] == "categorical" for c in columns):
+            return super().graph_rows(preprocessor, instances)
+        decoded = self.decode(preprocessor, instances)
+        return np.stack([decoded[c["name"]] for c in columns], axis=1).astype(np.float32)
+
+
+class RecordInput(nn.Module):
+    """An exported graph's preprocessing for numeric records: (N, F) raw values in the
+    model's feature order, NaN imputed with the train split's median, then standardised."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        super().__init__()
+        columns = preprocessor.stats["columns"]
+        for key in ("median", "mean", "std"):
+            self.register_buffer(key, torch.tensor([c[key] for c in columns], dtype=torch.float64))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        values = features.double()
+        values = torch.where(torch.isnan(values), self.median.expand_as(values), values)
+        return ((values - self.mean) / self.std).float()
 
 
 def _feature(field: str, column: dict[str, Any], value: Any) -> Any:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import ConfigError, InputError
-from medray.train.modalities import Baseline, Modality, OODSet
+from medray.train.modalities import Baseline, Modality, OODSet, one_tensor, text_elements
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -164,6 +164,12 @@ class TextModality(Modality):
         except UnicodeDecodeError as error:
             raise InputError(f"file: not UTF-8 text (invalid byte at offset {error.start})") from None
         return pd.DataFrame({"text": np.asarray([_checked_text("file", text)], dtype=object)})
+
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        return [{"text": text} for text in text_elements("text", one_tensor(tensors, "text"))]
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         tokenizer = load_tokenizer(preprocessor.stats)

@@ -36,9 +36,11 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from medray.cluster.bounded_json import parse_json_body
 from medray.cluster.errors import InputError
 from medray.train.data.events import CLOCK
-from medray.train.modalities import Baseline, Modality, OODSet, check_numbers, finite_extremes, fitted_range
+from medray.train.modalities import (Baseline, Modality, OODSet, check_numbers, finite_extremes, fitted_range, one_tensor,
+                                     text_elements)
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
@@ -171,6 +173,13 @@ class TimeSeriesModality(Modality):
         """A stay with no observation of any time-varying variable has nothing to predict
         from: out of distribution whatever the detector makes of its all-mean input."""
         return [[] if item.get("observations") else ["observations"] for item in instances]
+
+    def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
+        return [{"name": "stay", "datatype": "BYTES", "shape": [-1]}]
+
+    def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
+        # Each element one stay as /v1 takes it, a JSON document parsed with the body's bounds.
+        return [parse_json_body(text.encode("utf-8")) for text in text_elements("stay", one_tensor(tensors, "stay"))]
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         names = model_variables(preprocessor.stats)
