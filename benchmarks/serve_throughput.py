@@ -9,6 +9,8 @@
     (d) ceiling          batched `model.forward` in a loop: no HTTP, no decoding of JSON
     (e) serve_noop       a Serve deployment answering a fixed body to the same request: the
                          proxy and one replica, Serve's own HTTP cost and the most (a) can reach
+    (f) serve_noop_two_hops  the same answer through an ingress deployment and a handle call to
+                         a second one, as medray's app is laid out: what the second hop costs
 
 Each of (a)-(c) and (e) gets closed-loop clients at concurrency 1, 8 and 32 for `--seconds`,
 each request one image; requests/s, p50 and p99 in ms. All model work uses one torch
@@ -171,6 +173,27 @@ def noop_app(answer: bytes):
     return NoOp.bind()
 
 
+def noop_two_hops_app(answer: bytes):
+    """(f): an ingress passing the body to a second deployment by handle, which answers `answer`."""
+    from ray import serve
+    from starlette.responses import Response
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+    class NoOpModel:
+        async def predict(self, body: bytes) -> bytes:
+            return answer
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+    class NoOpIngress:
+        def __init__(self, model) -> None:
+            self.model = model
+
+        async def __call__(self, request) -> Response:
+            return Response(await self.model.predict.remote(await request.body()), media_type="application/json")
+
+    return NoOpIngress.bind(NoOpModel.bind())
+
+
 def v2_bodies(image) -> dict[str, dict]:
     """One image as an OIP request: JSON tensors, and the binary extension as tritonclient sends it."""
     import tritonclient.http as triton
@@ -245,7 +268,7 @@ def scale_to_zero_run(config_overrides: list[str], storage, model: str, body: di
     idle_since = time.perf_counter()
     seconds_to_zero = None
     while time.perf_counter() - idle_since < wait_seconds:
-        if running_replicas(model) == 0:
+        if live_replicas(model) == 0:
             seconds_to_zero = round(time.perf_counter() - idle_since, 1)
             break
         time.sleep(0.5)
@@ -256,12 +279,22 @@ def scale_to_zero_run(config_overrides: list[str], storage, model: str, body: di
             "cold_request_status": cold, "waited_seconds": wait_seconds}
 
 
-def running_replicas(model: str) -> int:
+def replica_states(model: str) -> dict[str, int]:
     from ray import serve
 
     app = serve.status().applications["medray"]
-    return sum(count for state, count in app.deployments[f"model-{model}"].replica_states.items()
-               if str(getattr(state, "value", state)) == "RUNNING")
+    return {str(getattr(state, "value", state)): count
+            for state, count in app.deployments[f"model-{model}"].replica_states.items()}
+
+
+def running_replicas(model: str) -> int:
+    return replica_states(model).get("RUNNING", 0)
+
+
+def live_replicas(model: str) -> int:
+    """Replicas running or on their way (starting, updating, recovering): zero only when
+    the deployment has really scaled to zero, not while a replica is being reconfigured."""
+    return sum(count for state, count in replica_states(model).items() if state != "STOPPING")
 
 
 def main() -> None:
@@ -336,6 +369,9 @@ def run(args, storage, image) -> dict:
     serve.run(noop_app(answer), name="noop", route_prefix="/noop")
     results["serve_noop"] = measure(f"http://127.0.0.1:{port}/noop", body, args.seconds)
     serve.delete("noop")
+    serve.run(noop_two_hops_app(answer), name="noop2", route_prefix="/noop2")
+    results["serve_noop_two_hops"] = measure(f"http://127.0.0.1:{port}/noop2", body, args.seconds)
+    serve.delete("noop2")
     results["autoscaling"] = autoscaling_run([f"serve.port={port}"], storage, args.model, body, args.step_seconds)
     results["scale_to_zero"] = scale_to_zero_run([f"serve.port={port}"], storage, args.model, body)
     down()
@@ -343,7 +379,7 @@ def run(args, storage, image) -> dict:
     ray.shutdown()
 
     paths = ("serve_batched", "serve_v2_json", "serve_v2_binary", "serve_batched_onnx", "serve_unbatched",
-             "plain_fastapi", "serve_noop")
+             "plain_fastapi", "serve_noop", "serve_noop_two_hops")
     at32 = {name: next(r for r in results[name] if r["concurrency"] == 32)["requests_per_s"] for name in paths}
     at1 = {name: next(r for r in results[name] if r["concurrency"] == 1)["p50_ms"] for name in paths}
     best = max(paths[:4], key=lambda name: at32[name])

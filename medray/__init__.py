@@ -37,6 +37,7 @@ _PUBLIC = {
     "promote": "medray.api",
     "models": "medray.api",
     "load_model": "medray.api",
+    "export_model": "medray.api",
     "open_storage": "medray.api",
     "load_config": "medray.cluster.config",
     "MedrayConfig": "medray.cluster.config",

@@ -214,8 +214,6 @@ def export_model(ref: str, fmt: str, destination: str | os.PathLike,
     """Write the registry version `NAME@K` (or `NAME`'s champion) as an ONNX or TorchScript
     graph that outputs calibrated probabilities, with its calibration, model card and
     checksums, into the folder `destination` (see `medray.serve.export`)."""
-    from pathlib import Path
-
     from medray.cluster.registry import Registry
     from medray.serve.export import export_version
 
