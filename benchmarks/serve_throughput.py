@@ -352,6 +352,9 @@ def run(args, storage, image) -> dict:
         plain.wait(timeout=30)
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # Serve's throughput mode is not medray's default (see README); RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+    # in the shell measures it.
+    results["serve_throughput_optimized"] = os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
     fixed = [f"serve.port={port}", "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1",
              "serve.replica_cpus=1", "serve.max_ongoing_requests=64"]
     for variant, batch, runtime in (("serve_batched", 32, "torch"), ("serve_batched_onnx", 32, "onnx"),
