@@ -282,7 +282,9 @@ def scale_to_zero_run(config_overrides: list[str], storage, model: str, body: di
 def replica_states(model: str) -> dict[str, int]:
     from ray import serve
 
-    app = serve.status().applications["medray"]
+    from medray.serve.app import model_app_name
+
+    app = serve.status().applications[model_app_name(model)]
     return {str(getattr(state, "value", state)): count
             for state, count in app.deployments[f"model-{model}"].replica_states.items()}
 

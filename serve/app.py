@@ -1,7 +1,11 @@
 """Build the Serve application from the registry's champions, and run it.
 
-`medray serve up|update|status|down` call the functions here. Updating redeploys the same
-application, with the same code version (`_pinned`), and each model's new champion in its
+`medray serve up|update|status|down` call the functions here. `serve up` deploys one
+application per model (`medray-model-NAME`, at `/v2/models/NAME`, its `ModelServer` the
+ingress: an Open Inference Protocol request takes one hop) and the `medray` application at
+`/` (the ingress: `/v1`, the model list, the probes, the docs). A Serve config file deploys
+the one-application layout (`app_builder`). Updating redeploys the same applications,
+with the same code version (`_pinned`), and each model's new champion in its
 `user_config`: Serve then calls `reconfigure()` on the live replicas instead of replacing
 them, so no request is dropped.
 
@@ -30,7 +34,8 @@ from medray.cluster.config import MedrayConfig
 from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.registry import Registry
 from medray.cluster.storage import Storage
-from medray.serve.deployments import TOKEN_VARIABLE, Ingress, ModelServer, proxy_options, refuse_open_beyond_loopback
+from medray.serve.deployments import (TOKEN_VARIABLE, Ingress, ModelApplication, ModelServer, proxy_options,
+                                      refuse_open_beyond_loopback)
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +59,62 @@ def champions(config: MedrayConfig, registry: Registry, names: list[str] | None 
     return served
 
 
+def model_app_name(name: str) -> str:
+    """The application a model is the ingress of in `serve up`'s layout."""
+    return f"{APP_NAME}-model-{name}"
+
+
 def build_app(config: MedrayConfig, storage: Storage, versions: dict[str, int], auth: dict[str, str] | None = None):
-    """Ingress + one autoscaling ModelServer deployment per model, joined with `.bind()`.
+    """One application: the ingress with one autoscaling ModelServer deployment per model
+    bound into it (what a Serve config file deploys). Every request crosses the ingress.
 
     `auth`: where the ingress reads its token on its node, `{"token_env": NAME}` or
     `{"token_file": PATH}`; empty for an open API, which only starts on loopback."""
+    models = {name: _model_server(config, storage, name, version, None) for name, version in sorted(versions.items())}
+    return _ingress(config, models, _http_settings(config, auth))
+
+
+def build_applications(config: MedrayConfig, storage: Storage, versions: dict[str, int],
+                       auth: dict[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+    """`serve up`'s layout, application name -> (route prefix, application): each model the
+    ingress of its own application at /v2/models/NAME (an infer request: proxy, then one
+    model replica), and the ingress at / finding the model applications by name. The
+    model applications come first: the ingress looks their deployments up when it starts."""
+    settings = _http_settings(config, auth)
+    applications = {model_app_name(name): (f"/v2/models/{name}", _model_server(config, storage, name, version, settings))
+                    for name, version in sorted(versions.items())}
+    applications[APP_NAME] = ("/", _ingress(config, {name: model_app_name(name) for name in sorted(versions)}, settings))
+    return applications
+
+
+def _http_settings(config: MedrayConfig, auth: dict[str, str] | None) -> dict[str, Any]:
+    return {"max_instances": config.serve.max_instances, "max_body_bytes": config.serve.max_body_bytes,
+            "auth": dict(auth or {})}
+
+
+def _model_server(config: MedrayConfig, storage: Storage, name: str, version: int, settings: dict[str, Any] | None):
+    """The model's deployment: its own application's ingress with `settings` (its HTTP
+    settings), else a deployment behind the ingress."""
     serve_cfg = config.serve
-    autoscaling = serve_cfg.autoscaling.model_dump()
-    models = {}
-    for name, version in sorted(versions.items()):
-        models[name] = _pinned(ModelServer.options(
-            name=f"model-{name}",
-            autoscaling_config=autoscaling,
-            max_ongoing_requests=serve_cfg.max_ongoing_requests,
-            ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
-            user_config={"storage": storage.root, "name": name, "version": version,
-                         "max_batch_size": serve_cfg.max_batch_size,
-                         "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
-                         "threads": max(1, int(serve_cfg.replica_cpus)), "runtime": serve_cfg.runtime},
-        )).bind()
+    deployment = ModelServer if settings is None else ModelApplication
+    return _pinned(deployment.options(
+        name=f"model-{name}",
+        autoscaling_config=serve_cfg.autoscaling.model_dump(),
+        max_ongoing_requests=serve_cfg.max_ongoing_requests,
+        ray_actor_options={"num_cpus": serve_cfg.replica_cpus},
+        user_config={"storage": storage.root, "name": name, "version": version,
+                     "max_batch_size": serve_cfg.max_batch_size,
+                     "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s,
+                     "threads": max(1, int(serve_cfg.replica_cpus)), "runtime": serve_cfg.runtime},
+    ), settings).bind(*([] if settings is None else [settings]))
+
+
+def _ingress(config: MedrayConfig, models: dict[str, Any], settings: dict[str, Any]):
+    layout = {name: where if isinstance(where, str) else "bound" for name, where in models.items()}
     return _pinned(Ingress.options(
         ray_actor_options={"num_cpus": 0.1},
-        max_ongoing_requests=max(256, serve_cfg.max_ongoing_requests * max(1, len(models))),
-    )).bind(models, {"max_instances": serve_cfg.max_instances, "max_body_bytes": serve_cfg.max_body_bytes,
-                    "auth": dict(auth or {})})
+        max_ongoing_requests=max(256, config.serve.max_ongoing_requests * max(1, len(models))),
+    ), layout, settings).bind(models, settings)
 
 
 @functools.cache
@@ -89,15 +126,19 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _pinned(deployment):
-    """The deployment with a fixed code version. `serve.run` gives every deployment without
-    one a random version on each call, so `serve update` would restart every replica, the
-    ingress's too, all at once (on a small node with nothing left over, a gap of several
-    seconds with no replica). With the code version fixed, a new champion in `user_config`
-    is what Serve calls a lightweight update: `reconfigure()` on the live replicas.
+def _pinned(deployment, *arguments: Any):
+    """The deployment with a fixed code version: the serving code's hash and the
+    deployment's own arguments (`arguments`, JSON). `serve.run` gives every deployment
+    without one a random version on each call, so `serve update` would restart every
+    replica, the ingress's too, all at once (on a small node with nothing left over, a gap
+    of several seconds with no replica). With the version fixed, a new champion in
+    `user_config` is what Serve calls a lightweight update: `reconfigure()` on the live
+    replicas; changed arguments (another set of models, another token setting) restart
+    the deployment, since Serve does not compare arguments itself.
     (`options(version=...)` was removed from Serve's API; the attribute is what
     `serve.run` reads.)"""
-    deployment._version = code_version()
+    digest = hashlib.sha256((code_version() + json.dumps(arguments, sort_keys=True)).encode())
+    deployment._version = digest.hexdigest()[:16]
     return deployment
 
 
@@ -162,8 +203,16 @@ def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:
 
 def _run(config: MedrayConfig, storage: Storage, versions: dict[str, int], auth: dict[str, str]) -> dict[str, Any]:
     from ray import serve
+    from ray.serve.api import RunTarget
 
-    serve.run(build_app(config, storage, versions, auth), name=APP_NAME, route_prefix="/")
+    applications = build_applications(config, storage, versions, auth)
+    ingress_prefix, ingress = applications.pop(APP_NAME)
+    # The models' applications together (their replicas load in parallel), then the
+    # ingress, which looks them up; then the models no longer served, which it no longer calls.
+    serve.run_many([RunTarget(target, name=name, route_prefix=prefix) for name, (prefix, target) in applications.items()])
+    serve.run(ingress, name=APP_NAME, route_prefix=ingress_prefix)
+    for stale in set(_model_applications()) - set(applications):
+        serve.delete(stale)
     http = proxy_options()
     url = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
     return {"url": url, "host": http.host, "auth": bool(auth), "models": versions}
@@ -189,16 +238,33 @@ def status() -> dict[str, Any]:
     app = applications.get(APP_NAME)
     if app is None:
         return {"status": "NOT_RUNNING", "deployments": {}}
-    deployments = {}
-    for name, state in app.deployments.items():
-        deployments[name] = {"status": _name(state.status),
-                             "replicas": {_name(k): v
-                                          for k, v in state.replica_states.items()}}
-    for name in deployments:
-        if name.startswith("model-"):
-            deployments[name]["version"] = _served_version(name)
-    return {"status": _name(app.status),
-            "deployments": deployments}
+    deployments, statuses = {}, [_name(app.status)]
+    for app_name in [APP_NAME, *_model_applications(applications)]:
+        statuses.append(_name(applications[app_name].status))
+        for name, state in applications[app_name].deployments.items():
+            deployments[name] = {"status": _name(state.status),
+                                 "replicas": {_name(k): v for k, v in state.replica_states.items()}}
+            if name.startswith("model-"):
+                deployments[name]["version"] = _served_version(name, app_name)
+    # The whole is as far along as its least ready application.
+    return {"status": next((s for s in statuses if s != "RUNNING"), "RUNNING"), "deployments": deployments}
+
+
+def _model_applications(applications: dict[str, Any] | None = None) -> list[str]:
+    from ray import serve
+
+    if applications is None:
+        applications = serve.status().applications
+    return sorted(name for name in applications if name.startswith(model_app_name("")))
+
+
+def model_handle(name: str):
+    """A handle to the deployment serving model `name`, in either layout."""
+    from ray import serve
+
+    app_name = model_app_name(name)
+    return serve.get_deployment_handle(f"model-{name}", app_name=app_name if app_name in _model_applications()
+                                       else APP_NAME)
 
 
 def _name(state: Any) -> str:
@@ -206,11 +272,11 @@ def _name(state: Any) -> str:
     return str(getattr(state, "value", state))
 
 
-def _served_version(deployment: str) -> int | None:
+def _served_version(deployment: str, app_name: str) -> int | None:
     from ray import serve
 
     try:
-        handle = serve.get_deployment_handle(deployment, app_name=APP_NAME)
+        handle = serve.get_deployment_handle(deployment, app_name=app_name)
         return int(handle.info.remote().result(timeout_s=30)["version"])
     except Exception:  # not running yet: status reports it without a version
         return None

@@ -5,13 +5,24 @@
 champion reaches live replicas through `reconfigure()` (serve/app.py pins the code
 version so that Serve does not restart them instead): the new version is loaded beside
 the old one and swapped in one assignment, and requests already holding the old one
-finish with it. The ingress checks the token (in ASGI middleware, from the headers
-alone, before any route or body parser runs) and the body size, turns every request problem
-into a 4xx that names the field, and never logs or echoes request bodies.
+finish with it.
 
-The ingress's settings name where its token lies on the node, `{"token_env": NAME}` or
+Two ways to lay the deployments out (serve/app.py builds both):
+- `medray serve up`: each `ModelServer` is the ingress of its own application, at
+  `/v2/models/NAME`, so an Open Inference Protocol request crosses Serve's proxy and one
+  model replica, nothing else (`model_api` below); the `Ingress` application at `/`
+  answers `/v1`, the model list, the probes and the docs, calling the model
+  applications by handle (two hops, as `/v1` always did).
+- a Serve config file (`app_builder`): one application, the ingress with the model
+  deployments bound into it; every route, `/v2` too, goes through the ingress.
+Both answer the same routes with the same code (`v2_infer_answer`, `v2_metadata_answer`).
+
+Every HTTP entry (the ingress, a model application) checks the token (in ASGI middleware,
+from the headers alone, before any route or body parser runs) and the body size, turns
+every request problem into a 4xx that names the field, and never logs or echoes request
+bodies. Their settings name where the token lies on the node, `{"token_env": NAME}` or
 `{"token_file": PATH}`, never the token itself: Serve shows deployment arguments and
-runtime environments in its config and dashboard. Without a token it refuses to start
+runtime environments in its config and dashboard. Without a token they refuse to start
 unless Serve's HTTP proxy listens on loopback only.
 """
 
@@ -31,6 +42,7 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medray.cluster.bounded_json import parse_json_body
 from medray.cluster.errors import ConfigError, InputError
@@ -46,8 +58,280 @@ V2 = "/v2"
 """The Open Inference Protocol's routes, whose errors are `{"error": ...}` as it defines them."""
 
 
-@serve.deployment
-class ModelServer:
+model_api = FastAPI(title="medray model", docs_url=None, redoc_url=None, openapi_url=None)
+"""A model application's routes, under its route prefix `/v2/models/NAME`. No docs of its
+own: the ingress's OpenAPI document describes these paths, one place for the API."""
+
+
+app = FastAPI(
+    title="medray",
+    version="1",
+    description="Predictions from the model registry's champions. Send `Authorization: Bearer <token>` "
+                "on every route but the probes when the server was started with a token.",
+)
+
+
+@app.exception_handler(RequestValidationError)
+@model_api.exception_handler(RequestValidationError)
+async def _validation_problem(request: Request, error: RequestValidationError) -> JSONResponse:
+    # FastAPI's default answer echoes the submitted input; name only where and what.
+    problems = ["/".join(str(part) for part in e.get("loc", ())) + f": {e.get('msg', 'invalid')}"
+                for e in error.errors()]
+    return JSONResponse(_problem_body(request.scope, "; ".join(problems)), status_code=422)
+
+
+def _problem_body(scope, detail: str) -> dict[str, str]:
+    """A problem as the route's protocol words it: `/v1`'s `detail`, the OIP's `error`.
+    A model application's routes are all the OIP's: its root path is /v2/models/NAME."""
+    speaks_v2 = any(path == V2 or path.startswith(V2 + "/") for path in (_route_path(scope), scope.get("root_path", "")))
+    return {"error": detail} if speaks_v2 else {"detail": detail}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over `limit` bytes with 413, before parsing it."""
+
+    def __init__(self, asgi, limit: int) -> None:
+        self.asgi, self.limit = asgi, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            return await self.asgi(scope, limited_receive, send)
+        except _TooLarge:
+            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class PrefixAsRoot:
+    """ASGI middleware: a request for the route prefix itself (GET /v2/models/NAME, the
+    protocol's metadata) is routed as `/`. Starlette would answer it with a redirect to
+    the prefix plus a slash, which the protocol's clients do not follow."""
+
+    def __init__(self, asgi) -> None:
+        self.asgi = asgi
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and _route_path(scope) == "":
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope.get("raw_path", b"") + b"/"}
+        return await self.asgi(scope, receive, send)
+
+
+model_api.add_middleware(PrefixAsRoot)
+
+
+class BearerAuth:
+    """ASGI middleware: every route but the probes needs `Authorization: Bearer <token>`.
+
+    It decides from the request's headers alone and answers 401 without calling `receive`,
+    so no byte of an unauthenticated body is read, let alone parsed; the docs and the
+    OpenAPI document are behind it too."""
+
+    def __init__(self, asgi, token: str) -> None:
+        self.asgi, self.token = asgi, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or _route_path(scope) in PROBES or self._admits(scope):
+            return await self.asgi(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        return await _send_problem(send, scope, 401, "missing or wrong bearer token",
+                                   [(b"www-authenticate", b"Bearer")])
+
+    def _admits(self, scope) -> bool:
+        offered = next((value for key, value in scope.get("headers") or [] if key == b"authorization"), b"")
+        scheme, _, credential = offered.partition(b" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
+
+
+def _route_path(scope) -> str:
+    """The path the app routes on (Starlette's rule): the request path less root_path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+async def _send_problem(send, scope, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(_problem_body(scope, detail)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def read_token(auth: dict[str, str]) -> str | None:
+    """The API token from where `auth` names it on this node; None when it names nowhere.
+
+    A named place that is missing or empty is an error, not an open API: the operator
+    asked for a token, so the ingress must not start without one."""
+    if set(auth) - {"token_env", "token_file"} or len(auth) > 1:
+        raise ConfigError("the ingress's auth setting takes one of token_env: NAME or token_file: PATH")
+    if "token_env" in auth:
+        where, token = f"environment variable {auth['token_env']}", os.environ.get(auth["token_env"], "")
+    elif "token_file" in auth:
+        where = f"file {auth['token_file']}"
+        try:
+            token = Path(auth["token_file"]).read_text()
+        except (OSError, UnicodeDecodeError):
+            token = ""
+    else:
+        return None
+    if not token.strip():  # a Secret mounted as a file often ends in a newline; the token does not
+        raise ConfigError(f"the API token's {where} is missing or empty on this node")
+    return token.strip()
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_options():
+    """Serve's HTTP options (the `host` and `port` its proxies listen on) as the running
+    controller has them, which may differ from what a later `serve.start` asked for."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().http_config
+
+
+def refuse_open_beyond_loopback(token: str | None, host: str) -> None:
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"refusing to serve without an API token while Serve's HTTP proxy listens on {host}: "
+                          f"set {TOKEN_VARIABLE} (or name a token_env / token_file), or bind the proxy to 127.0.0.1")
+
+
+def token_to_require(auth: dict[str, str]) -> str | None:
+    """What the ingress starts with: the token `auth` names, read on this node, or None for
+    an open API, which it refuses unless Serve's proxy listens on loopback only. Every way
+    of deploying (`serve up`, a Serve config, `app_builder`) builds the ingress, so this is
+    the check none of them can skip."""
+    token = read_token(auth)
+    refuse_open_beyond_loopback(token, proxy_options().host)
+    return token
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _v2_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _no_such_model() -> JSONResponse:
+    # The path's name is the caller's text: not repeated back.
+    return _problem(404, "name: no such model is served; GET /v1/models lists them")
+
+
+def guard(api: FastAPI, settings: dict[str, Any]) -> str | None:
+    """Put the token check and the body limit in front of `api`'s routes; returns the token
+    (None: an open API, refused unless the proxy listens on loopback only)."""
+    token = token_to_require(dict(settings.get("auth") or {}))
+    api.add_middleware(BodyLimit, limit=int(settings["max_body_bytes"]))
+    if token is not None:  # added last, so outermost: a 401 comes before any body limit or parser
+        api.add_middleware(BearerAuth, token=token)
+    return token
+
+
+class RequestMetrics:
+    """Request counts and latency per model and status, as Prometheus metrics. The labels
+    are the model's name and the HTTP status, never anything from the request."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.requests = Counter("medray_requests_total", description="Predict requests by model and status.",
+                                tag_keys=("model", "status"))
+        self.latency = Histogram("medray_request_latency_ms", description="Predict latency by model (ms).",
+                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+                                 tag_keys=("model",))
+
+    def record(self, model: str, status: int, started: float) -> None:
+        self.requests.inc(tags={"model": model, "status": str(status)})
+        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": model})
+
+
+def v2_metadata_answer(metadata: dict[str, Any], version: str | None) -> dict[str, Any] | JSONResponse:
+    """A served model's protocol metadata, or 404 when `version` is not the one it serves."""
+    if version is not None and [version] != metadata["versions"]:
+        return _v2_error(404, f"version: this model serves version {metadata['versions'][0]}")
+    return metadata
+
+
+def v2_ready_answer(name: str, metadata: dict[str, Any] | Response) -> dict[str, Any] | Response:
+    return metadata if isinstance(metadata, Response) else {"name": name, "ready": True}
+
+
+async def v2_infer_answer(request: Request, version: str | None, settings: dict[str, Any], infer,
+                          metrics: RequestMetrics, name: str) -> Response:
+    """An Open Inference Protocol infer request answered: the body checked and parsed
+    (serve/inference_protocol.py), the tensors handed to `infer(inputs, version)` (a model
+    replica's `infer`, called directly or by handle), the answer encoded as asked."""
+    started = time.perf_counter()
+    if version is not None and not version.isdigit():
+        return _v2_error(404, "version: must be a version number")
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        # A compressed body's size is not its cost: refused before reading it.
+        return _v2_error(415, "content-encoding: compressed request bodies are not accepted")
+    try:
+        parsed = v2.parse_infer_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
+    except InputError as error:
+        return _v2_error(400, str(error))
+    most = int(settings["max_instances"])
+    if any(t.ndim == 0 or not 1 <= t.shape[0] <= most for t in parsed.inputs.values()):
+        return _v2_error(400, f"inputs: each input's first dimension (instances) must be 1 to {most}")
+    result = await infer(parsed.inputs, None if version is None else int(version))
+    status = 404 if "missing" in result else 400 if "error" in result else 200
+    metrics.record(name, status, started)
+    if status != 200:
+        return _v2_error(status, result.get("missing") or result["error"])
+    model_outputs = result["outputs"]
+    wanted = list(parsed.outputs) if parsed.outputs is not None else model_outputs
+    unknown = sum(output not in model_outputs for output in wanted)
+    if unknown:
+        return _v2_error(400, f"outputs: {unknown} output(s) the model does not give; "
+                              f"it gives: {', '.join(model_outputs)}")
+    body, headers = v2.encode_response(result["model"], result["version"], parsed,
+                                       v2.output_tensors(result["predictions"], wanted))
+    return Response(content=body, headers=headers)
+
+
+def _openapi_with_bearer() -> dict[str, Any]:
+    """The OpenAPI document, saying which operations need the bearer token."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["security"] = [] if path in PROBES else [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+class ModelReplica:
+    """One model's replica: its version loaded, requests decoded and batched. Deployed as
+    `ModelServer` behind the ingress, or as `ModelApplication`, its own application."""
+
     def __init__(self) -> None:
         self.model = None
         self.loaded: tuple[str, str, int, str] | None = None
@@ -126,176 +410,53 @@ class ModelServer:
         return answers
 
 
-app = FastAPI(
-    title="medray",
-    version="1",
-    description="Predictions from the model registry's champions. Send `Authorization: Bearer <token>` "
-                "on every route but the probes when the server was started with a token.",
-)
+ModelServer = serve.deployment(ModelReplica, name="ModelServer")
+"""A model behind the ingress, which calls it by handle (a Serve config file's layout:
+Serve takes one FastAPI deployment per application, the ingress)."""
 
 
-@app.exception_handler(RequestValidationError)
-async def _validation_problem(request: Request, error: RequestValidationError) -> JSONResponse:
-    # FastAPI's default answer echoes the submitted input; name only where and what.
-    problems = ["/".join(str(part) for part in e.get("loc", ())) + f": {e.get('msg', 'invalid')}"
-                for e in error.errors()]
-    return JSONResponse(_problem_body(_route_path(request.scope), "; ".join(problems)), status_code=422)
+@serve.deployment
+@serve.ingress(model_api)
+class ModelApplication(ModelReplica):
+    """A model as its own application's ingress, at /v2/models/NAME: the Open Inference
+    Protocol's per-model routes answered in this replica, the request's only hop after
+    Serve's proxy. `settings` (max_instances, max_body_bytes, auth) as the ingress has them."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.settings = settings
+        guard(model_api, settings)
+        self.metrics = RequestMetrics()
+
+    @model_api.get("/")
+    async def v2_model(self):
+        return v2_metadata_answer(self.protocol_metadata(), None)
+
+    @model_api.get("/ready")
+    async def v2_model_ready(self):
+        return v2_ready_answer(self.model.name, v2_metadata_answer(self.protocol_metadata(), None))
+
+    @model_api.get("/versions/{version}")
+    async def v2_model_version(self, version: str):
+        return v2_metadata_answer(self.protocol_metadata(), version)
+
+    @model_api.get("/versions/{version}/ready")
+    async def v2_model_version_ready(self, version: str):
+        return v2_ready_answer(self.model.name, v2_metadata_answer(self.protocol_metadata(), version))
+
+    @model_api.post("/infer")
+    async def v2_infer(self, request: Request):
+        return await v2_infer_answer(request, None, self.settings, self.infer, self.metrics, self.model.name)
+
+    @model_api.post("/versions/{version}/infer")
+    async def v2_infer_version(self, version: str, request: Request):
+        return await v2_infer_answer(request, version, self.settings, self.infer, self.metrics, self.model.name)
 
 
-def _problem_body(path: str, detail: str) -> dict[str, str]:
-    """A problem as the route's protocol words it: `/v1`'s `detail`, the OIP's `error`."""
-    return {"error": detail} if path == V2 or path.startswith(V2 + "/") else {"detail": detail}
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a body over `limit` bytes with 413, before parsing it."""
-
-    def __init__(self, asgi, limit: int) -> None:
-        self.asgi, self.limit = asgi, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.asgi(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            return await self.asgi(scope, limited_receive, send)
-        except _TooLarge:
-            return await _send_problem(send, scope, 413, f"request body exceeds {self.limit} bytes")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BearerAuth:
-    """ASGI middleware: every route but the probes needs `Authorization: Bearer <token>`.
-
-    It decides from the request's headers alone and answers 401 without calling `receive`,
-    so no byte of an unauthenticated body is read, let alone parsed; the docs and the
-    OpenAPI document are behind it too."""
-
-    def __init__(self, asgi, token: str) -> None:
-        self.asgi, self.token = asgi, token.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or _route_path(scope) in PROBES or self._admits(scope):
-            return await self.asgi(scope, receive, send)
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 1008})
-        return await _send_problem(send, scope, 401, "missing or wrong bearer token",
-                                   [(b"www-authenticate", b"Bearer")])
-
-    def _admits(self, scope) -> bool:
-        offered = next((value for key, value in scope.get("headers") or [] if key == b"authorization"), b"")
-        scheme, _, credential = offered.partition(b" ")
-        # compare_digest: the time taken does not tell how much of a guess was right.
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
-
-
-def _route_path(scope) -> str:
-    """The path the app routes on (Starlette's rule): the request path less root_path."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-async def _send_problem(send, scope, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps(_problem_body(_route_path(scope), detail)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def read_token(auth: dict[str, str]) -> str | None:
-    """The API token from where `auth` names it on this node; None when it names nowhere.
-
-    A named place that is missing or empty is an error, not an open API: the operator
-    asked for a token, so the ingress must not start without one."""
-    if set(auth) - {"token_env", "token_file"} or len(auth) > 1:
-        raise ConfigError("the ingress's auth setting takes one of token_env: NAME or token_file: PATH")
-    if "token_env" in auth:
-        where, token = f"environment variable {auth['token_env']}", os.environ.get(auth["token_env"], "")
-    elif "token_file" in auth:
-        where = f"file {auth['token_file']}"
-        try:
-            token = Path(auth["token_file"]).read_text()
-        except (OSError, UnicodeDecodeError):
-            token = ""
-    else:
-        return None
-    if not token.strip():  # a Secret mounted as a file often ends in a newline; the token does not
-        raise ConfigError(f"the API token's {where} is missing or empty on this node")
-    return token.strip()
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def proxy_options():
-    """Serve's HTTP options (the `host` and `port` its proxies listen on) as the running
-    controller has them, which may differ from what a later `serve.start` asked for."""
-    from ray.serve.context import _get_global_client
-
-    return _get_global_client().http_config
-
-
-def refuse_open_beyond_loopback(token: str | None, host: str) -> None:
-    if token is None and not is_loopback(host):
-        raise ConfigError(f"refusing to serve without an API token while Serve's HTTP proxy listens on {host}: "
-                          f"set {TOKEN_VARIABLE} (or name a token_env / token_file), or bind the proxy to 127.0.0.1")
-
-
-def token_to_require(auth: dict[str, str]) -> str | None:
-    """What the ingress starts with: the token `auth` names, read on this node, or None for
-    an open API, which it refuses unless Serve's proxy listens on loopback only. Every way
-    of deploying (`serve up`, a Serve config, `app_builder`) builds the ingress, so this is
-    the check none of them can skip."""
-    token = read_token(auth)
-    refuse_open_beyond_loopback(token, proxy_options().host)
-    return token
-
-
-def _problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
-def _v2_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _no_such_model() -> JSONResponse:
-    # The path's name is the caller's text: not repeated back.
-    return _problem(404, "name: no such model is served; GET /v1/models lists them")
-
-
-def _openapi_with_bearer() -> dict[str, Any]:
-    """The OpenAPI document, saying which operations need the bearer token."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)
-        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        for path, operations in schema["paths"].items():
-            for operation in operations.values():
-                operation["security"] = [] if path in PROBES else [{"bearer": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema
+@model_api.exception_handler(StarletteHTTPException)
+async def _v2_http_problem(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return _v2_error(error.status_code, "path: no such route of the model; see /docs" if error.status_code == 404
+                     else str(error.detail))
 
 
 PROBLEMS = {401: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}}
@@ -311,20 +472,15 @@ V2_INFER = {"requestBody": {"required": True, "content": {
 @serve.ingress(app)
 class Ingress:
     def __init__(self, models: dict[str, Any], settings: dict[str, Any]) -> None:
-        from ray.serve.metrics import Counter, Histogram
-
-        self.models, self.settings = models, settings
+        """`models`: name -> the model's deployment, bound into this application (a handle)
+        or the name of the application whose ingress it is (looked up here)."""
+        self.models = {name: serve.get_deployment_handle(f"model-{name}", app_name=where) if isinstance(where, str)
+                       else where for name, where in models.items()}
+        self.settings = settings
         self.auth = dict(settings.get("auth") or {})
-        token = token_to_require(self.auth)
-        app.add_middleware(BodyLimit, limit=int(settings["max_body_bytes"]))
-        if token is not None:  # added last, so outermost: a 401 comes before any body limit or parser
-            app.add_middleware(BearerAuth, token=token)
+        if guard(app, settings) is not None:
             app.openapi = _openapi_with_bearer
-        self.requests = Counter("medray_requests_total", description="Predict requests by model and status.",
-                                tag_keys=("model", "status"))
-        self.latency = Histogram("medray_request_latency_ms", description="Predict latency by model (ms).",
-                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
-                                 tag_keys=("model",))
+        self.metrics = RequestMetrics()
 
     def auth_settings(self) -> dict[str, str]:
         """Where this ingress reads its token (a name or a path, never the token), for
@@ -408,13 +564,11 @@ class Ingress:
 
     @app.get("/v2/models/{name}/ready", responses=V2_ERRORS)
     async def v2_model_ready(self, name: str):
-        info = await self._v2_info(name, None)
-        return info if isinstance(info, Response) else {"name": name, "ready": True}
+        return v2_ready_answer(name, await self._v2_info(name, None))
 
     @app.get("/v2/models/{name}/versions/{version}/ready", responses=V2_ERRORS)
     async def v2_model_version_ready(self, name: str, version: str):
-        info = await self._v2_info(name, version)
-        return info if isinstance(info, Response) else {"name": name, "ready": True}
+        return v2_ready_answer(name, await self._v2_info(name, version))
 
     @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=V2_ERRORS,
               openapi_extra=V2_INFER)
@@ -436,51 +590,19 @@ class Ingress:
             metadata = await asyncio.wait_for(handle.protocol_metadata.remote(), 5)
         except Exception:  # loading or being replaced
             return _v2_error(503, "the model is not loaded yet")
-        if version is not None and [version] != metadata["versions"]:
-            return _v2_error(404, f"version: this model serves version {metadata['versions'][0]}")
-        return metadata
+        return v2_metadata_answer(metadata, version)
 
     async def _v2_infer(self, name: str, version: str | None, request: Request) -> Response:
-        started = time.perf_counter()
         handle = self.models.get(name)
         if handle is None:
             return _v2_error(404, "name: no such model is served; GET /v1/models lists them")
-        if version is not None and not version.isdigit():
-            return _v2_error(404, "version: must be a version number")
-        if request.headers.get("content-encoding", "identity").lower() != "identity":
-            # A compressed body's size is not its cost: refused before reading it.
-            return _v2_error(415, "content-encoding: compressed request bodies are not accepted")
-        try:
-            parsed = v2.parse_infer_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
-        except InputError as error:
-            return _v2_error(400, str(error))
-        most = int(self.settings["max_instances"])
-        if any(t.ndim == 0 or not 1 <= t.shape[0] <= most for t in parsed.inputs.values()):
-            return _v2_error(400, f"inputs: each input's first dimension (instances) must be 1 to {most}")
-        result = await handle.infer.remote(parsed.inputs, None if version is None else int(version))
-        status = "404" if "missing" in result else "400" if "error" in result else "200"
-        self.requests.inc(tags={"model": name, "status": status})
-        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": name})
-        if "missing" in result:
-            return _v2_error(404, result["missing"])
-        if "error" in result:
-            return _v2_error(400, result["error"])
-        model_outputs = result["outputs"]
-        wanted = list(parsed.outputs) if parsed.outputs is not None else model_outputs
-        unknown = sum(output not in model_outputs for output in wanted)
-        if unknown:
-            return _v2_error(400, f"outputs: {unknown} output(s) the model does not give; "
-                                  f"it gives: {', '.join(model_outputs)}")
-        body, headers = v2.encode_response(result["model"], result["version"], parsed,
-                                           v2.output_tensors(result["predictions"], wanted))
-        return Response(content=body, headers=headers)
+        return await v2_infer_answer(request, version, self.settings, lambda *call: handle.infer.remote(*call),
+                                     self.metrics, name)
 
     async def _answer(self, name: str, pending) -> JSONResponse | dict:
         started = time.perf_counter()
         result = await pending
-        status = "422" if "error" in result else "200"
-        self.requests.inc(tags={"model": name, "status": status})
-        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": name})
+        self.metrics.record(name, 422 if "error" in result else 200, started)
         if "error" in result:
             return _problem(422, result["error"])
         return result

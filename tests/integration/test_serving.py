@@ -24,6 +24,10 @@ CANARY = 424242.125
 PORT = 8311
 
 
+OVERRIDES = [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
+             "serve.max_instances=8", "serve.max_body_bytes=200000"]
+
+
 @pytest.fixture(scope="module")
 def served(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     import boto3
@@ -36,8 +40,7 @@ def served(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     boto3.client("s3").create_bucket(Bucket=bucket)
     storage = Storage(f"s3://{bucket}/root")
     registry = make_registry(storage, tmp_path_factory.mktemp("models"), real_inputs)
-    config = load_config(None, [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1",
-                                "serve.replica_cpus=0.25", "serve.max_instances=8", "serve.max_body_bytes=200000"])
+    config = load_config(None, OVERRIDES)
     deployed = deploy(config, storage)
     client = httpx.Client(base_url=deployed["url"], timeout=60)
     yield {"storage": storage, "registry": registry, "config": config, "client": client, "deployed": deployed}
@@ -120,13 +123,11 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_replica_keeps_serving(s
 
 
 def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_path):
-    from ray import serve
-
-    from medray.serve.app import update, status
+    from medray.serve.app import model_handle, status, update
     from support.serving import register_second_ultrasound
 
     def replica_pid():
-        return serve.get_deployment_handle("model-ultrasound", app_name="medray").pid.remote().result(timeout_s=30)
+        return model_handle("ultrasound").pid.remote().result(timeout_s=30)
 
     pid = replica_pid()
     registry = served["registry"]
@@ -136,14 +137,22 @@ def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_pat
 
     results, stop = [], threading.Event()
 
-    def load():
+    tensors = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 28, 28],
+                           "data": real_inputs["images"][0].ravel().tolist()}]}
+
+    def load(protocol):  # /v1 through the ingress; /v2 straight to the model's own application
         with httpx.Client(base_url=served["deployed"]["url"], timeout=60) as own:
             while not stop.is_set():
-                response = _predict(own, "ultrasound", [image])
-                results.append((response.status_code, response.json()["predictions"][0]["version"]
-                                if response.status_code == 200 else response.text))
+                if protocol == "v1":
+                    response = _predict(own, "ultrasound", [image])
+                    version = response.status_code == 200 and response.json()["predictions"][0]["version"]
+                else:
+                    response = own.post("/v2/models/ultrasound/infer", json=tensors)
+                    version = response.status_code == 200 and int(response.json()["model_version"])
+                results.append((response.status_code, version if response.status_code == 200 else response.text,
+                                protocol))
 
-    workers = [threading.Thread(target=load) for _ in range(4)]
+    workers = [threading.Thread(target=load, args=(protocol,)) for protocol in ("v1", "v2") * 2]
     for worker in workers:
         worker.start()
     time.sleep(1.0)
@@ -153,20 +162,21 @@ def test_model_swap_under_steady_load_drops_nothing(served, real_inputs, tmp_pat
     for worker in workers:
         worker.join(timeout=60)
     assert updated["changed"] == {"ultrasound": {"from": 1, "to": 2}}
-    assert results and all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:3]
-    versions = [v for _, v in results]
-    assert versions[0] == 1 and versions[-1] == 2 and 2 in versions
+    assert results and all(code == 200 for code, _, _ in results), [r for r in results if r[0] != 200][:3]
+    for protocol in ("v1", "v2"):
+        versions = [v for _, v, p in results if p == protocol]
+        assert versions[0] == 1 and versions[-1] == 2, (protocol, versions[:3], versions[-3:])
     assert status()["deployments"]["model-ultrasound"]["version"] == 2
     assert replica_pid() == pid  # reconfigured in place: the same live replica, not a restart
 
 
 def test_a_killed_replica_is_replaced_without_losing_a_request(served, real_inputs):
-    from ray import serve
+    from medray.serve.app import model_handle
 
     client = served["client"]
     signal_instance = real_inputs["signals"][0].tolist()
     expected = _predict(client, "ecg", [signal_instance]).json()
-    handle = serve.get_deployment_handle("model-ecg", app_name="medray")
+    handle = model_handle("ecg")
     pid = handle.pid.remote().result(timeout_s=30)
 
     answers, stop = [], threading.Event()
@@ -318,3 +328,37 @@ def test_no_request_value_reaches_the_logs(served, real_inputs):
     leaked = [p.name for p in logs.rglob("*") if p.is_file() and str(CANARY).encode() in p.read_bytes()]
     assert not leaked
 
+
+
+def test_a_serve_config_layout_answers_alike_and_the_protocol_does_not_need_the_ingress(served, real_inputs):
+    """Last in this module: it deletes the ingress application."""
+    from ray import serve
+
+    from medray.serve.app import APP_NAME, app_builder
+
+    client = served["client"]
+    tensors = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 28, 28],
+                           "data": real_inputs["images"][:2].ravel().tolist()}]}
+    direct = client.post("/v2/models/ultrasound/infer", json=tensors).json()
+
+    # What a Serve config file deploys: one application, every route through its ingress.
+    serve.run(app_builder({"storage": served["storage"].root, "overrides": OVERRIDES}), name="config-layout",
+              route_prefix="/config")
+    via_ingress = client.post("/config/v2/models/ultrasound/infer", json=tensors)
+    assert via_ingress.status_code == 200
+    assert via_ingress.json()["model_version"] == direct["model_version"]
+    for theirs, ours in zip(via_ingress.json()["outputs"], direct["outputs"]):
+        assert theirs["name"] == ours["name"]
+        if theirs["datatype"] == "BYTES":
+            assert theirs["data"] == ours["data"]
+        else:
+            np.testing.assert_allclose(theirs["data"], ours["data"], atol=1e-6)
+    listed = client.get("/config/v1/models").json()["models"]
+    assert sorted(m["name"] for m in listed) == ["ecg", "records", "ultrasound"]
+
+    # One hop: with the ingress application gone, each model still answers the protocol.
+    serve.delete(APP_NAME)
+    assert client.get("/v1/models").status_code == 404
+    again = client.post("/v2/models/ultrasound/infer", json=tensors)
+    assert again.status_code == 200 and again.json()["outputs"][0] == direct["outputs"][0]
+    assert client.get("/v2/models/ecg").json()["name"] == "ecg"
