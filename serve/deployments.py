@@ -398,7 +398,7 @@ class ModelReplica:
             return {"error": str(error)}
         return await self.predict_batch((model, inputs))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set by reconfigure()
     async def predict_batch(self, requests: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
         """Many requests, one forward pass per model version among them; each request is
         answered (or refused, when the model gave no usable answer for it) on its own."""
