@@ -1,7 +1,7 @@
 """Build the Serve application from the registry's champions, and run it.
 
 `medray serve up|update|status|down` call the functions here. `serve up` deploys one
-application per model (`medray-model-NAME`, at `/v2/models/NAME`, its `ModelServer` the
+application per model (`medray-model-NAME`, at `/v2/models/NAME`, its `ModelApplication` the
 ingress: an Open Inference Protocol request takes one hop) and the `medray` application at
 `/` (the ingress: `/v1`, the model list, the probes, the docs). A Serve config file deploys
 the one-application layout (`app_builder`). Updating redeploys the same applications,

@@ -1,6 +1,6 @@
 """The Ray Serve layer: a FastAPI ingress and one autoscaling deployment per model.
 
-`ModelServer` holds one `ServedModel` (serve/model.py) and batches predictions with
+`ModelReplica` holds one `ServedModel` (serve/model.py) and batches predictions with
 `@serve.batch`. Which registry version it serves comes in its `user_config`, so a new
 champion reaches live replicas through `reconfigure()` (serve/app.py pins the code
 version so that Serve does not restart them instead): the new version is loaded beside
@@ -8,13 +8,14 @@ the old one and swapped in one assignment, and requests already holding the old 
 finish with it.
 
 Two ways to lay the deployments out (serve/app.py builds both):
-- `medray serve up`: each `ModelServer` is the ingress of its own application, at
-  `/v2/models/NAME`, so an Open Inference Protocol request crosses Serve's proxy and one
-  model replica, nothing else (`model_api` below); the `Ingress` application at `/`
+- `medray serve up`: each model is the ingress of its own application
+  (`ModelApplication`, at `/v2/models/NAME`), so an Open Inference Protocol request
+  crosses Serve's proxy and one model replica, nothing else; the `Ingress` application at `/`
   answers `/v1`, the model list, the probes and the docs, calling the model
   applications by handle (two hops, as `/v1` always did).
-- a Serve config file (`app_builder`): one application, the ingress with the model
-  deployments bound into it; every route, `/v2` too, goes through the ingress.
+- a Serve config file (`app_builder`): one application, the ingress with `ModelServer`
+  deployments bound into it (Serve takes one FastAPI deployment per application); every
+  route, `/v2` too, goes through the ingress.
 Both answer the same routes with the same code (`v2_infer_answer`, `v2_metadata_answer`).
 
 Every HTTP entry (the ingress, a model application) checks the token (in ASGI middleware,
