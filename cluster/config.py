@@ -270,8 +270,7 @@ class ServeSection(Section):
     batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
     """How long a batch waits for more requests once it has one. 0: it takes what has
     queued, and under load requests queue while the previous forward pass runs, so
-    batches still fill (one-hop /v2, 2 cores: p50 at 1 client 16-20 ms against 27 ms with
-    5 ms, requests/s at 32 clients the same; benchmarks/serve_throughput.py)."""
+    batches still fill; a wait only adds latency at low load (measured: README, Serving)."""
     max_ongoing_requests: int = Field(64, ge=1)
     max_instances: int = Field(64, ge=1)
     """Most instances one predict request may hold."""

@@ -238,7 +238,7 @@ def status() -> dict[str, Any]:
     app = applications.get(APP_NAME)
     if app is None:
         return {"status": "NOT_RUNNING", "deployments": {}}
-    deployments, statuses = {}, [_name(app.status)]
+    deployments, statuses = {}, []
     for app_name in [APP_NAME, *_model_applications(applications)]:
         statuses.append(_name(applications[app_name].status))
         for name, state in applications[app_name].deployments.items():

@@ -283,7 +283,7 @@ def v2_ready_answer(name: str, metadata: dict[str, Any] | Response) -> dict[str,
     return metadata if isinstance(metadata, Response) else {"name": name, "ready": True}
 
 
-async def v2_infer_answer(request: Request, version: str | None, settings: dict[str, Any], infer,
+async def v2_infer_answer(request: Request, version: str | None, max_instances: int, infer,
                           metrics: RequestMetrics, name: str) -> Response:
     """An Open Inference Protocol infer request answered: the body checked and parsed
     (serve/inference_protocol.py), the tensors handed to `infer(inputs, version)` (a model
@@ -298,9 +298,8 @@ async def v2_infer_answer(request: Request, version: str | None, settings: dict[
         parsed = v2.parse_infer_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
     except InputError as error:
         return _v2_error(400, str(error))
-    most = int(settings["max_instances"])
-    if any(t.ndim == 0 or not 1 <= t.shape[0] <= most for t in parsed.inputs.values()):
-        return _v2_error(400, f"inputs: each input's first dimension (instances) must be 1 to {most}")
+    if any(t.ndim == 0 or not 1 <= t.shape[0] <= max_instances for t in parsed.inputs.values()):
+        return _v2_error(400, f"inputs: each input's first dimension (instances) must be 1 to {max_instances}")
     result = await infer(parsed.inputs, None if version is None else int(version))
     status = 404 if "missing" in result else 400 if "error" in result else 200
     metrics.record(name, status, started)
@@ -389,7 +388,7 @@ class ModelReplica:
         except InputError as error:
             return {"error": str(error)}
         return {**await self.predict_batch((model, inputs)), "model": model.name, "version": model.version,
-                "outputs": [spec["name"] for spec in v2.output_specs(model.info())]}
+                "outputs": model.protocol_outputs}
 
     async def predict_file(self, data: bytes) -> dict[str, Any]:
         model = self.model
@@ -425,7 +424,7 @@ class ModelApplication(ModelReplica):
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__()
-        self.settings = settings
+        self.max_instances = int(settings["max_instances"])
         guard(model_api, settings)
         self.metrics = RequestMetrics()
 
@@ -447,11 +446,11 @@ class ModelApplication(ModelReplica):
 
     @model_api.post("/infer")
     async def v2_infer(self, request: Request):
-        return await v2_infer_answer(request, None, self.settings, self.infer, self.metrics, self.model.name)
+        return await v2_infer_answer(request, None, self.max_instances, self.infer, self.metrics, self.model.name)
 
     @model_api.post("/versions/{version}/infer")
     async def v2_infer_version(self, version: str, request: Request):
-        return await v2_infer_answer(request, version, self.settings, self.infer, self.metrics, self.model.name)
+        return await v2_infer_answer(request, version, self.max_instances, self.infer, self.metrics, self.model.name)
 
 
 @model_api.exception_handler(StarletteHTTPException)
@@ -597,7 +596,7 @@ class Ingress:
         handle = self.models.get(name)
         if handle is None:
             return _v2_error(404, "name: no such model is served; GET /v1/models lists them")
-        return await v2_infer_answer(request, version, self.settings, lambda *call: handle.infer.remote(*call),
+        return await v2_infer_answer(request, version, int(self.settings["max_instances"]), handle.infer.remote,
                                      self.metrics, name)
 
     async def _answer(self, name: str, pending) -> JSONResponse | dict:

@@ -136,6 +136,14 @@ class ServedModel:
         """An Open Inference Protocol request's tensors, as the instances `decode` takes."""
         return self.decode(self.kind.instances_from_tensors(self.bundle.preprocessor, tensors))
 
+    @functools.cached_property
+    def protocol_outputs(self) -> list[str]:
+        """The Open Inference Protocol outputs this version gives, by name: fixed when it
+        loads, so no request rebuilds `info()` to find them."""
+        from medray.serve.inference_protocol import output_specs
+
+        return [spec["name"] for spec in output_specs(self.info())]
+
     def protocol_metadata(self) -> dict[str, Any]:
         """`GET /v2/models/{name}`: the tensors this model takes and gives."""
         from medray.serve.inference_protocol import model_metadata
