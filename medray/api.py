@@ -11,7 +11,7 @@ calls that need them, not before.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,8 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
                    dataset: str | None = None, target: str | None = None, columns: list[str] | None = None,
                    missing: list[str] | None = None, categorical: Sequence[str] = (), group: str | None = None,
                    drop: Sequence[str] = (), classes: list[str] | None = None, sep: str = ",",
-                   grayscale: bool = True, license: str | None = None, source_label: str | None = None,
+                   units: Mapping[str, str] | None = None, grayscale: bool = True, license: str | None = None,
+                   source_label: str | None = None,
                    val_fraction: float | None = None, test_fraction: float | None = None, seed: int | None = None,
                    image_size: int | None = None, outcomes: str | None = None, labels: str | None = None,
                    patient_column: str = "patient", time_column: str = "time", variable_column: str = "variable",
@@ -72,7 +73,8 @@ def import_dataset(kind: str, source: str, name: str, *, storage: str | Storage 
     )
     request = importers.ImportRequest(
         kind=kind, source=source, name=name, dataset=dataset, target=target, columns=columns, missing=missing,
-        categorical=list(categorical), group=group, drop=list(drop), classes=classes, sep=sep, grayscale=grayscale,
+        categorical=list(categorical), group=group, drop=list(drop), classes=classes, sep=sep,
+        units=dict(units or {}), grayscale=grayscale,
         license=license, source_label=source_label, options=options, outcomes=outcomes, labels=labels,
         patient_column=patient_column, time_column=time_column, variable_column=variable_column,
         value_column=value_column, time_unit=time_unit, static=list(static), scores=list(scores),

@@ -36,6 +36,7 @@ from medray.cluster.registry import Registry
 from medray.cluster.storage import Storage
 from medray.serve.deployments import (TOKEN_VARIABLE, Ingress, ModelApplication, ModelServer, proxy_options,
                                       refuse_open_beyond_loopback)
+from medray.serve.web import page_url
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def _run(config: MedrayConfig, storage: Storage, versions: dict[str, int], auth:
         serve.delete(stale)
     http = proxy_options()
     url = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
-    return {"url": url, "host": http.host, "auth": bool(auth), "models": versions}
+    return {"url": url, "page": page_url(url), "host": http.host, "auth": bool(auth), "models": versions}
 
 
 def _running_auth() -> dict[str, str]:

@@ -48,13 +48,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medray.cluster.bounded_json import parse_json_body
 from medray.cluster.errors import ConfigError, InputError
 from medray.serve import inference_protocol as v2
+from medray.serve import web
 from medray.serve.schemas import (InferError, InferRequest, InferResponse, ModelList, PredictRequest, PredictResponse,
                                   Problem, inline_schema)
 
 log = logging.getLogger("ray.serve")
 TOKEN_VARIABLE = "MEDRAY_API_TOKEN"
 PROBES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-"""The only routes open without the token: they answer ready or not, and nothing else."""
+"""Routes open without the token: they answer ready or not, and nothing else."""
+OPEN_PATHS = PROBES | web.OPEN_PATHS
+"""Every route open without the token: the probes and the web page's static files."""
 V2 = "/v2"
 """The Open Inference Protocol's routes, whose errors are `{"error": ...}` as it defines them."""
 
@@ -138,7 +141,8 @@ model_api.add_middleware(PrefixAsRoot)
 
 
 class BearerAuth:
-    """ASGI middleware: every route but the probes needs `Authorization: Bearer <token>`.
+    """ASGI middleware: every route but the probes and the web page's static files needs
+    `Authorization: Bearer <token>`.
 
     It decides from the request's headers alone and answers 401 without calling `receive`,
     so no byte of an unauthenticated body is read, let alone parsed; the docs and the
@@ -148,7 +152,7 @@ class BearerAuth:
         self.asgi, self.token = asgi, token.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or _route_path(scope) in PROBES or self._admits(scope):
+        if scope["type"] not in ("http", "websocket") or _route_path(scope) in OPEN_PATHS or self._admits(scope):
             return await self.asgi(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
@@ -539,6 +543,17 @@ class Ingress:
         if handle is None:
             return _no_such_model()
         return await self._answer(name, handle.predict_file.remote(await file.read()))
+
+    # The web page (serve/web.py): static files that call the routes above. ------------
+    @app.get(web.PAGE, include_in_schema=False)
+    @app.get(web.PAGE + "/", include_in_schema=False)
+    async def page(self):
+        return web.asset("index.html")
+
+    @app.get(web.PAGE + "/{name}", include_in_schema=False)
+    async def page_file(self, name: str):
+        # The name is the caller's text: not repeated back.
+        return web.asset(name) or _problem(404, "path: the page has no such file")
 
     # The Open Inference Protocol (KServe v2); serve/inference_protocol.py maps it. -----
     @app.get("/v2/health/live", responses=V2_ERRORS)

@@ -68,6 +68,8 @@ class ServedModel:
     coverage: float | None
     ood: OODDetector | None = None
     """Out-of-distribution detector fitted at promotion; None for versions stored before it."""
+    card: dict[str, Any] | None = None
+    """What a person choosing the model reads first (`card_summary`); None when unknown."""
     session: Any = None
     """An ONNX Runtime session over the network (`serve.runtime: onnx`); None: PyTorch runs it.
     Explanations take gradients, so they always run in PyTorch."""
@@ -85,8 +87,9 @@ class ServedModel:
             calibration = json.loads((Path(folder) / CALIBRATION).read_text())
         conformal = calibration.get("conformal") or {}
         ood = OODDetector.from_dict(calibration["ood"]) if calibration.get("ood") else None
+        card_text = registry.read_file(name, version, CARD, info).decode() if CARD in info["files"] else ""
         model = cls(name, version, bundle, float(calibration["temperature"]), calibration.get("threshold"),
-                    conformal.get("quantile"), conformal.get("target"), ood)
+                    conformal.get("quantile"), conformal.get("target"), ood, card_summary(info, card_text))
         return model.with_runtime(runtime)
 
     def with_runtime(self, runtime: str) -> "ServedModel":
@@ -115,7 +118,7 @@ class ServedModel:
         return {"name": self.name, "version": self.version, "modality": self.modality,
                 "classes": self.bundle.classes, "dataset": self.bundle.dataset, "family": self.bundle.family,
                 "threshold": self.threshold, "coverage": self.coverage, "input": self.input_schema(),
-                "ood": self.ood.summary() if self.ood is not None else None}
+                "ood": self.ood.summary() if self.ood is not None else None, "card": self.card}
 
     @functools.cached_property
     def kind(self) -> Modality:
@@ -259,6 +262,33 @@ class ServedModel:
         for images, attention over features for records, per-time-step saliency for signals)."""
         self.bundle.model.eval()
         return self.kind.explain(self.bundle.model, inputs.tensor, self.bundle.preprocessor)
+
+
+CARD = "model_card.md"
+HEADLINE = ("auroc", "auroc_ci", "accuracy", "sensitivity", "specificity", "ece_calibrated", "n")
+
+
+def card_summary(info: dict[str, Any], card_text: str) -> dict[str, Any]:
+    """The model card's intended use and the version's test metrics (as registered at
+    promotion), for the model list and the web page. Figures over the test split only:
+    aggregates, never a case."""
+    test = (info.get("metrics") or {}).get("test") or {}
+    return {"intended_use": markdown_section(card_text, "Intended use"),
+            "test_metrics": {key: test[key] for key in HEADLINE if test.get(key) is not None},
+            "registered_at": info.get("created_at")}
+
+
+def markdown_section(text: str, heading: str) -> str | None:
+    """The text under `## heading` up to the next heading, or None."""
+    found, body = False, []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            if found:
+                break
+            found = line[3:].strip() == heading
+        elif found:
+            body.append(line)
+    return "\n".join(body).strip() or None
 
 
 def _is_distribution(p: np.ndarray) -> bool:

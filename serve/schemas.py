@@ -75,6 +75,8 @@ class ModelInfo(BaseModel):
     coverage: float | None
     input: dict[str, Any]
     ood: dict[str, Any] | None = None
+    card: dict[str, Any] | None = Field(None, description="From the model card: intended use, and the test "
+                                                          "metrics registered at promotion.")
 
 
 class ModelList(BaseModel):

@@ -26,6 +26,18 @@ def csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def unit_map(value: str) -> dict[str, str]:
+    """`a=mm Hg,b=mg/dl` as {"a": "mm Hg", "b": "mg/dl"}."""
+    units = {}
+    for item in csv_list(value):
+        name, equals, unit = item.partition("=")
+        if not equals or not name.strip() or not unit.strip() or len(unit.strip()) > 64:
+            raise argparse.ArgumentTypeError("write each as COLUMN=UNIT (a unit of 1-64 characters), "
+                                             "separated by commas")
+        units[name.strip()] = unit.strip()
+    return units
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", metavar="URI",
                         help="storage root: file://PATH, a path, or s3://BUCKET/PREFIX (default: $MEDRAY_STORAGE, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from medray.cli.common import add_common, csv_list, emit
+from medray.cli.common import add_common, csv_list, emit, unit_map
 
 
 def data_import(args: argparse.Namespace) -> None:
@@ -14,7 +14,7 @@ def data_import(args: argparse.Namespace) -> None:
     manifest = import_dataset(
         args.kind, args.source, args.name, storage=args.storage, dataset=args.dataset, target=args.target,
         columns=args.columns, missing=args.missing, categorical=args.categorical or [], group=args.group,
-        drop=args.drop or [], classes=args.classes, sep=args.sep, grayscale=not args.rgb, license=args.license,
+        drop=args.drop or [], classes=args.classes, sep=args.sep, units=args.units, grayscale=not args.rgb, license=args.license,
         source_label=args.source_label, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, image_size=args.size, outcomes=args.outcomes, labels=args.labels,
         patient_column=args.patient_column, time_column=args.time_column, variable_column=args.variable_column,
@@ -147,6 +147,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--drop", type=csv_list, help="csv: columns to leave out (identifiers, free text)")
     imp.add_argument("--classes", type=csv_list, help="class names in label order; other labels are refused")
     imp.add_argument("--sep", default=",", help="csv: field separator")
+    imp.add_argument("--units", type=unit_map, metavar="COLUMN=UNIT,...",
+                     help="csv: each feature's unit or coding (e.g. 'trestbps=mm Hg,chol=mg/dl'), shown beside the "
+                          "field on the web page's form")
     imp.add_argument("--size", type=int, help="images: side length to resize to (default 64); medmnist: the "
                      "published size to download, 28 (default), 64, 128 or 224")
     imp.add_argument("--rgb", action="store_true", help="images: keep colour (default: greyscale)")

@@ -31,7 +31,7 @@ def serve_up(args: argparse.Namespace) -> None:
     deployed = deploy(config, storage, args.models)
     emit(args, deployed, lambda: "serving " + ", ".join(f"{n} v{v}" for n, v in deployed["models"].items())
          + f" at {deployed['url']}" + ("" if deployed["auth"] else " (no MEDRAY_API_TOKEN: 127.0.0.1 only)")
-         + f"\nAPI docs: {deployed['url']}/docs")
+         + f"\nweb page: {deployed['page']}\nAPI docs: {deployed['url']}/docs")
 
 
 def serve_update(args: argparse.Namespace) -> None:

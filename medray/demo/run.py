@@ -82,7 +82,7 @@ def recognised_sources(folder: Path) -> list[ImportRequest]:
 def cleveland_request(source: str, name: str) -> ImportRequest:
     known = KNOWN_TABLES["cleveland"]
     return ImportRequest(kind="csv", source=source, name=name, target=known["target"], columns=known["columns"],
-                         missing=known["missing"], license=known["license"])
+                         missing=known["missing"], license=known["license"], units=known["units"])
 
 
 def demo_requests(folder: Path, scratch: Path, allow_download: bool) -> tuple[list[ImportRequest], list[str]]:

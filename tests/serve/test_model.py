@@ -81,6 +81,10 @@ def test_explanations_per_family(models, real_inputs):
     cam = models["ultrasound"].explain(models["ultrasound"].decode([real_inputs["images"][0].tolist()]))[0]
     grid = np.array(cam["map"])
     assert cam["type"] == "grad_cam" and grid.shape == (28, 28) and grid.min() >= 0 and grid.max() == pytest.approx(1)
+    # The picture the map lies over is the image sent (standardising it and back loses
+    # at most float32 rounding, never a pixel level).
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(cam["model_input_png"]))))
+    assert seen.shape == (28, 28) and np.array_equal(seen, real_inputs["images"][0])
     saliency = models["ecg"].explain(models["ecg"].decode([real_inputs["signals"][0].tolist()]))[0]
     assert saliency["type"] == "saliency" and len(saliency["per_time_step"]) == 96
     names = real_inputs["feature_names"]

@@ -19,14 +19,20 @@ from medray.train.models import InputSpec, build_model
 CALIBRATION = {"temperature": 1.5, "threshold": 0.4, "conformal": {"target": 0.9, "quantile": 0.6}}
 
 
-def tabular_preprocessor(names: list[str], features: np.ndarray) -> Preprocessor:
+def tabular_preprocessor(names: list[str], features: np.ndarray, units: dict[str, str] | None = None) -> Preprocessor:
+    """Fitted as training fits it, min and max included (`units`: as an import records them)."""
     columns = [{"name": n, "type": "numeric", "median": float(np.median(features[:, i])),
-                "mean": float(features[:, i].mean()), "std": float(features[:, i].std())} for i, n in enumerate(names)]
+                "mean": float(features[:, i].mean()), "std": float(features[:, i].std()),
+                "min": float(features[:, i].min()), "max": float(features[:, i].max()),
+                **({"unit": units[n]} if n in (units or {}) else {})} for i, n in enumerate(names)]
     return Preprocessor("tabular", None, [len(names)], {"columns": columns})
 
 
 def register(storage, tmp_path: Path, name: str, family: str, preset: str, preprocessor: Preprocessor,
-             classes: list[str], seed: int, calibration: dict | None = None) -> int:
+             classes: list[str], seed: int, calibration: dict | None = None, card: str | None = None,
+             metadata: dict | None = None) -> int:
+    """One champion version; `card` (the model card's text) and `metadata` as promotion
+    registers them."""
     torch.manual_seed(seed)
     spec = InputSpec(preprocessor.modality, tuple(preprocessor.input_shape))
     model = build_model(family, preset, spec, len(classes))
@@ -35,8 +41,12 @@ def register(storage, tmp_path: Path, name: str, family: str, preset: str, prepr
                     f"{name}@v1", progress={"epoch": 0})
     (folder / "calibration.json").write_text(json.dumps(calibration or CALIBRATION))
     files = {f: folder / f for f in SERVED_FILES}
+    if card is not None:
+        (folder / "model_card.md").write_text(card)
+        files["model_card.md"] = folder / "model_card.md"
     registry = Registry(storage)
-    version = registry.register(name, files, {"modality": preprocessor.modality, "classes": classes})
+    version = registry.register(name, files, {"modality": preprocessor.modality, "classes": classes,
+                                              **(metadata or {})})
     registry.promote(name, version)
     return version
 

@@ -58,6 +58,8 @@ class ImportRequest:
     drop: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     sep: str = ","
+    units: dict[str, str] = field(default_factory=dict)
+    """csv: per feature column, its unit or coding."""
     grayscale: bool = True
     license: str | None = None
     source_label: str | None = None
@@ -152,7 +154,7 @@ def read_source(request: ImportRequest, staging: Path) -> ImportedDataset:
             raise DataImportError("a csv import needs --target COLUMN (the label column)")
         table = TableOptions(
             target=request.target, columns=request.columns, categorical=request.categorical,
-            group=request.group, drop=request.drop, classes=request.classes, sep=request.sep,
+            group=request.group, drop=request.drop, classes=request.classes, sep=request.sep, units=request.units,
             val_fraction=options.val_fraction, test_fraction=options.test_fraction, seed=options.seed,
         )
         if request.missing is not None:

@@ -38,6 +38,9 @@ class TableOptions:
     classes: list[str] | None = None
     """Class names in label order; values outside it are refused. Default: sorted values."""
     sep: str = ","
+    units: dict[str, str] = field(default_factory=dict)
+    """Per feature column, its unit or coding ("mm Hg", "1 = yes, 0 = no"), shown to people
+    filling a record (the serving schema, the web page's form)."""
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     seed: int = 0
@@ -143,8 +146,10 @@ def tabular_dataset(
     source: dict,
     license: str,
     description: str,
+    units: dict[str, str] | None = None,
 ) -> ImportedDataset:
-    """Build the dataset from a cleaned feature frame (numeric float64, categorical text)."""
+    """Build the dataset from a cleaned feature frame (numeric float64, categorical text);
+    `units`: per feature, its unit or coding, kept in the schema."""
     schema = []
     for name in features.columns:
         if name in categorical:
@@ -152,6 +157,8 @@ def tabular_dataset(
             schema.append({"name": name, "type": "categorical", "categories": categories})
         else:
             schema.append({"name": name, "type": "numeric"})
+        if (units or {}).get(name):
+            schema[-1]["unit"] = units[name]
     arrow = pa.Table.from_pandas(features, preserve_index=False)
     return ImportedDataset(
         modality="tabular",
@@ -167,7 +174,8 @@ def tabular_dataset(
 def import_csv(source: Path, options: TableOptions) -> ImportedDataset:
     frame = _read_csv(source, options)
     header_lines = 0 if options.columns else 1
-    named = [options.target, *options.categorical, *options.drop, *([options.group] if options.group else [])]
+    named = [options.target, *options.categorical, *options.drop, *options.units,
+             *([options.group] if options.group else [])]
     absent = [name for name in named if name not in frame.columns]
     if absent:
         raise DataImportError(
@@ -196,6 +204,7 @@ def import_csv(source: Path, options: TableOptions) -> ImportedDataset:
         source={"kind": "csv", "sha256": sha256_file(source), "options": option_record},
         license="as stated by the data owner (recorded at import with --license)",
         description=f"Table with target '{options.target}'",
+        units=options.units,
     )
 
 
@@ -240,6 +249,13 @@ KNOWN_TABLES = {
                     "ca", "thal", "num"],
         "target": "num",
         "missing": ["?"],
+        # As the UCI documentation (heart-disease.names) states them.
+        "units": {"age": "years", "sex": "1 = male, 0 = female", "cp": "chest pain type 1-4 (4 = asymptomatic)",
+                  "trestbps": "mm Hg at rest", "chol": "mg/dl", "fbs": "fasting glucose > 120 mg/dl: 1, else 0",
+                  "restecg": "resting ECG 0-2", "thalach": "beats/min, maximum", "exang": "exercise angina: 1 = yes",
+                  "oldpeak": "mm ST depression, exercise vs rest", "slope": "ST slope 1-3",
+                  "ca": "major vessels coloured by fluoroscopy, 0-3",
+                  "thal": "3 = normal, 6 = fixed defect, 7 = reversible defect"},
         "license": "CC BY 4.0 (UCI Heart Disease; Janosi, Steinbrunn, Pfisterer, Detrano 1988)",
     },
 }

@@ -78,7 +78,11 @@ class ImageModality(TensorModality):
         return [metadata_differences(training, dicom_metadata(_file_bytes(item))) for item in instances]
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
-        return [{"type": "grad_cam", "map": m.round(4).tolist()} for m in grad_cam(model, inputs)]
+        # The map is over the image as the model saw it (resized, squared), which for a
+        # DICOM or a padded upload is not the file's own picture: the answer carries that
+        # view too, so an overlay lines up pixel for pixel.
+        return [{"type": "grad_cam", "map": m.round(4).tolist(), "model_input_png": seen}
+                for m, seen in zip(grad_cam(model, inputs), model_input_pngs(inputs, preprocessor))]
 
     def inference_inputs(self, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         return [{"name": "image", "datatype": "UINT8", "shape": [-1, *_pixel_shape(preprocessor)]}]
@@ -163,6 +167,24 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     cam = torch.nn.functional.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
     return (cam / peak).detach().numpy()
+
+
+def model_input_pngs(inputs: torch.Tensor, preprocessor: Preprocessor) -> list[str]:
+    """Each standardised input (N, C, H, W) back as the 0-255 picture the model took, a
+    base64 PNG: `transform` inverted with the same train-split mean and std."""
+    import io
+
+    from PIL import Image
+
+    mean = np.asarray(preprocessor.stats["mean"], dtype=np.float64)[None, :, None, None]
+    std = np.asarray(preprocessor.stats["std"], dtype=np.float64)[None, :, None, None]
+    pixels = np.clip(np.rint((inputs.detach().double().numpy() * std + mean) * 255.0), 0, 255).astype(np.uint8)
+    encoded = []
+    for picture in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(picture[0] if len(picture) == 1 else picture.transpose(1, 2, 0)).save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return encoded
 
 
 def _instance(preprocessor: Preprocessor, index: int, item: Any) -> np.ndarray:

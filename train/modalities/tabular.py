@@ -69,7 +69,7 @@ class TabularModality(Modality):
                 (low,), (high,) = finite_extremes(numbers[:, None])
                 columns.append({"name": feature["name"], "type": "numeric", "median": median,
                                 "mean": float(filled.mean()), "std": float(max(filled.std(), 1e-6)),
-                                "min": low, "max": high})
+                                "min": low, "max": high, **({"unit": feature["unit"]} if feature.get("unit") else {})})
                 width += 1
         return None, [width], {"columns": columns}
 
@@ -109,7 +109,8 @@ class TabularModality(Modality):
         return {"type": "record", "features": [
             {"name": c["name"], "type": c["type"],
              **({"categories": c["categories"]} if "categories" in c
-                else {"range": list(self.accepted_range(preprocessor, c["name"]))})}
+                else {"range": list(self.accepted_range(preprocessor, c["name"])), "typical": _typical(c)}),
+             **({"unit": c["unit"]} if c.get("unit") else {})}
             for c in preprocessor.stats["columns"]], "accepts": ["object keyed by feature name; null is imputed"]}
 
     def decode(self, preprocessor: Preprocessor, instances: list[Any]) -> dict[str, np.ndarray]:
@@ -306,6 +307,17 @@ def tabular_ood_sets(preprocessor: Preprocessor, test: pd.DataFrame,
             sets[f"{table.name}_mapped"] = OODSet(_mapped(table, columns, list(test.columns)), "near")
     # The test split's column dtypes (pandas' text dtype for categories), as stored records come back.
     return {name: OODSet(ood.features.astype(test.dtypes.to_dict()), ood.kind) for name, ood in sets.items()}
+
+
+def _typical(column: dict[str, Any]) -> list[float]:
+    """A numeric column's train-split mean +- 2 sd, to 3 significant digits, for people
+    filling a record: aggregates of the split, never one patient's value (as the min and
+    max are), inside the accepted range."""
+    low, high = fitted_range(column)
+    if column.get("min") is not None and column["min"] >= 0:  # a measure that is never negative
+        low = max(low, 0.0)
+    mean, sd = float(column["mean"]), float(column["std"])
+    return [max(low, float(f"{mean - 2 * sd:.3g}")), min(high, float(f"{mean + 2 * sd:.3g}"))]
 
 
 def _training_range(column: dict[str, Any], test_values: pd.Series) -> tuple[float, float]:

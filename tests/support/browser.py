@@ -1,0 +1,61 @@
+"""Headless Chromium for the web page's tests: Debian's `chromium` and `chromium-driver`
+(`make browser` installs them, as CI does), driven by Selenium through that driver, so
+nothing is downloaded at run time. Without them a test is skipped with the reason,
+except under CI (`CI=true`), where the missing browser fails it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from support.project import PROJECT
+
+BROWSER = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("MEDRAY_TEST_ARTIFACTS", PROJECT / "test-artifacts")) / "web-page"
+"""Where each page's screenshot is saved."""
+
+
+def system_browser() -> tuple[str, str]:
+    """(chromium, chromedriver), or skip (fail under CI) naming what is missing."""
+    found = [path if Path(path).is_file() else shutil.which(Path(path).name) for path in BROWSER]
+    if all(found):
+        return found[0], found[1]
+    reason = ("the browser tests need Debian's chromium and chromium-driver (`make browser` installs them "
+              "as root); not found: " + ", ".join(Path(p).name for p, f in zip(BROWSER, found) if not f))
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI=true: a skipped browser test fails the suite)", pytrace=False)
+    pytest.skip(reason)
+
+
+def start_chromium(width: int = 1280, height: int = 1000):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = system_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    # The closed network refuses Chromium's own background connections: switch them off.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-extensions", f"--window-size={width},{height}",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='medray-chromium-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def screenshot(browser, name: str) -> Path:
+    """The whole page (the window stretched to its height for the shot) as NAME.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    size = browser.get_window_size()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(size["width"], max(size["height"], height + 100))
+    try:
+        browser.save_screenshot(str(path))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    return path
