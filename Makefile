@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup browser test test-fast demo bench lint clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,19 @@ $(STAMP): pyproject.toml constraints.txt
 	  { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q --durations=12
+# The web page's tests drive Debian's Chromium and ChromeDriver (tests/support/browser.py).
+# Under CI (CI=true) `make test` installs them first, as root; elsewhere `make browser`
+# does, and without them those tests are skipped with the reason (-rs prints it).
+BROWSER_PACKAGES := chromium chromium-driver
+browser: setup
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing $(BROWSER_PACKAGES) for the web page's tests (apt's log: $(VENV)/browser.log)"; \
+	  { apt-get install -y --no-install-recommends $(BROWSER_PACKAGES) || \
+	    { apt-get update && apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }; } \
+	    > $(VENV)/browser.log 2>&1 || { tail -n 20 $(VENV)/browser.log; exit 1; }; }
+
+test: setup $(if $(filter true,$(CI)),browser)
+	$(BIN)/python -m pytest -q -rs --durations=12
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -481,14 +481,19 @@ const EXPLANATIONS = {
   token_attributions(explanation) {
     const tokens = explanation.tokens;
     const top = Math.max(1e-12, ...tokens.map((t) => Math.abs(t.weight)));
-    const note = el("p", { class: "tokens", id: "attributions" }, tokens.map((t) => {
-      const span = el("span", { title: `weight ${fixed(t.weight)}` }, t.token.replace(/^##/, ""), " ");
+    const note = el("p", { class: "tokens", id: "attributions" });
+    tokens.forEach((t, index) => {
+      const piece = t.token.startsWith("##");  // a word's continuation: no space before it
+      if (index > 0 && !piece) note.append(" ");
+      const span = el("span", { title: `weight ${fixed(t.weight)}` }, piece ? t.token.slice(2) : t.token);
       const strength = Math.abs(t.weight) / top;
       span.style.backgroundColor = t.weight >= 0 ? `rgba(220, 38, 38, ${0.6 * strength})` : `rgba(37, 99, 235, ${0.6 * strength})`;
-      return span;
-    }));
-    $("why").append(el("h3", {}, "Words that moved the answer (red: towards the label, blue: against)"), note,
-      explanation.truncated ? el("p", { class: "muted" }, "The note was longer than the model reads; the rest was not used.") : null);
+      note.append(span);
+    });
+    $("why").append(el("h3", {}, "Words that moved the answer (red: towards the label, blue: against)"), note);
+    if (explanation.truncated) {
+      $("why").append(el("p", { class: "muted" }, "The note was longer than the model reads; the rest was not used."));
+    }
   },
 };
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
-from medray.cluster.config import load_config
+from medray.cluster.config import DataConfig, load_config
+from medray.train.data.preprocess import Preprocessor
 from support.browser import screenshot, start_chromium, system_browser
 from support.serving import IMAGE, SIGNAL, register, tabular_preprocessor
 
@@ -29,6 +31,34 @@ OVERRIDES = [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.re
 INTENDED = "Decision support for classifying {} data. Not for use as the sole basis of a diagnosis."
 CANARY = 17.123457
 """A value typed into the form that no log may hold."""
+
+
+def _icu_preprocessor() -> Preprocessor:
+    """An ICU-stay model's preprocessing, fitted on three made-up stays (heart rate,
+    temperature over 3 hours, age), as training fits it on stored rows."""
+    stays = [([(10, 0, 80.0), (70, 0, 100.0), (75, 1, 37.5)], 70.0), ([(0, 0, 90.0), (130, 1, 38.4)], 55.0),
+             ([(20, 0, 120.0), (100, 1, 36.9)], 81.0)]
+
+    def column(k, dtype):
+        values = np.empty(len(stays), dtype=object)
+        values[:] = [np.asarray([o[k] for o in observations], dtype=dtype) for observations, _ in stays]
+        return values
+
+    rows = pd.DataFrame({"obs_minutes": column(0, np.float32), "obs_variable": column(1, np.int16),
+                         "obs_value": column(2, np.float32), "static_Age": [age for _, age in stays]})
+    schema = {"variables": [{"name": "HR", "range": [0, 300]}, {"name": "Temp", "range": [25, 45]}],
+              "statics": [{"name": "Age", "column": "static_Age", "categories": None}],
+              "reference_scores": [], "window_minutes": 180}
+    return Preprocessor.fit({"modality": "timeseries", "schema": schema}, rows)
+
+
+def _note_preprocessor() -> Preprocessor:
+    """A note model's preprocessing: a word tokenizer fitted on a few made-up notes."""
+    notes = ["chest pain and shortness of breath", "fever and cough for three days", "no chest pain today",
+             "cough and fever again"] * 3
+    return Preprocessor.fit({"modality": "text", "schema": {"column": "text"}},
+                            pd.DataFrame({"text": np.asarray(notes, dtype=object)}), DataConfig(),
+                            np.array([0, 1] * 6))
 
 
 def _card(name: str, modality: str) -> str:
@@ -56,7 +86,8 @@ def page(ray_session, s3_endpoint, tmp_path_factory, real_inputs):
     for name, family, preset, preprocessor, seed in [
             ("ultrasound", "cnn", "resnet", IMAGE, 1), ("ecg", "rnn", "bigru", SIGNAL, 2),
             ("records", "attention", "seed",
-             tabular_preprocessor(real_inputs["feature_names"], real_inputs["all_records"], units), 3)]:
+             tabular_preprocessor(real_inputs["feature_names"], real_inputs["all_records"], units, extremes=True), 3),
+            ("icu", "rnn", "bigru", _icu_preprocessor(), 4), ("notes", "rnn", "bigru", _note_preprocessor(), 5)]:
         register(storage, folder, name, family, preset, preprocessor, ["benign", "malignant"], seed,
                  card=_card(name, preprocessor.modality), metadata={"metrics": metrics, "dataset": name})
     patch = pytest.MonkeyPatch()
@@ -185,7 +216,7 @@ def test_signing_in_lists_the_models_with_their_cards(page):
     _sign_in(page)
     _visible(browser, ".card")
     cards = browser.find_elements("css selector", ".card")
-    assert sorted(c.get_attribute("data-model") for c in cards) == ["ecg", "records", "ultrasound"]
+    assert sorted(c.get_attribute("data-model") for c in cards) == ["ecg", "icu", "notes", "records", "ultrasound"]
     ultrasound = _find(browser, '.card[data-model="ultrasound"]')
     assert "v1" in ultrasound.find_element("css selector", "h3").text
     assert INTENDED.format("image") in ultrasound.text
@@ -291,6 +322,45 @@ def test_an_ecg_series_pasted_is_plotted_with_its_saliency(page, real_inputs):
     problem = _visible(browser, "#problem")
     expected = page["api"].post("/v1/models/ecg/predict", json={"instances": [[1.0, 2.0, 3.0]], "explain": True})
     assert expected.status_code == 422 and problem.text == expected.json()["detail"]
+
+
+def test_an_icu_stay_uploaded_as_csv_is_answered_as_the_api_answers(page, tmp_path):
+    browser = page["browser"]
+    upload = tmp_path / "stay.csv"
+    upload.write_text("time,variable,value\n00:15,HR,88\n01:05,HR,104\n01:30,Temp,38.1\n95,HR,97\n")
+    _open_model(page, "icu")
+    _find(browser, "#static-0").send_keys("67")
+    _find(browser, "#observations-file").send_keys(str(upload))
+    _submit(browser)
+    _visible(browser, "#why ol")
+    stay = {"static": {"Age": 67.0}, "observations": [
+        {"time": "00:15", "variable": "HR", "value": 88.0}, {"time": "01:05", "variable": "HR", "value": 104.0},
+        {"time": "01:30", "variable": "Temp", "value": 38.1}, {"time": 95, "variable": "HR", "value": 97.0}]}
+    _assert_shows(_shown_answer(browser), _api_answer(page, "icu", stay))
+    screenshot(browser, "icu-answer")
+    # A variable the model does not know: the API's message, naming the field, not the value.
+    upload.write_text("time,variable,value\n00:15,Lactate,2.5\n")
+    _find(browser, "#observations-file").send_keys(str(upload))
+    _submit(browser)
+    expected = page["api"].post("/v1/models/icu/predict", json={"instances": [
+        {"static": {"Age": 67.0}, "observations": [{"time": "00:15", "variable": "Lactate", "value": 2.5}]}]})
+    assert expected.status_code == 422 and _visible(browser, "#problem").text == expected.json()["detail"]
+
+
+def test_a_note_is_answered_with_its_words_highlighted(page):
+    browser = page["browser"]
+    note = "Fever and cough for three days, no chest pain."
+    _open_model(page, "notes")
+    _find(browser, "#note").send_keys(note)
+    _submit(browser)
+    highlighted = _visible(browser, "#attributions")
+    answer = _api_answer(page, "notes", {"text": note})
+    _assert_shows(_shown_answer(browser), answer)
+    spans = highlighted.find_elements("css selector", "span")
+    assert [s.text for s in spans] == [t["token"].removeprefix("##") for t in answer["explanation"]["tokens"]]
+    strongest = max(answer["explanation"]["tokens"], key=lambda t: abs(t["weight"]))
+    assert any(s.get_attribute("title") == f"weight {strongest['weight']:.3f}" for s in spans)
+    screenshot(browser, "note-answer")
 
 
 def test_the_page_fits_a_narrow_screen(page, real_inputs, tmp_path):

@@ -213,3 +213,15 @@ def test_a_dicom_of_another_modality_is_out_of_distribution(models, real_inputs)
     Image.fromarray(real_inputs["images"][0]).save(buffer, format="PNG")
     (png,) = model.predict(model.decode_file(buffer.getvalue()))  # no metadata: nothing to compare
     assert png["out_of_distribution"] is None
+
+
+def test_the_card_summary_holds_the_intended_use_and_the_registered_test_metrics():
+    from medray.serve.model import card_summary
+
+    card = "# Model card: m\n\n## Intended use\nDecision support for X.\nNot alone.\n\n## Data\n- rows: 3\n"
+    info = {"created_at": "2026-12-07T12:00:00+00:00",
+            "metrics": {"test": {"auroc": 0.91, "auroc_ci": [0.8, 0.97], "ppv": 0.5, "ece": None, "n": 40}}}
+    assert card_summary(info, card) == {"intended_use": "Decision support for X.\nNot alone.",
+                                        "test_metrics": {"auroc": 0.91, "auroc_ci": [0.8, 0.97], "n": 40},
+                                        "registered_at": "2026-12-07T12:00:00+00:00"}
+    assert card_summary({}, "") == {"intended_use": None, "test_metrics": {}, "registered_at": None}

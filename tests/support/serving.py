@@ -19,11 +19,14 @@ from medray.train.models import InputSpec, build_model
 CALIBRATION = {"temperature": 1.5, "threshold": 0.4, "conformal": {"target": 0.9, "quantile": 0.6}}
 
 
-def tabular_preprocessor(names: list[str], features: np.ndarray, units: dict[str, str] | None = None) -> Preprocessor:
-    """Fitted as training fits it, min and max included (`units`: as an import records them)."""
+def tabular_preprocessor(names: list[str], features: np.ndarray, units: dict[str, str] | None = None,
+                         extremes: bool = False) -> Preprocessor:
+    """As a checkpoint saved before training stored the min and max (it accepts anything
+    float32 can normalise), or with them (`extremes`), as training fits it now; `units`
+    as an import records them."""
     columns = [{"name": n, "type": "numeric", "median": float(np.median(features[:, i])),
                 "mean": float(features[:, i].mean()), "std": float(features[:, i].std()),
-                "min": float(features[:, i].min()), "max": float(features[:, i].max()),
+                **({"min": float(features[:, i].min()), "max": float(features[:, i].max())} if extremes else {}),
                 **({"unit": units[n]} if n in (units or {}) else {})} for i, n in enumerate(names)]
     return Preprocessor("tabular", None, [len(names)], {"columns": columns})
 
@@ -34,7 +37,7 @@ def register(storage, tmp_path: Path, name: str, family: str, preset: str, prepr
     """One champion version; `card` (the model card's text) and `metadata` as promotion
     registers them."""
     torch.manual_seed(seed)
-    spec = InputSpec(preprocessor.modality, tuple(preprocessor.input_shape))
+    spec = InputSpec(preprocessor.modality, tuple(preprocessor.input_shape), vocabulary=preprocessor.vocabulary)
     model = build_model(family, preset, spec, len(classes))
     folder = tmp_path / f"{name}-{seed}"
     save_checkpoint(folder, model, family, preprocessor, LabelMap(classes, classes, list(range(len(classes)))),

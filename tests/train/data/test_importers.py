@@ -205,6 +205,27 @@ def test_csv_with_header_categorical_missing_and_groups(local_storage, tmp_path)
     assert sum(sizes) == 60 and all(size % 2 == 0 for size in sizes)  # whole patients only
 
 
+def test_csv_units_reach_the_serving_schema_with_the_typical_training_range(local_storage, tmp_path):
+    from medray.train.data.preprocess import Preprocessor
+    from medray.train.modalities import modality
+
+    clinical_table().to_csv(tmp_path / "t.csv", index=False)
+    manifest = run(local_storage, kind="csv", source=str(tmp_path / "t.csv"), name="t", target="outcome",
+                   categorical=["smoker"], drop=["patient"], units={"chol": "mg/dl", "age": "years"})
+    assert [f.get("unit") for f in manifest["schema"]["features"]] == ["years", "mg/dl", None]
+    train, _ = read_split_arrays(local_storage, "t", "train")
+    schema = modality("tabular").input_schema(Preprocessor.fit(manifest, train))
+    age = schema["features"][0]
+    assert age["unit"] == "years" and "unit" not in schema["features"][2]
+    # The train split's mean +- 2 sd to 3 significant digits: aggregates, not one patient's age.
+    ages = train["age"].to_numpy(dtype=float)
+    assert age["typical"] == [float(f"{ages.mean() - 2 * ages.std():.3g}"), float(f"{ages.mean() + 2 * ages.std():.3g}")]
+    assert age["range"][0] <= age["typical"][0] < age["typical"][1] <= age["range"][1]
+    with pytest.raises(DataImportError, match="no column\\(s\\) 'weight'"):
+        run(local_storage, kind="csv", source=str(tmp_path / "t.csv"), name="u", target="outcome",
+            units={"weight": "kg"})
+
+
 def test_csv_groups_never_span_splits(tmp_path):
     from medray.train.data.splits import three_way_split
 
