@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -41,6 +42,8 @@ from medray.serve.web import page_url
 log = logging.getLogger(__name__)
 
 APP_NAME = "medray"
+INGRESS_CPUS = 0.1
+"""What the ingress replica reserves: it parses and forwards, the models compute."""
 
 
 def champions(config: MedrayConfig, registry: Registry, names: list[str] | None = None) -> dict[str, int]:
@@ -113,7 +116,7 @@ def _model_server(config: MedrayConfig, storage: Storage, name: str, version: in
 def _ingress(config: MedrayConfig, models: dict[str, Any], settings: dict[str, Any]):
     layout = {name: where if isinstance(where, str) else "bound" for name, where in models.items()}
     return _pinned(Ingress.options(
-        ray_actor_options={"num_cpus": 0.1},
+        ray_actor_options={"num_cpus": INGRESS_CPUS},
         max_ongoing_requests=max(256, config.serve.max_ongoing_requests * max(1, len(models))),
     ), layout, settings).bind(models, settings)
 
@@ -179,14 +182,38 @@ def deploy(config: MedrayConfig, storage: Storage, names: list[str] | None = Non
     token = os.environ.get(TOKEN_VARIABLE) or None
     host = bind_host(config, token)
     versions = champions(config, Registry(storage), names)
+    on_this_machine = not (config.ray.address or os.environ.get("RAY_ADDRESS"))
+    check_capacity(config, len(versions), on_this_machine)
     serve.start(http_options={"host": host, "port": config.serve.port})
     # A Serve already running keeps the address it started with, whatever was asked now.
     refuse_open_beyond_loopback(token, proxy_options().host)
-    on_this_machine = not (config.ray.address or os.environ.get("RAY_ADDRESS"))
     deployed = _run(config, storage, versions, token_auth(token, on_this_machine))
     if not token:
         log.warning("no %s set: the API is open, so it listens on 127.0.0.1 only", TOKEN_VARIABLE)
     return deployed
+
+
+def check_capacity(config: MedrayConfig, models: int, fixed_size: bool) -> None:
+    """Refuse, before deploying, replicas this Ray cannot place: Serve would wait for them
+    for ever ("taken more than 30s to be scheduled") and `serve up` with it. `fixed_size`:
+    a Ray that no autoscaler will grow (the local one); on a cluster only a warning, since
+    nodes may be on their way."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    per_model = max(1, config.serve.autoscaling.min_replicas) * config.serve.replica_cpus
+    needed = models * per_model + INGRESS_CPUS
+    if needed <= cpus + 1e-9:
+        return
+    fits = math.floor((cpus - INGRESS_CPUS) / max(1, config.serve.autoscaling.min_replicas) / models * 100) / 100
+    problem = (f"serving {models} model(s) needs {needed:g} CPUs for their first replicas "
+               f"(serve.replica_cpus={config.serve.replica_cpus:g} each, {INGRESS_CPUS:g} for the ingress) and this "
+               f"Ray has {cpus:g}")
+    if not fixed_size:
+        log.warning("%s: Serve waits until the cluster grows", problem)
+        return
+    advice = f"set serve.replica_cpus={fits:g}" if fits > 0 else "serve fewer models"
+    raise ConfigError(f"{problem}: {advice} (or name fewer with --models)")
 
 
 def update(config: MedrayConfig, storage: Storage) -> dict[str, Any]:

@@ -392,7 +392,9 @@ function showAnswer(model, prediction, instance) {
     ood.textContent = "Out of distribution: not checked (this version has no detector).";
   } else {
     ood.textContent = `Out of distribution: ${prediction.out_of_distribution ? "yes" : "no"}`
-      + (typeof prediction.ood_score === "number" ? ` (score ${fixed(prediction.ood_score)})` : "")
+      + (typeof prediction.ood_score === "number" ? ` (score ${fixed(prediction.ood_score)}`
+         + (model.ood && typeof model.ood.threshold === "number" ? `; flagged above ${fixed(model.ood.threshold)})` : ")")
+        : "")
       + (prediction.ood_reasons && prediction.ood_reasons.length ? ": " + prediction.ood_reasons.join("; ") : "");
   }
   $("picture").replaceChildren();

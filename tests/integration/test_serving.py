@@ -233,6 +233,20 @@ def test_a_killed_replica_is_replaced_without_losing_a_request(served, real_inpu
         assert_same_answers(answer["predictions"], expected["predictions"])
 
 
+def test_replicas_this_ray_cannot_place_are_refused_before_deploying(served, real_inputs):
+    from medray.cluster.errors import ConfigError
+    from medray.serve.app import deploy, status
+
+    before = status()
+    # Three models at one CPU each and the ingress on a 2-CPU Ray: Serve would wait for ever.
+    with pytest.raises(ConfigError, match=r"^serving 3 model\(s\) needs 3\.1 CPUs for their first replicas "
+                                          r"\(serve\.replica_cpus=1 each, 0\.1 for the ingress\) and this Ray has 2: "
+                                          r"set serve\.replica_cpus=0\.63 \(or name fewer with --models\)$"):
+        deploy(load_config(None, [*OVERRIDES, "serve.replica_cpus=1"]), served["storage"])
+    assert status() == before  # nothing was redeployed
+    assert _predict(served["client"], "ultrasound", [real_inputs["images"][0].tolist()]).status_code == 200
+
+
 def test_cli_status_and_predict_client(served, real_inputs, tmp_path):
     import json
     import subprocess

@@ -48,14 +48,15 @@ def start_chromium(width: int = 1280, height: int = 1000):
 
 
 def screenshot(browser, name: str) -> Path:
-    """The whole page (the window stretched to its height for the shot) as NAME.png."""
+    """The whole page, beyond the window's height, as NAME.png."""
+    import base64
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    size = browser.get_window_size()
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(size["width"], max(size["height"], height + 100))
-    try:
-        browser.save_screenshot(str(path))
-    finally:
-        browser.set_window_size(size["width"], size["height"])
+    width, height = browser.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollHeight]")
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
