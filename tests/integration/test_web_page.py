@@ -263,6 +263,26 @@ def test_an_uploaded_image_is_answered_as_the_api_answers_with_its_grad_cam_over
     assert _overlay_pixels(browser) == with_overlay
 
 
+def test_a_dicom_unlike_the_training_images_is_shown_with_a_referral(page, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    browser = page["browser"]
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # a CT slice; the model was trained on ultrasound
+    upload = tmp_path / "slice.dcm"
+    upload.write_bytes(ct)
+    _open_model(page, "ultrasound")
+    _find(browser, "#image-file").send_keys(str(upload))
+    _submit(browser)
+    answer = _api_answer(page, "ultrasound", base64.b64encode(ct).decode())
+    assert answer["out_of_distribution"] is True
+    _assert_shows(_shown_answer(browser), answer)
+    referral = _find(browser, "#referral")
+    assert referral.is_displayed() and "unlike the data the model was trained on" in referral.text
+    assert _find(browser, "#ood").get_attribute("data-flag") == "true"
+    assert "file metadata Modality differs from the training set's" in _find(browser, "#ood").text
+    screenshot(browser, "dicom-referred")
+
+
 def test_a_corrupt_upload_shows_the_apis_422_message(page, tmp_path):
     browser = page["browser"]
     corrupt = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
