@@ -182,11 +182,20 @@ class EvalConfig(Section):
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     bootstrap: int = Field(1000, ge=0, le=100000)
     """Resamples for the AUROC confidence interval."""
+    net_benefit_thresholds: list[float] = Field([0.05, 0.1, 0.2, 0.3, 0.5], min_length=1, max_length=99)
+    """Threshold probabilities for decision curve analysis (binary models), each in (0, 1):
+    the risk at which a clinician would act, so the net benefit is read where it matters."""
     ood_method: Literal["mahalanobis", "energy"] = "mahalanobis"
     """Out-of-distribution score (train/ood.py): Mahalanobis distance on the penultimate
     features, or the energy of the logits."""
     ood_false_alarm: float = Field(0.05, gt=0, lt=1)
     """Share of in-distribution validation cases the OOD threshold is chosen to flag."""
+
+    @model_validator(mode="after")
+    def _thresholds_are_probabilities(self) -> "EvalConfig":
+        if not all(0 < t < 1 for t in self.net_benefit_thresholds):
+            raise ValueError("eval.net_benefit_thresholds: each must lie strictly between 0 and 1")
+        return self
 
     @model_validator(mode="after")
     def _target_given(self) -> "EvalConfig":

@@ -123,11 +123,21 @@ def run_training(config: str | os.PathLike | MedrayConfig, overrides: Sequence[s
 def evaluate(checkpoint: str, config: str | os.PathLike | MedrayConfig | None = None, overrides: Sequence[str] = (),
              *, split: str = "test", storage: str | Storage | None = None) -> dict[str, Any]:
     """`medray evaluate`: the metrics of a run's best checkpoint (a run name) or of a
-    checkpoint URI on one split, with the config's eval settings."""
-    from medray.train.job import evaluate_checkpoint
+    checkpoint URI on one split. Evaluated as the run was (its threshold method, target
+    sensitivity, bootstrap, OOD settings and seed, recorded with its result) unless a
+    `config` is given; `overrides` apply on top either way. The answer's `settings` say
+    which were used."""
+    from medray.cluster.config import MedrayConfig, validate_config
+    from medray.train.job import evaluate_checkpoint, run_settings
 
     loaded = _config(config, overrides)
-    return evaluate_checkpoint(open_storage(storage, loaded), checkpoint, loaded, split)
+    store = open_storage(storage, loaded)
+    recorded = run_settings(store, checkpoint) if config is None else None
+    if recorded:
+        raw = MedrayConfig().model_dump(mode="json")
+        raw["eval"], raw["train"]["seed"] = recorded["eval"], recorded["seed"]
+        loaded = _config(validate_config(raw, MedrayConfig), overrides)
+    return evaluate_checkpoint(store, checkpoint, loaded, split)
 
 
 # Search, promotion, the registry ------------------------------------------------------

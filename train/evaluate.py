@@ -354,6 +354,87 @@ def expected_calibration_error(y_true: ArrayLike, probs: ArrayLike, n_bins: int 
 # Classification metrics at an operating point
 
 
+NET_BENEFIT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+"""Threshold probabilities at which decision curve analysis is reported by default."""
+
+
+def brier_score(y_true: ArrayLike, probs: ArrayLike) -> float:
+    """Mean squared error of the probabilities. Binary: of P(class 1) against the 0/1
+    outcome (scikit-learn's `brier_score_loss`); K > 2: the sum over classes per case,
+    averaged (Brier 1950's original form, in [0, 2])."""
+    y = _labels(y_true)
+    p = _probs_2d(probs, y.size)
+    if p.shape[1] == 2:
+        return float(np.mean((p[:, 1] - (y == 1)) ** 2))
+    return float(np.mean(((p - np.eye(p.shape[1])[y]) ** 2).sum(axis=1)))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def calibration_slope_intercept(y_true: ArrayLike, pos_probs: ArrayLike) -> dict[str, float | None]:
+    """Logistic recalibration of P(class 1) (Cox 1958; Van Calster et al. 2019):
+    `calibration_slope` is b in logit P(y=1) = a + b logit(p) (1 is ideal; below 1, the
+    predictions are too extreme), `calibration_intercept` is a with b fixed at 1
+    (calibration-in-the-large: 0 is ideal; below 0, risks are overestimated). Both by
+    Newton's method on the log-likelihood; None without both outcomes, or when the
+    outcomes are perfectly separated by the predictions (the slope is then unbounded)."""
+    y = (_labels(y_true) == 1).astype(np.float64)
+    x = _logit(np.asarray(pos_probs, dtype=np.float64).ravel())
+    if y.size != x.size:
+        raise ValueError(f"{y.size} labels for {x.size} probabilities")
+    undefined = {"calibration_slope": None, "calibration_intercept": None}
+    if y.min() == y.max():
+        return undefined
+    slope_fit = _logistic_newton(np.column_stack([np.ones_like(x), x]), y, np.zeros_like(x))
+    intercept_fit = _logistic_newton(np.ones((x.size, 1)), y, x)
+    if slope_fit is None or intercept_fit is None:
+        return undefined
+    return {"calibration_slope": float(slope_fit[1]), "calibration_intercept": float(intercept_fit[0])}
+
+
+def _logistic_newton(design: np.ndarray, y: np.ndarray, offset: np.ndarray, steps: int = 100) -> np.ndarray | None:
+    """Maximum-likelihood coefficients of logit P(y=1) = design @ beta + offset, or None
+    when they diverge (separation)."""
+    beta = np.zeros(design.shape[1])
+    for _ in range(steps):
+        mu = 1 / (1 + np.exp(-(design @ beta + offset)))
+        weights = mu * (1 - mu)
+        hessian = design.T @ (design * weights[:, None])
+        try:
+            step = np.linalg.solve(hessian, design.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            return None
+        beta = beta + step
+        if not np.isfinite(beta).all() or np.abs(beta).max() > 1e6:
+            return None
+        if np.abs(step).max() < 1e-10:
+            return beta
+    return None
+
+
+def net_benefit(y_true: ArrayLike, pos_probs: ArrayLike,
+                thresholds: Sequence[float] = NET_BENEFIT_THRESHOLDS) -> list[dict[str, float]]:
+    """Decision curve analysis (Vickers & Elkin 2006): at each threshold probability pt,
+    treating those with P(class 1) >= pt gains TP/n - FP/n * pt / (1 - pt); treating all
+    gains prevalence - (1 - prevalence) * pt / (1 - pt); treating none gains 0."""
+    y = _labels(y_true) == 1
+    p = np.asarray(pos_probs, dtype=np.float64).ravel()
+    n, prevalence = y.size, float(y.mean())
+    rows = []
+    for pt in thresholds:
+        if not 0 < pt < 1:
+            raise ValueError(f"a net benefit threshold must lie strictly between 0 and 1, got {pt}")
+        odds = pt / (1 - pt)
+        treated = p >= pt
+        tp, fp = int((treated & y).sum()), int((treated & ~y).sum())
+        rows.append({"threshold": float(pt), "model": tp / n - fp / n * odds,
+                     "treat_all": prevalence - (1 - prevalence) * odds})
+    return rows
+
+
 def classification_metrics(
     y_true: ArrayLike,
     probs: ArrayLike,
@@ -451,13 +532,16 @@ def evaluate_split(
     threshold: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    net_benefit_thresholds: Sequence[float] = NET_BENEFIT_THRESHOLDS,
 ) -> dict:
     """Every metric for one split, JSON-ready.
 
-    With a `temperature`, AUROC and the classification metrics use the calibrated
-    probabilities (the threshold was chosen on those); `ece` is always before scaling,
-    `ece_calibrated` after (None without a temperature). Binary models also get AUPRC
-    and the challenge score min(sensitivity, PPV) at the threshold (None for K > 2).
+    With a `temperature`, AUROC, the classification metrics, the Brier score and the
+    calibration slope and intercept use the calibrated probabilities (the threshold was
+    chosen on those); `ece` is always before scaling, `ece_calibrated` after (None
+    without a temperature). Binary models also get AUPRC, the challenge score
+    min(sensitivity, PPV) at the threshold, the calibration slope and intercept and the
+    net benefit at `net_benefit_thresholds` (None for K > 2).
     """
     y = _labels(y_true)
     z = _logits_2d(logits, y.size)
@@ -475,6 +559,10 @@ def evaluate_split(
         "challenge_score": challenge_score(metrics["sensitivity"], metrics["ppv"]) if binary else None,
         "ece": expected_calibration_error(y, raw),
         "ece_calibrated": None if temperature is None else expected_calibration_error(y, probs),
+        "brier": brier_score(y, probs),
+        **(calibration_slope_intercept(y, probs[:, 1]) if binary
+           else {"calibration_slope": None, "calibration_intercept": None}),
+        "net_benefit": net_benefit(y, probs[:, 1], net_benefit_thresholds) if binary else None,
         "threshold": metrics["threshold"],
         "temperature": None if temperature is None else float(temperature),
         "confusion_matrix": metrics["confusion_matrix"],
@@ -491,6 +579,7 @@ def evaluate_model_outputs(
     target_sensitivity: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    net_benefit_thresholds: Sequence[float] = NET_BENEFIT_THRESHOLDS,
 ) -> dict:
     """Fit temperature and (binary) threshold on val, then report val and test with both.
 
@@ -505,7 +594,7 @@ def evaluate_model_outputs(
         pos = apply_temperature(z_val, temperature)[:, 1]
         threshold = choose_threshold(y_val, pos, threshold_method, target_sensitivity)
     common = dict(class_names=class_names, temperature=temperature, threshold=threshold,
-                  n_boot=n_boot, seed=seed)
+                  n_boot=n_boot, seed=seed, net_benefit_thresholds=net_benefit_thresholds)
     return {
         "val": evaluate_split(y_val, z_val, **common),
         "test": evaluate_split(test[0], test[1], **common),
@@ -645,13 +734,36 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
     return str(path)
 
 
+def _title(what: str, split: str, n: int) -> str:
+    return f"{what}, {split} split (n = {n})"
+
+
+def _roc_band(y: np.ndarray, scores: np.ndarray, n_boot: int, seed: int,
+              grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 2.5th and 97.5th percentile TPR at each FPR of `grid` over `n_boot` bootstrap
+    resamples of the cases (resamples with one class only are skipped); None if none is usable."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, y.size, y.size)
+        if y[rows].min() == y[rows].max():
+            continue
+        fpr, tpr, _ = roc_curve(y[rows], scores[rows])
+        curves.append(np.interp(grid, fpr, tpr))
+    if not curves:
+        return None
+    return np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
+
+
 def plot_roc(
     y_true: ArrayLike, probs: ArrayLike, class_names: Sequence[str], path: str | os.PathLike,
-    baselines: dict[str, np.ndarray] | None = None,
+    baselines: dict[str, np.ndarray] | None = None, operating_point: tuple[float, float, float] | None = None,
+    n_boot: int = 200, seed: int = 0, split: str = "test",
 ) -> str:
-    """ROC curve of class 1 (binary) or one-vs-rest curve per class, AUROC in the legend;
-    a binary model's same-run baselines (scores for class 1, NaN where missing) dashed
-    beside it, each on the rows it scores."""
+    """ROC curve of class 1 (binary) with its 95% bootstrap band and the operating point
+    `(false positive rate, sensitivity, threshold)`, or one-vs-rest curve per class, AUROC
+    in the legend; a binary model's same-run baselines (scores for class 1, NaN where
+    missing) dashed beside it, each on the rows it scores."""
     y = _labels(y_true)
     p = _probs_2d(probs, y.size)
     columns = [1] if p.shape[1] == 2 else range(p.shape[1])
@@ -663,7 +775,17 @@ def plot_roc(
             continue  # undefined without both positives and negatives
         fpr, tpr, _ = roc_curve(positive, p[:, k])
         auc = auroc_with_ci(positive.astype(np.int64), p[:, k], n_boot=0)["value"]
-        ax.plot(fpr, tpr, lw=1.8, label=f"{'model' if baselines else class_names[k]} (AUROC {auc:.3f})")
+        line, = ax.plot(fpr, tpr, lw=1.8, label=f"{'model' if p.shape[1] == 2 else class_names[k]} (AUROC {auc:.3f})")
+        if p.shape[1] == 2 and n_boot:
+            grid = np.linspace(0, 1, 101)
+            band = _roc_band(positive.astype(np.int64), p[:, k], n_boot, seed, grid)
+            if band is not None:
+                ax.fill_between(grid, *band, color=line.get_color(), alpha=0.18, lw=0,
+                                label=f"95% bootstrap band ({n_boot} resamples)")
+    if operating_point is not None and p.shape[1] == 2:
+        fpr, sensitivity, threshold = operating_point
+        ax.plot([fpr], [sensitivity], marker="o", ms=8, color="black", ls="none",
+                label=f"operating point, threshold {threshold:.3f}")
     for name, scores in (baselines or {}).items() if p.shape[1] == 2 else ():
         scored = np.isfinite(scores)
         positive = y[scored] == 1
@@ -675,9 +797,26 @@ def plot_roc(
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
            ylabel="True positive rate (sensitivity)",
-           title="ROC curve" if p.shape[1] == 2 else "ROC curves (one vs rest)")
+           title=_title("ROC curve" if p.shape[1] == 2 else "ROC curves (one vs rest)", split, y.size))
     ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)
+
+
+def quantile_bins(y_true: ArrayLike, pos_probs: ArrayLike, n_bins: int = 10) -> list[dict[str, float]]:
+    """Cases sorted by P(class 1) in `n_bins` bins of (nearly) equal count: per bin its
+    mean prediction, observed frequency of class 1 with its Wilson 95% interval, and n."""
+    y = _labels(y_true) == 1
+    p = np.asarray(pos_probs, dtype=np.float64).ravel()
+    order = np.argsort(p, kind="stable")
+    bins = []
+    for rows in np.array_split(order, min(n_bins, max(1, y.size))):
+        if rows.size == 0:
+            continue
+        hits = int(y[rows].sum())
+        low, high = wilson_interval(hits, int(rows.size))
+        bins.append({"predicted": float(p[rows].mean()), "observed": hits / rows.size, "low": low, "high": high,
+                     "n": int(rows.size)})
+    return bins
 
 
 def plot_reliability(
@@ -685,55 +824,106 @@ def plot_reliability(
     probs_before: ArrayLike,
     probs_after: ArrayLike | None,
     path: str | os.PathLike,
-    n_bins: int = 15,
+    n_bins: int = 10,
+    split: str = "test",
 ) -> str:
-    """Reliability diagram (top-label accuracy vs confidence), before/after scaling."""
+    """Reliability diagram above a histogram of the predictions. Binary: predicted
+    P(class 1) against the observed frequency of class 1 in quantile bins (equal counts),
+    with Wilson 95% intervals, before and after temperature scaling. K > 2: top-label
+    accuracy against confidence in equal-width bins."""
     y = _labels(y_true)
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(5.5, 6.2))
+    ax, histogram = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    binary = _probs_2d(probs_before, y.size).shape[1] == 2
+    shown = None
     for label, probs, marker in (("before scaling", probs_before, "o"),
                                  ("after temperature scaling", probs_after, "s")):
         if probs is None:
             continue
         p = _probs_2d(probs, y.size)
-        count, confidence, accuracy = _calibration_bins(y, p, n_bins)
-        filled = count > 0
-        ece = expected_calibration_error(y, p, n_bins)
-        ax.plot(confidence[filled], accuracy[filled], marker=marker, lw=1.5,
-                label=f"{label} (ECE {ece:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Confidence (top-class probability)",
-           ylabel="Accuracy", title="Reliability diagram")
+        ece = expected_calibration_error(y, p, 15)
+        if binary:
+            bins = quantile_bins(y, p[:, 1], n_bins)
+            x = np.array([b["predicted"] for b in bins])
+            observed = np.array([b["observed"] for b in bins])
+            errors = np.array([[b["observed"] - b["low"] for b in bins], [b["high"] - b["observed"] for b in bins]])
+            ax.errorbar(x, observed, yerr=errors, marker=marker, lw=1.5, capsize=2,
+                        label=f"{label} (ECE {ece:.3f})")
+        else:
+            count, confidence, accuracy = _calibration_bins(y, p, 15)
+            filled = count > 0
+            ax.plot(confidence[filled], accuracy[filled], marker=marker, lw=1.5, label=f"{label} (ECE {ece:.3f})")
+        shown = p
+    what = "Predicted P(positive class)" if binary else "Confidence (top-class probability)"
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="Observed frequency" if binary else "Accuracy",
+           title=_title("Reliability" + (f" ({n_bins} quantile bins, 95% CI)" if binary else ""), split, y.size))
     ax.legend(loc="upper left", fontsize="small")
+    values = shown[:, 1] if binary else shown.max(axis=1)
+    histogram.hist(values, bins=20, range=(0, 1), color="tab:grey")
+    histogram.set(xlabel=what, ylabel="Cases")
     return _save(fig, path)
 
 
 def plot_confusion_matrix(
-    cm: ArrayLike, class_names: Sequence[str], path: str | os.PathLike
+    cm: ArrayLike, class_names: Sequence[str], path: str | os.PathLike, split: str = "test",
+    threshold: float | None = None,
 ) -> str:
-    """Counts, rows = true class, columns = predicted class."""
+    """Counts and row percentages (of each true class), rows = true class, columns =
+    predicted class."""
     counts = np.asarray(cm)
     k = counts.shape[0]
-    fig = Figure(figsize=(1.2 * k + 3, 1.2 * k + 2.5))
+    rows = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(rows > 0, counts / np.maximum(rows, 1), 0.0)
+    fig = Figure(figsize=(1.3 * k + 3, 1.3 * k + 2.5))
     ax = fig.add_subplot()
-    image = ax.imshow(counts, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    half = counts.max() / 2 if counts.size else 0
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                    color="white" if counts[i, j] > half else "black")
+            ax.text(j, i, f"{int(counts[i, j])}\n({100 * shares[i, j]:.1f}%)", ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black")
+    at = f" at threshold {threshold:.3f}" if threshold is not None else ""
     ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names, yticklabels=class_names,
-           xlabel="Predicted class", ylabel="True class", title="Confusion matrix")
+           xlabel="Predicted class", ylabel="True class",
+           title=_title(f"Confusion matrix{at}", split, int(counts.sum())))
     return _save(fig, path)
 
 
-def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike) -> str:
-    """Two panels: train/val loss; val AUROC and accuracy. Missing values are skipped."""
+def plot_decision_curve(
+    y_true: ArrayLike, pos_probs: ArrayLike, path: str | os.PathLike,
+    marked: Sequence[float] = NET_BENEFIT_THRESHOLDS, split: str = "test",
+) -> str:
+    """Net benefit against the threshold probability (decision curve analysis, Vickers &
+    Elkin 2006): the model, treat all and treat none; the reported thresholds marked."""
+    y = _labels(y_true)
+    grid = np.linspace(0.01, 0.99, 99)
+    rows = net_benefit(y, pos_probs, grid)
+    model = np.array([r["model"] for r in rows])
+    treat_all = np.array([r["treat_all"] for r in rows])
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(grid, model, lw=1.8, label="model")
+    ax.plot(grid, treat_all, lw=1.2, color="tab:orange", label="treat all")
+    ax.axhline(0, lw=1.2, color="black", label="treat none")
+    for pt in marked:
+        ax.axvline(pt, lw=0.8, ls=":", color="grey")
+    prevalence = float((y == 1).mean())
+    ax.set(xlim=(0, 1), ylim=(min(-0.05, float(model.min()) - 0.02), max(prevalence, float(model.max())) + 0.05),
+           xlabel="Threshold probability (risk at which one would treat)", ylabel="Net benefit",
+           title=_title("Decision curve", split, y.size))
+    ax.legend(loc="upper right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike, selected_epoch: int | None = None) -> str:
+    """Two panels: train/val loss; val AUROC and accuracy; the epoch whose weights were
+    kept marked. Missing values are skipped."""
     fig = Figure(figsize=(10, 4))
     loss_ax, score_ax = fig.subplots(1, 2)
-    panels = ((loss_ax, ("train_loss", "val_loss"), "Loss", "Loss"),
-              (score_ax, ("val_auroc", "val_accuracy"), "Score", "Validation AUROC and accuracy"))
+    panels = ((loss_ax, ("train_loss", "val_loss"), "Loss", "Loss (train and val splits)"),
+              (score_ax, ("val_auroc", "val_accuracy"), "Score", "Val split: AUROC and accuracy"))
     labels = {"train_loss": "train loss", "val_loss": "val loss", "val_auroc": "val AUROC",
               "val_accuracy": "val accuracy"}
     for ax, keys, ylabel, title in panels:
@@ -742,6 +932,8 @@ def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike) -> st
             if points:
                 epochs, values = zip(*points)
                 ax.plot(epochs, values, marker="o", ms=3, label=labels[key])
+        if selected_epoch is not None:
+            ax.axvline(selected_epoch, color="black", ls="--", lw=1, label=f"selected epoch {selected_epoch}")
         ax.set(xlabel="Epoch", ylabel=ylabel, title=title)
         if ax.has_data():
             ax.legend(fontsize="small")
@@ -789,16 +981,21 @@ def write_report(
     history: Sequence[dict],
     class_names: Sequence[str],
     baselines: dict[str, np.ndarray] | None = None,
+    selected_epoch: int | None = None,
+    net_benefit_thresholds: Sequence[float] = NET_BENEFIT_THRESHOLDS,
+    n_boot: int = 200,
+    seed: int = 0,
 ) -> dict[str, str]:
-    """Write metrics.json and the four plots into `out_dir` (created if missing).
+    """Write metrics.json and the plots into `out_dir` (created if missing).
 
-    `metrics` is `evaluate_model_outputs`' result. The ROC, reliability and confusion
-    plots show the test split: the temperature was fitted on val, so only test shows
-    whether calibration carries over. `val` is taken for symmetry with
-    `evaluate_model_outputs` and is not plotted. `baselines` (name -> test scores) join
-    the ROC plot.
-    Returns {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"} ->
-    file path.
+    `metrics` is `evaluate_model_outputs`' result. The ROC (with its bootstrap band and
+    the operating point), reliability, confusion and (binary) decision-curve plots show
+    the test split: the temperature and threshold were fitted on val, so only test shows
+    whether they carry over. `val` is taken for symmetry with `evaluate_model_outputs`
+    and is not plotted. `baselines` (name -> test scores) join the ROC plot;
+    `selected_epoch` is marked on the learning curves.
+    Returns {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"[,
+    "decision_curve"]} -> file path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -806,6 +1003,11 @@ def write_report(
     temperature = metrics.get("temperature")
     before = apply_temperature(z_test, 1.0)
     after = None if temperature is None else apply_temperature(z_test, temperature)
+    shown = before if after is None else after
+    threshold, test_metrics = metrics.get("threshold"), metrics["test"]
+    operating_point = None
+    if threshold is not None and test_metrics.get("specificity") is not None and test_metrics.get("sensitivity") is not None:
+        operating_point = (1 - test_metrics["specificity"], test_metrics["sensitivity"], threshold)
 
     # Write then rename, so a reader never sees a half-written metrics.json.
     metrics_path = out / "metrics.json"
@@ -813,12 +1015,15 @@ def write_report(
     tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False))
     os.replace(tmp, metrics_path)
 
-    return {
+    files = {
         "metrics": str(metrics_path),
-        "roc": plot_roc(y_test, before if after is None else after, class_names,
-                        out / "roc.png", baselines),
+        "roc": plot_roc(y_test, shown, class_names, out / "roc.png", baselines, operating_point, n_boot, seed),
         "reliability": plot_reliability(y_test, before, after, out / "reliability.png"),
-        "confusion_matrix": plot_confusion_matrix(metrics["test"]["confusion_matrix"],
-                                                  class_names, out / "confusion_matrix.png"),
-        "learning_curves": plot_learning_curves(history, out / "learning_curves.png"),
+        "confusion_matrix": plot_confusion_matrix(test_metrics["confusion_matrix"], class_names,
+                                                  out / "confusion_matrix.png", threshold=threshold),
+        "learning_curves": plot_learning_curves(history, out / "learning_curves.png", selected_epoch),
     }
+    if shown.shape[1] == 2:
+        files["decision_curve"] = plot_decision_curve(y_test, shown[:, 1], out / "decision_curve.png",
+                                                      net_benefit_thresholds)
+    return files

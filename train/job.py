@@ -215,6 +215,8 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
                     "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"],
                     "ood": report["metrics"]["ood"], "baselines": report["metrics"]["baselines"]},
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
+        # What `medray evaluate RUN` re-evaluates with, unless told otherwise.
+        "settings": {"eval": config.eval.model_dump(mode="json"), "seed": config.train.seed},
     }
     storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
     return summary
@@ -250,6 +252,7 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
     metrics = evaluate_model_outputs(
         outputs["val"], outputs["test"], bundle.classes, threshold_method=config.eval.threshold_method,
         target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
+        net_benefit_thresholds=config.eval.net_benefit_thresholds,
     )
     metrics["ood"], ood_scores = evaluate_ood(bundle, ood_detector, features["test"], embeddings["test"],
                                               outputs["test"][1], n_boot=config.eval.bootstrap, seed=config.train.seed)
@@ -261,7 +264,8 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
                             for name, b in scored.items()}
     history = history if history is not None else bundle.progress.get("history", [])
     files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes,
-                         {name: b.scores for name, b in scored.items()})
+                         {name: b.scores for name, b in scored.items()}, selected_epoch=bundle.progress.get("epoch"),
+                         net_benefit_thresholds=config.eval.net_benefit_thresholds, seed=config.train.seed)
     files["ood_scores"] = plot_ood_scores(*ood_scores, ood_detector.threshold, Path(out_dir) / "ood_scores.png")
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
             "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"),
@@ -296,8 +300,19 @@ def resolve_checkpoint(storage: Storage, reference: str) -> str:
     return storage.key_of(reference)
 
 
+def run_settings(storage: Storage, reference: str) -> dict[str, Any] | None:
+    """The evaluation settings a run was evaluated with (`{"eval": ..., "seed": ...}`),
+    when `reference` names a run that recorded them; None for a checkpoint URI or an
+    older run."""
+    if "/" in reference:
+        return None
+    key = f"runs/{reference}/{RESULT_FILE}"
+    return storage.read_json(key).get("settings") if storage.exists(key) else None
+
+
 def evaluate_checkpoint(storage: Storage, reference: str, config: MedrayConfig, split: str = "test") -> dict:
-    """`medray evaluate`: metrics of a stored checkpoint on one split (val fits the calibration)."""
+    """`medray evaluate`: metrics of a stored checkpoint on one split (val fits the
+    calibration), with `config`'s evaluation settings, which the answer repeats."""
     if split not in ("val", "test"):
         raise ConfigError(f"split '{split}' is not allowed; use val or test")
     key = resolve_checkpoint(storage, reference)
@@ -305,5 +320,6 @@ def evaluate_checkpoint(storage: Storage, reference: str, config: MedrayConfig, 
         report = evaluate_stored_checkpoint(storage, key, Path(scratch), config, baselines=False)
     return {"checkpoint": storage.uri(key), "split": split, "dataset": report["dataset"],
             "metrics": report["metrics"][split], "temperature": report["metrics"]["temperature"],
-            "threshold": report["metrics"]["threshold"], "ood": report["metrics"]["ood"]}
+            "threshold": report["metrics"]["threshold"], "ood": report["metrics"]["ood"],
+            "settings": {"eval": config.eval.model_dump(mode="json"), "seed": config.train.seed}}
 

@@ -123,11 +123,12 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         "|---|---|---|",
         f"| AUROC (95% CI) | {_fmt(test['auroc'])} ({_fmt(ci[0])}-{_fmt(ci[1])}) | {_fmt(val['auroc'])} |",
         *(f"| {k} | {_fmt(test.get(k))} | {_fmt(val.get(k))} |" for k in
-          ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "ece",
-           "ece_calibrated")),
+          ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auprc", "ece",
+           "ece_calibrated", "brier", "calibration_slope", "calibration_intercept")),
         f"| threshold | {_fmt(metrics['threshold'])} | |",
         f"| temperature | {_fmt(metrics['temperature'])} | |",
         "",
+        *_net_benefit_section(test.get("net_benefit")),
         "## Per-class results (test)",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -156,6 +157,16 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         f"- code: {_code_version()}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _net_benefit_section(rows: list[dict[str, float]] | None) -> list[str]:
+    """Decision curve analysis on test (binary models): the net benefit of acting on the
+    model at each threshold probability, beside treating everyone (treating no one: 0)."""
+    if not rows:
+        return []
+    return ["## Net benefit (test; decision curve analysis, Vickers & Elkin 2006)",
+            "| threshold probability | model | treat all | treat none |", "|---|---|---|---|",
+            *(f"| {r['threshold']:.2f} | {r['model']:.3f} | {r['treat_all']:.3f} | 0 |" for r in rows), ""]
 
 
 def _ood_section(ood: dict[str, Any] | None, figures: Any) -> list[str]:
@@ -228,7 +239,7 @@ def promote_checkpoint(storage: Storage, checkpoint_key: str, config: MedrayConf
 
 def _headline(split: dict[str, Any]) -> dict[str, Any]:
     return {k: split.get(k) for k in ("auroc", "auroc_ci", "accuracy", "sensitivity", "specificity", "ece",
-                                      "ece_calibrated", "n")}
+                                      "ece_calibrated", "brier", "calibration_slope", "n")}
 
 
 def _version_files(storage: Storage, checkpoint_key: str, folder: Path, report: dict, metrics: dict,

@@ -98,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("evaluate", help="re-evaluate a stored checkpoint")
     parser.add_argument("checkpoint", help="a run name (its best checkpoint) or a checkpoint URI")
     parser.add_argument("--split", default="test", choices=["val", "test"])
-    parser.add_argument("--config", help="YAML config for evaluation settings (eval.*)")
+    parser.add_argument("--config", help="YAML config for evaluation settings (eval.*); default: the run's own")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     add_common(parser)
     parser.set_defaults(handler=evaluate)

@@ -11,7 +11,8 @@ from typing import Any
 
 from medray.cluster.storage import Storage
 
-PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "learning_curves.png", "ood_scores.png")
+PLOTS = ("roc.png", "reliability.png", "confusion_matrix.png", "decision_curve.png", "learning_curves.png",
+         "ood_scores.png")
 
 
 def results_table(results: list[dict[str, Any]]) -> str:

@@ -13,7 +13,8 @@ def test_train_then_evaluate_json(tmp_path):
     env = {"MEDRAY_STORAGE": str(tmp_path / "store")}
     medray("data", "import", "sklearn", "breast_cancer", "--name", "wdbc", env=env)
     result = medray("train", "train/configs/wdbc_attention.yaml", "optim.epochs=2", "scaling.num_workers=1",
-                    "eval.bootstrap=20", "train.name=cli-run", "--json", env=env)
+                    "eval.bootstrap=20", "eval.threshold_method=target_sensitivity", "eval.target_sensitivity=0.95",
+                    "train.name=cli-run", "--json", env=env)
     summary = json.loads(result.stdout)
     assert summary["checkpoint"].startswith(f"file://{tmp_path}/store/runs/cli-run/checkpoint_")
     for split in ("val", "test"):
@@ -21,12 +22,22 @@ def test_train_then_evaluate_json(tmp_path):
             assert key in summary["metrics"][split]
     assert "epoch   2/2" in result.stderr  # per-epoch progress on stderr, JSON alone on stdout
 
-    # The same evaluation settings (eval.*) as the run: the config's.
+    # A run re-evaluates with its own settings (threshold method, target sensitivity,
+    # bootstrap, seed) by default: the same threshold and metrics as the run reported.
+    evaluated = json.loads(medray("evaluate", "cli-run", "--split", "test", "--json", env=env).stdout)
+    assert evaluated["settings"]["eval"]["threshold_method"] == "target_sensitivity"
+    assert evaluated["settings"]["eval"]["bootstrap"] == 20
+    assert evaluated["threshold"] == pytest.approx(summary["metrics"]["threshold"])
+    for key in ("auroc", "sensitivity", "specificity", "brier", "calibration_slope"):
+        assert evaluated["metrics"][key] == pytest.approx(summary["metrics"]["test"][key])
+    assert evaluated["metrics"]["auroc_ci"] == pytest.approx(summary["metrics"]["test"]["auroc_ci"])
+    # Told otherwise (an override, or a config), it uses what it is told.
+    youden = json.loads(medray("evaluate", "cli-run", "eval.threshold_method=youden", "--json", env=env).stdout)
+    assert youden["settings"]["eval"]["threshold_method"] == "youden" and youden["settings"]["eval"]["bootstrap"] == 20
     same = ["--config", "train/configs/wdbc_attention.yaml"]
-    evaluated = json.loads(medray("evaluate", "cli-run", "--split", "test", *same, "--json", env=env).stdout)
-    assert evaluated["metrics"]["auroc"] == pytest.approx(summary["metrics"]["test"]["auroc"])
     by_uri = json.loads(medray("evaluate", summary["checkpoint"], "--split", "val", *same, "--json", env=env).stdout)
-    assert by_uri["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["val"]["accuracy"])
+    assert by_uri["settings"]["eval"]["threshold_method"] == "argmax"  # the config file's
+    assert by_uri["metrics"]["auroc"] == pytest.approx(summary["metrics"]["val"]["auroc"])
 
 
 def test_train_errors_are_one_line(tmp_path):

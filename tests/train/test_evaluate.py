@@ -21,6 +21,8 @@ from medray.train.evaluate import (
     auprc,
     auroc_with_ci,
     baseline_metrics,
+    brier_score,
+    calibration_slope_intercept,
     challenge_score,
     choose_threshold,
     classification_metrics,
@@ -28,6 +30,7 @@ from medray.train.evaluate import (
     evaluate_split,
     expected_calibration_error,
     fit_temperature,
+    net_benefit,
     write_report,
 )
 
@@ -339,6 +342,96 @@ def test_evaluate_model_outputs_target_sensitivity_and_multiclass():
     assert len(result["test"]["confusion_matrix"]) == 4
 
 
+# --- Clinical metrics: Brier, calibration slope and intercept, net benefit ---------------
+
+
+def test_quantile_bins_hold_equal_counts_with_wilson_intervals():
+    from medray.train.evaluate import quantile_bins, wilson_interval
+
+    p = np.linspace(0.05, 0.95, 20)
+    y = (np.arange(20) % 2 == 0).astype(int)
+    bins = quantile_bins(y, p, n_bins=4)
+    assert [b["n"] for b in bins] == [5, 5, 5, 5]
+    assert bins[0]["predicted"] == pytest.approx(p[:5].mean()) and bins[0]["observed"] == pytest.approx(3 / 5)
+    assert [bins[0]["low"], bins[0]["high"]] == wilson_interval(3, 5)
+
+
+def test_brier_matches_sklearn_binary_and_the_multiclass_sum_by_hand():
+    from sklearn.metrics import brier_score_loss
+
+    assert brier_score(Y_BIN, P_BIN) == pytest.approx(brier_score_loss(Y_BIN, P_BIN), abs=1e-12)
+    assert brier_score(Y_BIN, np.column_stack([1 - P_BIN, P_BIN])) == pytest.approx(brier_score_loss(Y_BIN, P_BIN))
+    # Two cases, three classes: (0.6-1)^2+0.2^2+0.2^2 = 0.24 and 0.2^2+0.4^2+(0.4-1)^2 = 0.56 -> mean 0.40.
+    assert brier_score([0, 2], [[0.6, 0.2, 0.2], [0.2, 0.4, 0.4]]) == pytest.approx(0.40)
+
+
+def test_calibration_slope_matches_sklearns_unpenalised_logistic_fit():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    risk = rng.uniform(0.02, 0.98, 400)
+    y = (rng.random(400) < risk).astype(int)
+    overconfident = 1 / (1 + np.exp(-2.0 * np.log(risk / (1 - risk))))  # logits doubled: slope near 0.5
+    fit = calibration_slope_intercept(y, overconfident)
+    logit = np.log(overconfident / (1 - overconfident))[:, None]
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(logit, y)
+    assert fit["calibration_slope"] == pytest.approx(reference.coef_[0, 0], abs=1e-5)
+    assert 0.4 < fit["calibration_slope"] < 0.6
+
+
+def test_calibration_intercept_is_the_offset_models_maximum_likelihood():
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(5)
+    risk = rng.uniform(0.05, 0.6, 300)
+    y = (rng.random(300) < risk).astype(int)
+    inflated = np.minimum(risk * 1.5, 0.95)  # risks overestimated: the intercept is negative
+    offset = np.log(inflated / (1 - inflated))
+
+    def loss(a):
+        mu = 1 / (1 + np.exp(-(a + offset)))
+        return -np.sum(y * np.log(mu) + (1 - y) * np.log(1 - mu))
+
+    expected = minimize_scalar(loss, bounds=(-5, 5), method="bounded", options={"xatol": 1e-10}).x
+    fit = calibration_slope_intercept(y, inflated)
+    assert fit["calibration_intercept"] == pytest.approx(expected, abs=1e-6)
+    assert fit["calibration_intercept"] < 0
+    # Probabilities that are the outcome's own distribution: slope near 1, intercept near 0.
+    truthful = calibration_slope_intercept(y, risk)
+    assert abs(truthful["calibration_intercept"]) < 0.3 and 0.6 < truthful["calibration_slope"] < 1.6
+
+
+def test_calibration_is_undefined_with_one_outcome_or_perfect_separation():
+    none = {"calibration_slope": None, "calibration_intercept": None}
+    assert calibration_slope_intercept([1, 1, 1], [0.2, 0.5, 0.9]) == none
+    assert calibration_slope_intercept([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == none
+
+
+def test_net_benefit_by_hand():
+    # 10 cases, 4 positive. At pt = 0.25 (odds 1/3): treated = p >= 0.25 -> 3 TP, 2 FP.
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.6, 0.3, 0.1, 0.5, 0.25, 0.2, 0.1, 0.05, 0.0])
+    (row,) = net_benefit(y, p, [0.25])
+    assert row["model"] == pytest.approx(3 / 10 - 2 / 10 / 3)
+    assert row["treat_all"] == pytest.approx(0.4 - 0.6 / 3)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        net_benefit(y, p, [1.0])
+
+
+def test_binary_splits_carry_the_clinical_metrics_and_multiclass_leaves_them_out():
+    rng = np.random.default_rng(6)
+    logits, y = calibrated_logits(200, 2, rng)
+    split = evaluate_split(y, logits, ["a", "b"], temperature=1.0, threshold=0.5, n_boot=0,
+                           net_benefit_thresholds=[0.1, 0.3])
+    probs = apply_temperature(logits, 1.0)
+    assert split["brier"] == pytest.approx(brier_score(y, probs))
+    assert split["calibration_slope"] == calibration_slope_intercept(y, probs[:, 1])["calibration_slope"]
+    assert [r["threshold"] for r in split["net_benefit"]] == [0.1, 0.3]
+    logits3, y3 = calibrated_logits(200, 3, rng)
+    multi = evaluate_split(y3, logits3, ["a", "b", "c"], n_boot=0)
+    assert multi["net_benefit"] is None and multi["calibration_slope"] is None and multi["brier"] > 0
+
+
 def test_write_report_writes_valid_pngs_and_json(tmp_path):
     rng = np.random.default_rng(9)
     val, test = binary_outputs(rng, 300), binary_outputs(rng, 300)
@@ -349,17 +442,17 @@ def test_write_report_writes_valid_pngs_and_json(tmp_path):
          "val_accuracy": 0.6 + 0.03 * e}
         for e in range(1, 6)
     ]
-    paths = write_report(tmp_path / "report", metrics, val, test, history, names)
+    paths = write_report(tmp_path / "report", metrics, val, test, history, names, selected_epoch=3)
 
-    assert set(paths) == {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves"}
+    assert set(paths) == {"metrics", "roc", "reliability", "confusion_matrix", "learning_curves", "decision_curve"}
     assert json.loads(Path(paths["metrics"]).read_text()) == metrics
-    for key in ("roc", "reliability", "confusion_matrix", "learning_curves"):
+    for key in ("roc", "reliability", "confusion_matrix", "learning_curves", "decision_curve"):
         with open(paths[key], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         with Image.open(paths[key]) as image:
             width, height = image.size
             assert 300 <= width <= 2000 and 250 <= height <= 2000
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
-        "confusion_matrix.png", "learning_curves.png", "metrics.json", "reliability.png",
+        "confusion_matrix.png", "decision_curve.png", "learning_curves.png", "metrics.json", "reliability.png",
         "roc.png",
     ]
