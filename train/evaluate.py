@@ -847,7 +847,9 @@ def plot_reliability(
             bins = quantile_bins(y, p[:, 1], n_bins)
             x = np.array([b["predicted"] for b in bins])
             observed = np.array([b["observed"] for b in bins])
-            errors = np.array([[b["observed"] - b["low"] for b in bins], [b["high"] - b["observed"] for b in bins]])
+            # Wilson's interval holds the observed share; the clip only absorbs its rounding.
+            errors = np.clip([[b["observed"] - b["low"] for b in bins], [b["high"] - b["observed"] for b in bins]],
+                             0, None)
             ax.errorbar(x, observed, yerr=errors, marker=marker, lw=1.5, capsize=2,
                         label=f"{label} (ECE {ece:.3f})")
         else:

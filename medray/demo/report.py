@@ -58,8 +58,42 @@ def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]
             "referred": len(referred), "right": len(right)}
 
 
+CAPTIONS = {"roc.png": "ROC with its 95% bootstrap band and the operating point",
+            "reliability.png": "reliability: predicted against observed, with a histogram of predictions",
+            "confusion_matrix.png": "confusion matrix at the threshold: counts and row percentages",
+            "decision_curve.png": "decision curve: net benefit against treat all and treat none",
+            "learning_curves.png": "learning curves, the selected epoch marked",
+            "ood_scores.png": "out-of-distribution scores and the threshold"}
+STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#0f172a}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #cbd5e1;padding:4px 8px;text-align:left;
+vertical-align:top}th{background:#f1f5f9}td.number{text-align:right;font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:4px;vertical-align:top;width:370px}figcaption{font-size:0.85em;color:#475569}
+pre{background:#f1f5f9;padding:1em;overflow-x:auto}.synthetic{color:#b45309}"""
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    return '<td class="number">' + ("n/a" if value is None else f"{value:.{digits}f}") + "</td>"
+
+
+def _results_rows(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        ci = r["test_auroc_ci"] or [None, None]
+        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
+            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
+        published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
+        name = html.escape(r["dataset"]) + (' <span class="synthetic">(synthetic)</span>' if r["synthetic"] else "")
+        rows.append(f"<tr><td>{name}</td><td>{html.escape(r['model'])}</td><td class=\"number\">{auroc}</td>"
+                    f"{_cell(r['test_accuracy'])}{_cell(r.get('test_auprc'))}{_cell(r.get('test_brier'))}"
+                    f"{_cell(r.get('test_calibration_slope'), 2)}<td>{html.escape(r['promotion'])}</td>"
+                    f"<td>{html.escape(published)}</td></tr>")
+    return "".join(rows)
+
+
 def write_report(storage: Storage, folder: Path, results: list[dict], search: dict, served: dict,
                  synthetic: list[str]) -> Path:
+    """report.html: the results as a table beside the published numbers, each model's
+    plots, the search's trials, the serving answers; the plots copied beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
     for r in results:
@@ -72,24 +106,29 @@ def write_report(storage: Storage, folder: Path, results: list[dict], search: di
             if report_key and storage.exists(f"{report_key}/{plot}"):
                 target = folder / f"{r['dataset']}-{plot}"
                 target.write_bytes(storage.read_bytes(f"{report_key}/{plot}"))
-                plots.append(f'<figure><img src="{target.name}" width="360"><figcaption>{plot[:-4]}</figcaption></figure>')
-        sections.append(f"<h2>{html.escape(r['dataset'])}{' (synthetic)' if r['synthetic'] else ''}: "
-                        f"{html.escape(r['model'])}</h2><p>registry: {html.escape(r['promotion'])}; published: "
-                        f"{html.escape(r['published'])}</p>{''.join(plots)}")
+                plots.append(f'<figure><img src="{target.name}" width="360" alt="{plot[:-4]}">'
+                             f"<figcaption>{CAPTIONS[plot]}</figcaption></figure>")
+        published = "not comparable: synthetic data" if r["synthetic"] else r["published"]
+        sections.append(f"<h3>{html.escape(r['dataset'])}{' (synthetic)' if r['synthetic'] else ''}: "
+                        f"{html.escape(r['model'])}</h3><p>registry: {html.escape(r['promotion'])}; published: "
+                        f"{html.escape(published)}</p>{''.join(plots)}")
     trial_rows = "".join(
-        f"<tr><td>{t['trial']}</td><td>{t['epochs_run']}</td><td>{_fmt(t[search['metric']])}</td>"
+        f"<tr><td>{t['trial']}</td><td class=\"number\">{t['epochs_run']}</td>"
+        f"{_cell(t[search['metric']], 4)}"
         f"<td>{'ASHA' if t['stopped_by_asha'] else 'patience' if t['stopped_by_patience'] else '-'}</td>"
         f"<td>{html.escape(json.dumps(t['config']))}</td></tr>" for t in search["trials"])
     samples = html.escape("\n".join(s["line"] for s in served["samples"]))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medray demo</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}figure{{display:inline-block;margin:4px}}
-pre{{background:#f4f4f4;padding:1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
-</head><body><h1>medray demo</h1><p>storage {html.escape(storage.root)}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>medray demo</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>
+<h1>medray demo</h1><p>storage {html.escape(storage.root)}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>
 {'<p><b>Synthetic stand-ins</b> (no real file, no network): ' + html.escape(', '.join(synthetic)) + '</p>' if synthetic else ''}
-<h2>Results</h2><pre>{html.escape(results_table(results))}</pre>
-{''.join(sections)}
-<h2>Search {html.escape(search['search'])}</h2><table><tr><th>trial</th><th>epochs</th><th>{search['metric']}</th>
-<th>stopped</th><th>config</th></tr>{trial_rows}</table>
+<h2>Results (test split; threshold and temperature fitted on validation)</h2>
+<table id="results"><thead><tr><th>dataset</th><th>model</th><th>AUROC (95% CI)</th><th>accuracy</th><th>AUPRC</th>
+<th>Brier</th><th>calibration slope</th><th>registry</th><th>published</th></tr></thead>
+<tbody>{_results_rows(results)}</tbody></table>
+<h2>Plots</h2>{''.join(sections)}
+<h2>Search {html.escape(search['search'])}</h2><table id="trials"><thead><tr><th>trial</th><th>epochs</th>
+<th>{html.escape(search['metric'])}</th><th>stopped</th><th>config</th></tr></thead><tbody>{trial_rows}</tbody></table>
 <h2>Serving</h2><p>{html.escape(served['url'] or 'nothing served')}</p><pre>{samples}</pre></body></html>"""
     path = folder / "report.html"
     path.write_text(page)

@@ -256,6 +256,8 @@ def _result(model: DemoModel, manifest: dict, metrics: dict, run: str, promotion
         "dataset": manifest["name"], "synthetic": manifest["name"].endswith("_synthetic"),
         "model": f"{manifest['modality']}:{'tuned ' if tuned else ''}{model.config.removesuffix('.yaml')}",
         "test_auroc": test.get("auroc"), "test_auroc_ci": test.get("auroc_ci"), "test_accuracy": test.get("accuracy"),
+        "test_auprc": test.get("auprc"), "test_brier": test.get("brier"),
+        "test_calibration_slope": test.get("calibration_slope"),
         "published": model.published, "run": run,
         "promotion": f"v{promotion['version']}" if promotion.get("promoted") else
         "refused: " + ", ".join(promotion.get("failed") or []),

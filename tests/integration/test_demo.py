@@ -23,7 +23,11 @@ pytestmark = pytest.mark.integration
 STAND_INS = {"breastmnist", "ecg200", "cleveland"}
 
 
-def test_quick_demo_without_sources_or_network(tmp_path):
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`medray demo --quick --json` run as a newcomer without the files or a network:
+    (its JSON, its stderr, the report's folder)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     sources = tmp_path / "sources"
     sources.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MEDRAY_STORAGE"))}
@@ -36,7 +40,11 @@ def test_quick_demo_without_sources_or_network(tmp_path):
     result = subprocess.run([sys.executable, "-m", "medray.cli", "demo", "--quick", "--json", "--report",
                              str(report_dir)], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout)
+    return json.loads(result.stdout), result.stderr, report_dir
+
+
+def test_quick_demo_without_sources_or_network(quick_demo):
+    out, stderr, report_dir = quick_demo
 
     assert out["storage"].startswith("s3://medray-demo/")  # the local S3 server, not a folder
     rows = {r["dataset"].removesuffix("_synthetic"): r for r in out["results"]}
@@ -49,11 +57,11 @@ def test_quick_demo_without_sources_or_network(tmp_path):
     assert np.isfinite([r["test_auroc"] for r in rows.values()]).all()
 
     # What a person sees: medray's stage lines, epoch and trial lines, nothing of Ray's.
-    terminal = result.stderr.splitlines()
+    terminal = stderr.splitlines()
     assert terminal[0].startswith("medray: log: ")
     assert all(line.startswith("medray: ") for line in terminal), [l for l in terminal if not l.startswith("medray")]
-    assert "[8/8" in result.stderr and "trial 2/2" in result.stderr and "epoch   2/2" in result.stderr
-    assert "Reporting training result" not in result.stderr and "pid=" not in result.stderr
+    assert "[8/8" in stderr and "trial 2/2" in stderr and "epoch   2/2" in stderr
+    assert "Reporting training result" not in stderr and "pid=" not in stderr
     assert len(terminal) + len(out["text"].splitlines()) <= 150
     log_file = terminal[0].removeprefix("medray: log: ").split(" ")[0]
     assert "Reporting training result" in open(log_file).read()  # Ray's output is kept, in the log
@@ -99,4 +107,26 @@ def test_quick_demo_without_sources_or_network(tmp_path):
         assert f"{name}_synthetic (SYNTHETIC)" in out["text"]
         assert f"{name}_synthetic (synthetic)" in page
     assert not rows["wdbc"]["synthetic"]  # scikit-learn's copy is real, and needs no network
-    assert "could not download" in result.stderr  # it tried, as a newcomer's machine would
+    assert "could not download" in stderr  # it tried, as a newcomer's machine would
+
+
+def test_the_report_renders_in_a_browser_with_every_plot(quick_demo):
+    """The report as a browser shows it (headless Chromium): every plot loads, and the
+    results and the trials are tables."""
+    from support.browser import screenshot, start_chromium
+
+    out, _, report_dir = quick_demo
+    page = (report_dir / "report.html").read_text()
+    browser = start_chromium()
+    try:
+        browser.get((report_dir / "report.html").as_uri())
+        loaded = browser.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        assert len(loaded) == page.count("<img ") >= 5 * 3 and all(loaded)
+        assert browser.execute_script("return document.querySelectorAll('#results tbody tr').length") == len(
+            out["results"])
+        assert browser.execute_script("return document.querySelectorAll('#trials tbody tr').length") >= 2
+        headers = browser.execute_script("return [...document.querySelectorAll('#results th')].map(h => h.textContent)")
+        assert {"AUROC (95% CI)", "Brier", "calibration slope", "published"} <= set(headers)
+        screenshot(browser, "demo-report", folder="demo-report")
+    finally:
+        browser.quit()

@@ -15,8 +15,8 @@ import pytest
 from support.project import PROJECT
 
 BROWSER = ("/usr/bin/chromium", "/usr/bin/chromedriver")
-ARTIFACTS = Path(os.environ.get("MEDRAY_TEST_ARTIFACTS", PROJECT / "test-artifacts")) / "web-page"
-"""Where each page's screenshot is saved."""
+ARTIFACTS = Path(os.environ.get("MEDRAY_TEST_ARTIFACTS", PROJECT / "test-artifacts"))
+"""Where the screenshots are saved, a folder per page."""
 
 
 def system_browser() -> tuple[str, str]:
@@ -47,12 +47,12 @@ def start_chromium(width: int = 1280, height: int = 1000):
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
-def screenshot(browser, name: str) -> Path:
-    """The whole page, beyond the window's height, as NAME.png."""
+def screenshot(browser, name: str, folder: str = "web-page") -> Path:
+    """The whole page, beyond the window's height, as FOLDER/NAME.png."""
     import base64
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
+    (ARTIFACTS / folder).mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / folder / f"{name}.png"
     width, height = browser.execute_script(
         "return [window.innerWidth, document.documentElement.scrollHeight]")
     shot = browser.execute_cdp_cmd("Page.captureScreenshot", {

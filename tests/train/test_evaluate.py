@@ -345,6 +345,17 @@ def test_evaluate_model_outputs_target_sensitivity_and_multiclass():
 # --- Clinical metrics: Brier, calibration slope and intercept, net benefit ---------------
 
 
+def test_a_reliability_plot_draws_bins_that_are_all_one_class(tmp_path):
+    from medray.train.evaluate import plot_reliability
+
+    # The top bin is all positive, the bottom all negative: Wilson's bounds meet the
+    # observed 1 and 0 up to rounding, which must not become a negative error bar.
+    y = np.array([0] * 10 + [1] * 10)
+    p = np.linspace(0.01, 0.99, 20)
+    path = plot_reliability(y, np.column_stack([1 - p, p]), None, tmp_path / "r.png", n_bins=2)
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_quantile_bins_hold_equal_counts_with_wilson_intervals():
     from medray.train.evaluate import quantile_bins, wilson_interval
 
