@@ -182,6 +182,10 @@ class EvalConfig(Section):
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     bootstrap: int = Field(1000, ge=0, le=100000)
     """Resamples for the AUROC confidence interval."""
+    subgroups: list[str] = Field([], max_length=20)
+    """Attributes to break the test metrics down by (`train/subgroups.py`): a name (each
+    of its values a subgroup, e.g. `sex`, `ICUType`) or a condition `NAME OP NUMBER`
+    (`age >= 65`: the cases where it holds, and the rest). Tables and ICU statics have them."""
     net_benefit_thresholds: list[float] = Field([0.05, 0.1, 0.2, 0.3, 0.5], min_length=1, max_length=99)
     """Threshold probabilities for decision curve analysis (binary models), each in (0, 1):
     the risk at which a clinician would act, so the net benefit is read where it matters."""

@@ -141,6 +141,13 @@ def plan_data(config: MedrayConfig, storage: Storage) -> DataPlan:
     manifest = read_manifest(storage, config.data.dataset)
     labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
     train_features, train_labels = read_split_arrays(storage, manifest, "train")
+    if config.eval.subgroups:  # a subgroup the cases cannot have fails now, not after training
+        from medray.train.modalities import modality
+        from medray.train.subgroups import subgroup_masks
+
+        attributes = modality(manifest["modality"]).attributes(manifest["schema"], train_features)
+        for spec in config.eval.subgroups:
+            subgroup_masks(spec, attributes)
     return DataPlan(manifest, labels, Preprocessor.fit(manifest, train_features, config.data,
                                                        labels.apply(train_labels)))
 
@@ -213,7 +220,8 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         "dataset": report["dataset"],
         "metrics": {"val": report["metrics"]["val"], "test": report["metrics"]["test"],
                     "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"],
-                    "ood": report["metrics"]["ood"], "baselines": report["metrics"]["baselines"]},
+                    "ood": report["metrics"]["ood"], "baselines": report["metrics"]["baselines"],
+                    **({"subgroups": report["metrics"]["subgroups"]} if "subgroups" in report["metrics"] else {})},
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
         # What `medray evaluate RUN` re-evaluates with, unless told otherwise.
         "settings": {"eval": config.eval.model_dump(mode="json"), "seed": config.train.seed},
@@ -254,6 +262,14 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
         target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
         net_benefit_thresholds=config.eval.net_benefit_thresholds,
     )
+    if config.eval.subgroups:
+        from medray.train.evaluate import apply_temperature
+        from medray.train.subgroups import evaluate_subgroups
+
+        metrics["subgroups"] = evaluate_subgroups(
+            config.eval.subgroups, modality(manifest["modality"]).attributes(manifest["schema"], features["test"]),
+            outputs["test"][0], apply_temperature(outputs["test"][1], metrics["temperature"]), metrics["threshold"],
+            n_boot=config.eval.bootstrap, seed=config.train.seed)
     metrics["ood"], ood_scores = evaluate_ood(bundle, ood_detector, features["test"], embeddings["test"],
                                               outputs["test"][1], n_boot=config.eval.bootstrap, seed=config.train.seed)
     scored = modality(manifest["modality"]).baselines(

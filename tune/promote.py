@@ -30,9 +30,10 @@ from medray.train.data.dataset import describe_source, read_manifest
 log = logging.getLogger(__name__)
 
 
-GATED = ("val", "test", "ood")
-"""Where a gate rule's metric may come from: a split's metrics, or the out-of-distribution
-figures (`ood.…`, nested names joined by dots, e.g. a minimum OOD AUROC)."""
+GATED = ("val", "test", "ood", "subgroups")
+"""Where a gate rule's metric may come from: a split's metrics, the out-of-distribution
+figures (`ood.…`, nested names joined by dots, e.g. a minimum OOD AUROC), or the worst
+subgroup's test figures (`subgroups.worst.auroc`, with `eval.subgroups`)."""
 _MISSING = object()
 
 
@@ -44,10 +45,11 @@ def check_gate(metrics: dict[str, Any], rules: list[GateRule]) -> list[dict[str,
     for rule in rules:
         root, _, rest = rule.metric.partition(".")
         # A split's metrics are named by one key; the OOD figures nest (per set).
-        flat = root != "ood" and "." in rest
+        flat = root in ("val", "test") and "." in rest
         value = _lookup(metrics, rule.metric) if root in GATED and not flat else _MISSING
         if value is _MISSING or not (value is None or _is_number(value)):
-            known = ", ".join(name for root in GATED for name in _numbers(metrics.get(root), root, root == "ood"))
+            known = ", ".join(name for root in GATED
+                              for name in _numbers(metrics.get(root), root, root not in ("val", "test")))
             raise ConfigError(f"gate metric '{rule.metric}' is not computed; choose one of: {known}")
         passed = value is not None and (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
         verdicts.append({"metric": rule.metric, "value": value, "min": rule.min, "max": rule.max, "passed": passed})
@@ -139,6 +141,7 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         f"- target coverage {conformal['target']:.2f}, quantile {conformal['quantile']:.4f} (fitted on val)",
         f"- test coverage {conformal['test_coverage']:.3f}, mean set size {conformal['test_mean_set_size']:.2f}",
         "",
+        *_subgroup_section(metrics.get("subgroups")),
         *_ood_section(ood, metrics.get("ood")),
         "## Promotion gate",
         *(f"- {g['metric']} = {_fmt(g['value'])} ({'>=' if g['min'] is not None else '<='} "
@@ -157,6 +160,23 @@ def model_card(name: str, config: MedrayConfig, manifest: dict[str, Any], metric
         f"- code: {_code_version()}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _interval(value: Any, ci: list | None) -> str:
+    low, high = ci or [None, None]
+    return _fmt(value) + (f" ({_fmt(low)}-{_fmt(high)})" if low is not None else "")
+
+
+def _subgroup_section(subgroups: dict[str, Any] | None) -> list[str]:
+    """The test metrics per subgroup (`eval.subgroups`), each with its 95% interval."""
+    if not subgroups:
+        return []
+    return ["## Subgroups (test; 95% intervals: bootstrap for AUROC, Wilson for the rest)",
+            "| subgroup | n | positives | AUROC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|---|",
+            *(f"| {g['subgroup']} | {g['n']} | {g['positives']} | {_interval(g['auroc'], g['auroc_ci'])} | "
+              f"{_interval(g['accuracy'], g['accuracy_ci'])} | {_interval(g['sensitivity'], g['sensitivity_ci'])} | "
+              f"{_interval(g['specificity'], g['specificity_ci'])} |" for g in subgroups["groups"]),
+            "", "Worst subgroup: " + ", ".join(f"{k} {_fmt(v)}" for k, v in subgroups["worst"].items()), ""]
 
 
 def _net_benefit_section(rows: list[dict[str, float]] | None) -> list[str]:

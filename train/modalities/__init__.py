@@ -210,6 +210,12 @@ class Modality(ABC):
         downloaded); the same sets for the same `rng` seed. Sets that do not apply to
         this model (leads swapped for a one-lead ECG) are left out."""
 
+    def attributes(self, schema: dict[str, Any], features: Any) -> dict[str, np.ndarray]:
+        """Per-case attributes a split's metrics can be broken down by (`eval.subgroups`),
+        by name, one value per row of `features`; the default: none (pixels and samples
+        carry no such thing)."""
+        return {}
+
     def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
                   labels: LabelMap, seed: int) -> dict[str, Baseline]:
         """Classical references computed in the same run, on the same test rows: named

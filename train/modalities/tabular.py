@@ -95,6 +95,9 @@ class TabularModality(Modality):
                  rng: np.random.Generator) -> dict[str, OODSet]:
         return tabular_ood_sets(preprocessor, pd.DataFrame(test_features), rng)
 
+    def attributes(self, schema: dict[str, Any], features: Any) -> dict[str, np.ndarray]:
+        return {f["name"]: np.asarray(features[f["name"]]) for f in schema["features"]}
+
     def feature_names(self, preprocessor: Preprocessor) -> list[str]:
         names = []
         for column in preprocessor.stats["columns"]:

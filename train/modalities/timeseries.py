@@ -150,6 +150,10 @@ class TimeSeriesModality(Modality):
                   labels: LabelMap, seed: int) -> dict[str, Baseline]:
         return timeseries_baselines(schema, train, test, labels, seed)
 
+    def attributes(self, schema: dict[str, Any], features: Any) -> dict[str, np.ndarray]:
+        """The static descriptors (age, ICU type, ...) by name."""
+        return {spec["name"]: np.asarray(features[spec["column"]]) for spec in schema["statics"]}
+
     # Serving ---------------------------------------------------------------------------
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
         stats = preprocessor.stats
