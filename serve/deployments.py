@@ -547,8 +547,8 @@ class Ingress:
     # The web page (serve/web.py): static files that call the routes above. ------------
     @app.get(web.PAGE, include_in_schema=False)
     @app.get(web.PAGE + "/", include_in_schema=False)
-    async def page(self):
-        return web.asset("index.html")
+    async def page(self, request: Request):
+        return web.asset("index.html", request.scope.get("root_path", ""))
 
     @app.get(web.PAGE + "/{name}", include_in_schema=False)
     async def page_file(self, name: str):

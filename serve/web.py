@@ -13,6 +13,7 @@ script, and its answers are never cached.
 from __future__ import annotations
 
 import functools
+import html
 from importlib import resources
 
 from fastapi.responses import Response
@@ -37,11 +38,16 @@ def _read(name: str) -> bytes:
     return (resources.files("medray.serve") / "ui" / name).read_bytes()
 
 
-def asset(name: str) -> Response | None:
-    """One of the page's files by name, or None for any other name (no path is joined)."""
+def asset(name: str, root: str = "") -> Response | None:
+    """One of the page's files by name, or None for any other name (no path is joined).
+    `root`: the application's route prefix (Serve's `root_path`), which the page's links
+    and API calls start with; it is the deployment's, never the caller's text."""
     if name not in ASSETS:
         return None
-    return Response(_read(name), media_type=ASSETS[name], headers=HEADERS)
+    body = _read(name)
+    if name == "index.html":
+        body = body.replace(b"{{root}}", html.escape(root.rstrip("/")).encode())
+    return Response(body, media_type=ASSETS[name], headers=HEADERS)
 
 
 def page_url(base: str) -> str:

@@ -7,6 +7,8 @@
 "use strict";
 
 const TOKEN_KEY = "medray.token";
+// Where the application is mounted (its route prefix, "" at the root): the API lies beside the page.
+const ROOT = document.documentElement.dataset.root || "";
 const state = { models: [] };
 
 class ApiError extends Error {
@@ -41,7 +43,7 @@ async function api(path, options = {}) {
   if (token) headers.Authorization = "Bearer " + token;
   let response;
   try {
-    response = await fetch(path, { ...options, headers, cache: "no-store" });
+    response = await fetch(ROOT + path, { ...options, headers, cache: "no-store" });
   } catch (error) {
     throw new ApiError(0, "The server could not be reached.");
   }

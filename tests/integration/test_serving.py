@@ -376,6 +376,11 @@ def test_a_serve_config_layout_answers_alike_and_the_protocol_does_not_need_the_
     _assert_same_outputs(_infer_images(client, "ultrasound", images, prefix="/config"), direct)
     listed = client.get("/config/v1/models").json()["models"]
     assert sorted(m["name"] for m in listed) == ["ecg", "records", "ultrasound"]
+    # The web page under a route prefix links its files and calls the API under it too.
+    page = client.get("/config/ui")
+    assert page.status_code == 200 and 'data-root="/config"' in page.text
+    assert 'href="/config/ui/medray.css"' in page.text and 'src="/config/ui/medray.js"' in page.text
+    assert client.get("/config/ui/medray.js").status_code == 200
 
     # One hop: with the ingress application gone, each model still answers the protocol.
     serve.delete(APP_NAME)
