@@ -201,11 +201,11 @@ def check_capacity(config: MedrayConfig, models: int, fixed_size: bool) -> None:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0.0)
-    per_model = max(1, config.serve.autoscaling.min_replicas) * config.serve.replica_cpus
-    needed = models * per_model + INGRESS_CPUS
+    first_replicas = models * max(1, config.serve.autoscaling.min_replicas)  # even min 0 starts one to answer
+    needed = first_replicas * config.serve.replica_cpus + INGRESS_CPUS
     if needed <= cpus + 1e-9:
         return
-    fits = math.floor((cpus - INGRESS_CPUS) / max(1, config.serve.autoscaling.min_replicas) / models * 100) / 100
+    fits = math.floor((cpus - INGRESS_CPUS) / first_replicas * 100) / 100
     problem = (f"serving {models} model(s) needs {needed:g} CPUs for their first replicas "
                f"(serve.replica_cpus={config.serve.replica_cpus:g} each, {INGRESS_CPUS:g} for the ingress) and this "
                f"Ray has {cpus:g}")

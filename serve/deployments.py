@@ -551,9 +551,9 @@ class Ingress:
         return web.asset("index.html", request.scope.get("root_path", ""))
 
     @app.get(web.PAGE + "/{name}", include_in_schema=False)
-    async def page_file(self, name: str):
+    async def page_file(self, name: str, request: Request):
         # The name is the caller's text: not repeated back.
-        return web.asset(name) or _problem(404, "path: the page has no such file")
+        return web.asset(name, request.scope.get("root_path", "")) or _problem(404, "path: the page has no such file")
 
     # The Open Inference Protocol (KServe v2); serve/inference_protocol.py maps it. -----
     @app.get("/v2/health/live", responses=V2_ERRORS)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medray.cluster.errors import ConfigError
-from medray.train.evaluate import auroc_with_ci, brier_score, wilson_interval
+from medray.train.evaluate import auroc_with_ci, brier_score, classification_metrics, wilson_interval
 
 MAX_GROUPS = 20
 CONDITION = re.compile(r"^\s*(?P<name>[^<>=!]+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>[-+]?\d+(\.\d+)?)\s*$")
@@ -72,36 +72,34 @@ def evaluate_subgroups(specs: list[str], attributes: dict[str, np.ndarray], y_tr
     of `WORST` over the subgroups."""
     y = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    predicted = (probs[:, 1] >= (0.5 if threshold is None else threshold)).astype(np.int64) if probs.shape[1] == 2 \
-        else probs.argmax(axis=1)
     groups = []
     for spec in specs:
         for label, mask in subgroup_masks(spec, attributes).items():
-            groups.append({"attribute": spec, "subgroup": label, **_figures(y[mask], probs[mask], predicted[mask],
-                                                                            n_boot, seed)})
+            groups.append({"attribute": spec, "subgroup": label,
+                           **_figures(y[mask], probs[mask], threshold, n_boot, seed)})
     worst = {key: min((g[key] for g in groups if g[key] is not None), default=None) for key in WORST}
     return {"groups": groups, "worst": worst}
 
 
-def _figures(y: np.ndarray, probs: np.ndarray, predicted: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+def _share(hits: int, total: int) -> tuple[float | None, list[float | None]]:
+    return (hits / total if total else None), wilson_interval(hits, total)
+
+
+def _figures(y: np.ndarray, probs: np.ndarray, threshold: float | None, n_boot: int, seed: int) -> dict[str, Any]:
     n = int(y.size)
     if n == 0:
         return {"n": 0, "positives": 0, "auroc": None, "auroc_ci": [None, None], "accuracy": None,
                 "accuracy_ci": [None, None], "sensitivity": None, "sensitivity_ci": [None, None],
                 "specificity": None, "specificity_ci": [None, None], "brier": None}
-    auroc = auroc_with_ci(y, probs, n_boot=n_boot, seed=seed)
-    right = int((predicted == y).sum())
     binary = probs.shape[1] == 2
-    positive, negative = y == 1, y != 1
-    hits = int((predicted[positive] == 1).sum()) if binary else None
-    rejections = int((predicted[negative] != 1).sum()) if binary else None
-
-    def share(k, total):
-        return (k / total if total else None), (wilson_interval(k, total) if total else [None, None])
-
-    sensitivity, sensitivity_ci = share(hits, int(positive.sum())) if binary else (None, [None, None])
-    specificity, specificity_ci = share(rejections, int(negative.sum())) if binary else (None, [None, None])
-    return {"n": n, "positives": int(positive.sum()), "auroc": auroc["value"], "auroc_ci": [auroc["low"], auroc["high"]],
-            "accuracy": right / n, "accuracy_ci": wilson_interval(right, n), "sensitivity": sensitivity,
-            "sensitivity_ci": sensitivity_ci, "specificity": specificity, "specificity_ci": specificity_ci,
-            "brier": brier_score(y, probs)}
+    # The decisions as the whole split's metrics make them (threshold or argmax); the
+    # counts behind each share come from its confusion matrix, for the Wilson intervals.
+    counts = np.asarray(classification_metrics(y, probs, threshold if binary else None)["confusion_matrix"])
+    auroc = auroc_with_ci(y, probs, n_boot=n_boot, seed=seed)
+    accuracy, accuracy_ci = _share(int(np.trace(counts)), n)
+    sensitivity, sensitivity_ci = _share(int(counts[1, 1]), int(counts[1].sum())) if binary else (None, [None, None])
+    specificity, specificity_ci = _share(int(counts[0, 0]), int(counts[0].sum())) if binary else (None, [None, None])
+    return {"n": n, "positives": int((y == 1).sum()), "auroc": auroc["value"],
+            "auroc_ci": [auroc["low"], auroc["high"]], "accuracy": accuracy, "accuracy_ci": accuracy_ci,
+            "sensitivity": sensitivity, "sensitivity_ci": sensitivity_ci, "specificity": specificity,
+            "specificity_ci": specificity_ci, "brier": brier_score(y, probs)}

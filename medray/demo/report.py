@@ -20,13 +20,19 @@ def results_table(results: list[dict[str, Any]]) -> str:
     width = max([len("dataset"), *map(len, names)]) + 2
     lines = [f"{'dataset':<{width}}{'model':<34}{'test AUROC (95% CI)':<24}{'acc':>6}  {'registry':<32}published"]
     for name, r in zip(names, results):
-        ci = r["test_auroc_ci"] or [None, None]
-        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
-            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
+        auroc = _auroc_text(r)
         accuracy = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
         published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
         lines.append(f"{name:<{width}}{r['model']:<34}{auroc:<24}{accuracy:>6}  {r['promotion']:<32}{published}")
     return "\n".join(lines)
+
+
+def _auroc_text(result: dict[str, Any]) -> str:
+    """Test AUROC with its 95% interval, as both tables show it."""
+    ci = result["test_auroc_ci"] or [None, None]
+    if result["test_auroc"] is None:
+        return "n/a"
+    return f"{result['test_auroc']:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
 
 
 def served_cases(name: str, predictions: list[dict[str, Any]], truths: list[str]) -> dict[str, Any]:
@@ -78,9 +84,7 @@ def _cell(value: Any, digits: int = 3) -> str:
 def _results_rows(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
-        ci = r["test_auroc_ci"] or [None, None]
-        auroc = "n/a" if r["test_auroc"] is None else f"{r['test_auroc']:.3f}" + (
-            f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci[0] is not None else "")
+        auroc = _auroc_text(r)
         published = "(not comparable: synthetic data)" if r["synthetic"] else r["published"]
         name = html.escape(r["dataset"]) + (' <span class="synthetic">(synthetic)</span>' if r["synthetic"] else "")
         rows.append(f"<tr><td>{name}</td><td>{html.escape(r['model'])}</td><td class=\"number\">{auroc}</td>"

@@ -20,14 +20,14 @@ import pytest
 
 from medray.cluster.config import load_config
 from medray.cluster.errors import ConfigError
+from support.serving import serve_overrides
 
 pytestmark = pytest.mark.integration
 
 PORT = 8312
 TOKEN = "tok-" + secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-OVERRIDES = [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
-             "serve.max_instances=8", "serve.max_body_bytes=200000"]
+OVERRIDES = serve_overrides(PORT)
 PROTECTED = ["/v1/models", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]
 
 

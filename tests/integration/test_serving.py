@@ -16,7 +16,7 @@ import pytest
 from medray.cluster.config import load_config
 from medray.serve.model import ServedModel
 from support.project import PROJECT
-from support.serving import assert_same_answers, assert_triton_answers
+from support.serving import assert_same_answers, assert_triton_answers, serve_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +24,7 @@ CANARY = 424242.125
 PORT = 8311
 
 
-OVERRIDES = [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
-             "serve.max_instances=8", "serve.max_body_bytes=200000"]
+OVERRIDES = serve_overrides(PORT)
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +380,7 @@ def test_a_serve_config_layout_answers_alike_and_the_protocol_does_not_need_the_
     assert page.status_code == 200 and 'data-root="/config"' in page.text
     assert 'href="/config/ui/medray.css"' in page.text and 'src="/config/ui/medray.js"' in page.text
     assert client.get("/config/ui/medray.js").status_code == 200
+    assert 'data-root="/config"' in client.get("/config/ui/index.html").text  # the page by its file name too
 
     # One hop: with the ingress application gone, each model still answers the protocol.
     serve.delete(APP_NAME)

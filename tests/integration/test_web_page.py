@@ -19,15 +19,14 @@ import pytest
 from medray.cluster.config import DataConfig, load_config
 from medray.train.data.preprocess import Preprocessor
 from support.browser import screenshot, start_chromium, system_browser
-from support.serving import IMAGE, SIGNAL, register, tabular_preprocessor
+from support.serving import IMAGE, SIGNAL, register, serve_overrides, tabular_preprocessor
 
 pytestmark = pytest.mark.integration
 
 PORT = 8314
 TOKEN = "tok-" + secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-OVERRIDES = [f"serve.port={PORT}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
-             "serve.max_instances=8", "serve.max_body_bytes=200000"]
+OVERRIDES = serve_overrides(PORT)
 INTENDED = "Decision support for classifying {} data. Not for use as the sole basis of a diagnosis."
 CANARY = 17.123457
 """A value typed into the form that no log may hold."""

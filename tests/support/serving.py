@@ -16,6 +16,13 @@ from medray.train.checkpoint import save_checkpoint
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.models import InputSpec, build_model
 
+def serve_overrides(port: int) -> list[str]:
+    """A small deployment for the serving tests: one replica a model at a quarter CPU,
+    small request limits, on `port` (each test module its own)."""
+    return [f"serve.port={port}", "serve.autoscaling.max_replicas=1", "serve.replica_cpus=0.25",
+            "serve.max_instances=8", "serve.max_body_bytes=200000"]
+
+
 CALIBRATION = {"temperature": 1.5, "threshold": 0.4, "conformal": {"target": 0.9, "quantile": 0.6}}
 
 
