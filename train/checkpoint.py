@@ -5,6 +5,10 @@
     data.json         dataset reference, preprocessing statistics, label map (class names)
     train_state.pt    optimiser/scheduler state, epoch, history: to resume training
     progress.json     epoch, metrics and history so far, readable without torch
+    out_of_fold.npz   a cross-validated ensemble's out-of-fold logits (`OUT_OF_FOLD`)
+
+An ensemble (`train/models/ensemble.py`) is stored as one model: `model.json` holds its
+members' shared config and their count, `weights.pt` every member's weights.
 
 A registry version holds the first three (`MODEL_FILES`) and `calibration.json`, which
 promotion fits on val (with the out-of-distribution detector, `"ood"`, when it has one).
@@ -24,6 +28,7 @@ from torch import nn
 
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.models import build_model_from_config
+from medray.train.models.ensemble import Ensemble
 
 WEIGHTS = "weights.pt"
 MODEL = "model.json"
@@ -32,6 +37,13 @@ TRAIN_STATE = "train_state.pt"
 PROGRESS = "progress.json"
 MODEL_FILES = (WEIGHTS, MODEL, DATA)
 """What rebuilds the model for prediction, without training state."""
+MAX_ENSEMBLE_MEMBERS = 20
+"""The most members a stored ensemble may claim (`train.folds` allows as many)."""
+OUT_OF_FOLD = "out_of_fold.npz"
+"""A cross-validated ensemble's logits for every train and val row from the member that
+did not train on it (`logits`, rows in stored order, train then val) and each row's fold
+(`fold`): the held-out predictions its temperature, threshold and conformal quantile are
+fitted on. Labels are not repeated here; they are read from the dataset."""
 CALIBRATION = "calibration.json"
 """Temperature, threshold and conformal quantile, written beside MODEL_FILES by promotion."""
 
@@ -89,8 +101,9 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     bare = unwrap(model)
     torch.save({k: v.detach().cpu() for k, v in bare.state_dict().items()}, directory / WEIGHTS)
+    members = {"members": len(bare.members)} if isinstance(bare, Ensemble) else {}
     (directory / MODEL).write_text(json.dumps(
-        {"family": family, "config": dataclasses.asdict(bare.config)}, indent=2))
+        {"family": family, "config": dataclasses.asdict(bare.config), **members}, indent=2))
     (directory / DATA).write_text(json.dumps(
         {"dataset": dataset, "preprocessing": preprocessor.to_dict(), "labels": labels.to_dict()}, indent=2))
     (directory / PROGRESS).write_text(json.dumps(progress, indent=2, default=float))
@@ -104,6 +117,12 @@ def load_bundle(directory: str | Path) -> ModelBundle:
     model_info = json.loads((directory / MODEL).read_text())
     data_info = json.loads((directory / DATA).read_text())
     model = build_model_from_config(model_info["family"], model_info["config"])
+    members = model_info.get("members")
+    if members is not None:
+        if not isinstance(members, int) or not 2 <= members <= MAX_ENSEMBLE_MEMBERS:
+            raise ValueError(f"{MODEL}: 'members' must be an integer from 2 to {MAX_ENSEMBLE_MEMBERS}")
+        model = Ensemble([model] + [build_model_from_config(model_info["family"], model_info["config"])
+                                    for _ in range(members - 1)])
     model.load_state_dict(load_weights(directory))
     model.eval()
     progress_file = directory / PROGRESS
@@ -116,6 +135,21 @@ def load_bundle(directory: str | Path) -> ModelBundle:
         dataset=data_info["dataset"],
         progress=json.loads(progress_file.read_text()) if progress_file.exists() else {},
     )
+
+
+def save_out_of_fold(directory: str | Path, logits: np.ndarray, fold: np.ndarray) -> Path:
+    path = Path(directory) / OUT_OF_FOLD
+    np.savez(path, logits=np.asarray(logits, np.float32), fold=np.asarray(fold, np.int16))
+    return path
+
+
+def load_out_of_fold(directory: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, fold) of a cross-validated ensemble; None for any other checkpoint."""
+    path = Path(directory) / OUT_OF_FOLD
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return stored["logits"], stored["fold"]
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:

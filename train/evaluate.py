@@ -942,6 +942,31 @@ def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike, selec
     return _save(fig, path)
 
 
+def plot_fold_learning_curves(folds: Sequence[dict], path: str | os.PathLike) -> str:
+    """A cross-validation's learning curves: each fold's train and held-out loss, and its
+    held-out AUROC, with the epoch kept for that fold marked on its curve."""
+    fig = Figure(figsize=(10, 4))
+    loss_ax, score_ax = fig.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(folds))]
+    for fold, colour in zip(folds, colours):
+        history, kept = fold.get("history") or [], fold.get("epoch")
+        for ax, key, style in ((loss_ax, "train_loss", ":"), (loss_ax, "val_loss", "-"), (score_ax, "val_auroc", "-")):
+            points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+            if not points:
+                continue
+            epochs, values = zip(*points)
+            label = f"fold {fold['fold']} (n={fold.get('n', '?')})" if key != "train_loss" else None
+            ax.plot(epochs, values, ls=style, color=colour, lw=1, label=label)
+            if kept is not None and key != "train_loss" and kept in epochs:
+                ax.plot([kept], [values[epochs.index(kept)]], marker="o", color=colour, ms=6)
+    loss_ax.set(xlabel="Epoch", ylabel="Loss", title="Loss per fold (dotted: train, solid: held-out fold)")
+    score_ax.set(xlabel="Epoch", ylabel="AUROC", title="Held-out fold AUROC (dot: the epoch kept)")
+    for ax in (loss_ax, score_ax):
+        if ax.has_data():
+            ax.legend(fontsize="small", ncol=2)
+    return _save(fig, path)
+
+
 def plot_ood_scores(
     in_scores: ArrayLike,
     sets: dict[str, tuple[ArrayLike, str]],

@@ -165,9 +165,15 @@ def plan_training(config: MedrayConfig, storage: Storage, config_name: str | Non
 
 
 def run_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
-    """Train with Ray Train, then evaluate the best checkpoint; returns the result summary."""
+    """Train with Ray Train, then evaluate the best checkpoint; returns the result summary.
+    With `train.folds` > 1, a cross-validated ensemble (`train/crossval.py`)."""
     from medray.cluster.runtime import check_placement, ensure_ray
     from medray.train.loop import build_trainer
+
+    if config.train.folds > 1:
+        from medray.train.crossval import run_cross_validation
+
+        return run_cross_validation(config, storage, config_name)
 
     plan = plan_training(config, storage, config_name)
     ensure_ray(config.ray)
@@ -203,8 +209,10 @@ def _best_checkpoint(result, metric: str, mode: str):
     return pick(scored, key=lambda item: item[1])[0]
 
 
-def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, config: MedrayConfig) -> dict:
-    """Evaluate the best checkpoint, write metrics + plots under the run, record the result."""
+def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, config: MedrayConfig,
+               extra: dict[str, Any] | None = None) -> dict:
+    """Evaluate the best checkpoint, write metrics + plots under the run, record the
+    result (with `extra`, e.g. a cross-validation's `cv`)."""
     from medray.train.checkpoint import PROGRESS
 
     with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
@@ -219,12 +227,14 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         "best_epoch": report["best_epoch"],
         "dataset": report["dataset"],
         "metrics": {"val": report["metrics"]["val"], "test": report["metrics"]["test"],
+                    "calibration_set": report["metrics"]["calibration_set"],
                     "temperature": report["metrics"]["temperature"], "threshold": report["metrics"]["threshold"],
                     "ood": report["metrics"]["ood"], "baselines": report["metrics"]["baselines"],
                     **({"subgroups": report["metrics"]["subgroups"]} if "subgroups" in report["metrics"] else {})},
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
         # What `medray evaluate RUN` re-evaluates with, unless told otherwise.
         "settings": {"eval": config.eval.model_dump(mode="json"), "seed": config.train.seed},
+        **(extra or {}),
     }
     storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
     return summary
@@ -240,13 +250,15 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
     The modality's same-run baselines (`Modality.baselines`), scored on the same test
     rows, are `report["metrics"]["baselines"]` (left empty with `baselines=False`, for a
     caller that does not report them: fitting them costs seconds)."""
-    from medray.train.checkpoint import load_bundle
-    from medray.train.evaluate import baseline_metrics, evaluate_model_outputs, plot_ood_scores, write_report
+    from medray.train.checkpoint import load_bundle, load_out_of_fold
+    from medray.train.evaluate import (baseline_metrics, evaluate_model_outputs, plot_fold_learning_curves,
+                                       plot_ood_scores, write_report)
     from medray.train.modalities import modality
     from medray.train.ood import fit_detector
 
     with tempfile.TemporaryDirectory(prefix="medray-ckpt-") as local:
-        bundle = load_bundle(storage.download_dir(checkpoint_key, local))
+        folder = storage.download_dir(checkpoint_key, local)
+        bundle, out_of_fold = load_bundle(folder), load_out_of_fold(folder)
     manifest = read_manifest(storage, bundle.dataset)
     outputs, embeddings, features, labels = {}, {}, {}, {}
     for split in ("train", "val", "test"):
@@ -257,6 +269,8 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
         embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1],
         false_alarm=config.eval.ood_false_alarm, method=config.eval.ood_method,
     )
+    if out_of_fold is not None:  # a cross-validated ensemble is calibrated on its held-out predictions
+        outputs["val"] = calibration_outputs(outputs, out_of_fold[0])
     metrics = evaluate_model_outputs(
         outputs["val"], outputs["test"], bundle.classes, threshold_method=config.eval.threshold_method,
         target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
@@ -283,10 +297,25 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
                          {name: b.scores for name, b in scored.items()}, selected_epoch=bundle.progress.get("epoch"),
                          net_benefit_thresholds=config.eval.net_benefit_thresholds, seed=config.train.seed)
     files["ood_scores"] = plot_ood_scores(*ood_scores, ood_detector.threshold, Path(out_dir) / "ood_scores.png")
+    if bundle.progress.get("folds"):  # an ensemble's curves are its members'
+        files["learning_curves"] = plot_fold_learning_curves(bundle.progress["folds"],
+                                                             Path(out_dir) / "learning_curves.png")
+    metrics["calibration_set"] = "out_of_fold" if out_of_fold is not None else "val"
     return {"metrics": metrics, "files": sorted(Path(p).name for p in files.values()),
             "dataset": bundle.dataset, "best_epoch": bundle.progress.get("epoch"),
             "outputs": {split: outputs[split] for split in ("val", "test")}, "classes": bundle.classes,
             "ood_detector": ood_detector}
+
+
+def calibration_outputs(outputs: dict[str, tuple[np.ndarray, np.ndarray]], oof_logits: np.ndarray):
+    """(labels, logits) of every train then val row, the logits out-of-fold: what a
+    cross-validated ensemble's temperature, threshold and conformal quantile are fitted on
+    (`train/crossval.py`), in place of the val split alone."""
+    labels = np.concatenate([outputs["train"][0], outputs["val"][0]])
+    if len(oof_logits) != len(labels):
+        raise MedrayError(f"the ensemble's out-of-fold logits cover {len(oof_logits)} rows, but train + val "
+                          f"have {len(labels)}: it was not trained on this dataset version")
+    return labels, oof_logits
 
 
 def evaluate_ood(bundle: Any, detector: Any, test_features: Any, test_embeddings: np.ndarray,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
@@ -61,7 +62,7 @@ def _check_models(base: dict[str, Any], data: DataPlan, space: dict[str, dict[st
                              trial.model.options)
 
 
-def _concurrency(config: MedrayConfig) -> int:
+def concurrency(config: MedrayConfig) -> int:
     import ray
 
     if config.tune.max_concurrent_trials:
@@ -126,10 +127,14 @@ class TrialClock(Callback):
 
 
 class TrialLines(Callback):
-    """One line per finished trial (in the driver): its epochs, best value, and why it ended."""
+    """One line per finished trial (in the driver): its epochs, best value, and why it
+    ended. `what` the trials are called and `name` each one's (a cross-validation's
+    trials are folds, named by their number)."""
 
-    def __init__(self, metric: str, mode: str, epochs: int, trials: int) -> None:
+    def __init__(self, metric: str, mode: str, epochs: int, trials: int, what: str = "trial",
+                 name: Callable[[Any], str] = lambda trial: trial.trial_id) -> None:
         self.metric, self.mode, self.epochs, self.trials = metric, mode, epochs, trials
+        self.what, self.name = what, name
         self.best: dict[str, float] = {}
         self.finished = 0
 
@@ -154,19 +159,19 @@ class TrialLines(Callback):
                             "stopped by ASHA" if 0 < epochs < self.epochs else "full budget")
         best = self.best.get(trial.trial_id)
         startup = result.get("startup_seconds")
-        log.info("trial %d/%d %s: %d epochs, best %s %s, %s, start-up %s", self.finished, self.trials,
-                 trial.trial_id, epochs, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
+        log.info("%s %d/%d %s: %d epochs, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
+                 self.name(trial), epochs, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
                  "n/a" if startup is None else f"{startup:.1f} s")
 
 
 def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
     """The search algorithm: seeded, evaluating `start` (the base config's own point) first,
-    holding at most `_concurrency(config)` trials at a time.
+    holding at most `concurrency(config)` trials at a time.
 
     The limit is set here rather than through `TuneConfig.max_concurrent_trials`, which
     Tune applies only to a `Searcher`: for random search (a `BasicVariantGenerator`) it
     logs a warning and starts every trial at once, all waiting on the same CPUs."""
-    concurrency = _concurrency(config)
+    limit = concurrency(config)
     if config.tune.searcher == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -176,11 +181,11 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
         return ConcurrencyLimiter(OptunaSearch(metric=config.train.metric, mode=config.train.metric_mode,
                                                seed=config.train.seed,
                                                points_to_evaluate=[start] if start else None),
-                                  max_concurrent=concurrency)
+                                  max_concurrent=limit)
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=config.train.seed,  # seeded random sampling
-                                 points_to_evaluate=[start] if start else None, max_concurrent=concurrency)
+                                 points_to_evaluate=[start] if start else None, max_concurrent=limit)
 
 
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],

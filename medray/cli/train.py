@@ -12,23 +12,30 @@ from medray.cli.common import add_common, emit
 def train(args: argparse.Namespace) -> None:
     from medray.api import run_training
 
-    summary = run_training(args.config, args.overrides, storage=args.storage)
+    folds = [f"train.folds={args.folds}"] if args.folds else []
+    summary = run_training(args.config, [*args.overrides, *folds], storage=args.storage)
     emit(args, summary, lambda: result_text(summary))
 
 
 def result_text(summary: dict[str, Any]) -> str:
+    if summary.get("cv"):
+        runs = f"{summary['cv']['folds']} folds, an ensemble of their models"
+    else:
+        runs = (f"epochs run: {summary['epochs_run']}   best epoch: "
+                f"{summary['best_epoch'] + 1 if summary['best_epoch'] is not None else 'n/a'}")
     lines = [f"run:        {summary['run']}", f"checkpoint: {summary['checkpoint']}",
-             f"dataset:    {summary['dataset']}   epochs run: {summary['epochs_run']}   "
-             f"best epoch: {summary['best_epoch'] + 1 if summary['best_epoch'] is not None else 'n/a'}", ""]
+             f"dataset:    {summary['dataset']}   {runs}", ""]
     # F1 is class 1's for two classes, the macro average over classes for more.
     lines.append(f"{'split':<6}{'AUROC (95% CI)':<24}{'acc':>7}{'bal acc':>9}{'sens':>7}{'spec':>7}{'F1':>7}"
                  f"{'ECE':>7}{'ECE cal':>9}")
+    # A cross-validated ensemble's "val" is every train + val row, predicted out of fold.
+    names = {"val": "oof" if summary["metrics"].get("calibration_set") == "out_of_fold" else "val", "test": "test"}
     for split in ("val", "test"):
         m = summary["metrics"][split]
         ci = m.get("auroc_ci") or [None, None]
         auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None \
             else f"{m['auroc']:.3f}"
-        lines.append(f"{split:<6}{auroc:<24}" + "".join(
+        lines.append(f"{names[split]:<6}{auroc:<24}" + "".join(
             f"{'n/a' if m.get(k) is None else format(m[k], '.3f'):>{w}}"
             for k, w in (("accuracy", 7), ("balanced_accuracy", 9), ("sensitivity", 7), ("specificity", 7),
                          ("f1", 7), ("ece", 7), ("ece_calibrated", 9))))
@@ -36,11 +43,33 @@ def result_text(summary: dict[str, Any]) -> str:
     if test.get("auprc") is not None:
         lines.append(f"test AUPRC {test['auprc']:.3f}   challenge score min(sens, PPV) "
                      f"{'n/a' if test.get('challenge_score') is None else format(test['challenge_score'], '.3f')}")
+    lines += cv_text(summary.get("cv"))
     lines += baselines_text(summary["metrics"].get("baselines"), test)
     lines += ood_text(summary["metrics"].get("ood"))
     if summary.get("report"):
         lines += ["", "report: " + ", ".join(summary["report"].values())]
     return "\n".join(lines)
+
+
+def cv_text(cv: dict[str, Any] | None) -> list[str]:
+    """A cross-validation's folds: each one's held-out figures, then mean ± sd [95% CI]."""
+    if not cv:
+        return []
+    number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    keys = ("auroc", "accuracy", "balanced_accuracy", "brier")
+    lines = ["", f"{cv['folds']}-fold cross-validation over {cv['rows']} train + val rows (each fold's model on "
+                 "the fold it did not train on, at the most probable class); oof: all of them, calibrated",
+             f"{'fold':<6}{'n':>5}{'AUROC':>8}{'acc':>8}{'bal acc':>9}{'Brier':>8}{'epochs':>8}{'kept':>6}"]
+    for f in cv["per_fold"]:
+        kept = "n/a" if f["best_epoch"] is None else str(f["best_epoch"] + 1)
+        lines.append(f"{f['fold']:<6}{f['n']:>5}" + "".join(f"{number(f[k]):>{w}}" for k, w in zip(keys, (8, 8, 9, 8)))
+                     + f"{f['epochs_run']:>8}{kept:>6}")
+    for k in keys:
+        s = cv[k]
+        if s["mean"] is not None:
+            ci = "" if s["ci"][0] is None else f" [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+            lines.append(f"  {k:<18}{s['mean']:.3f} ± {number(s['sd'])}{ci}")
+    return lines
 
 
 def baselines_text(baselines: dict[str, Any] | None, test: dict[str, Any]) -> list[str]:
@@ -92,6 +121,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="K-fold cross-validation over train + val: the K models, one per fold, answer as "
+                             "one ensemble (train.folds=K)")
     add_common(parser)
     parser.set_defaults(handler=train)
 

@@ -7,6 +7,7 @@ and signals: arrays in the manifest's shape; tables: plain columns).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,8 +61,18 @@ def read_split_arrays(storage: Storage, ref: str | dict[str, Any], split: str) -
     """One split in this process, without Ray: (features, labels). Features are an array
     in the manifest's shape for image/signal data and a pandas DataFrame for tables."""
     manifest = ref if isinstance(ref, dict) else read_manifest(storage, ref)
+    return features_and_labels(read_splits_table(storage, manifest, (split,)), manifest)
+
+
+def read_splits_table(storage: Storage, manifest: dict[str, Any], splits: Sequence[str]):
+    """The rows of `splits`, as stored, one after another in that order: a pyarrow Table."""
     filesystem, _ = storage.arrow_filesystem()
-    table = pq.ParquetDataset(split_paths(storage, manifest, split), filesystem=filesystem).read()
+    paths = [path for split in splits for path in split_paths(storage, manifest, split)]
+    return pq.ParquetDataset(paths, filesystem=filesystem).read()
+
+
+def features_and_labels(table, manifest: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """A table of stored rows as (the modality's features, stored class indices)."""
     labels = table.column(LABEL_COLUMN).to_numpy()
     features = table.drop_columns([LABEL_COLUMN])
     return modality(manifest["modality"]).features_from_table(features, manifest["schema"]), labels

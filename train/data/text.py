@@ -27,13 +27,13 @@ import pyarrow as pa
 from medray.train.data.dataset import DataImportError, ImportedDataset, Split, sha256_file
 from medray.train.data.sources import list_files, source_reader
 from medray.train.data.splits import three_way_split
+from medray.train.modalities.text import normalised_document
 
 MAX_SOURCE_BYTES = 2 * 1024**3
 """A table or folder read into memory at once; larger collections belong in shards."""
 MAX_DOCUMENT_CHARS = 200_000
 """Per document: a long discharge summary is about 30,000 characters."""
 _WORD = re.compile(r"\w+")
-_SPACE = re.compile(r"\s+")
 
 
 @dataclass
@@ -75,7 +75,7 @@ def import_text(source: Path | str, options: TextOptions) -> ImportedDataset:
         if count < 2:
             raise DataImportError(f"class '{name}' has {int(count)} document(s); each class needs at least 2 "
                                   f"to be split")
-    normalised = [_SPACE.sub(" ", t.strip()) for t in texts]
+    normalised = [normalised_document(t) for t in texts]
     keys = groups if groups is not None else normalised  # duplicates stay together
     _, group_ids = np.unique(np.asarray([hashlib.sha256(k.encode()).hexdigest() for k in keys]),
                              return_inverse=True)

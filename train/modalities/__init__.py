@@ -216,6 +216,11 @@ class Modality(ABC):
         carry no such thing)."""
         return {}
 
+    def fold_groups(self, features: Any) -> np.ndarray | None:
+        """A key per row of `features` that cross-validation keeps in one fold (rows the
+        import kept in one split), or None: every row is its own."""
+        return None
+
     def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
                   labels: LabelMap, seed: int) -> dict[str, Baseline]:
         """Classical references computed in the same run, on the same test rows: named

@@ -144,9 +144,17 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: 
     ])
 
 
-def grad_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) for each image's predicted class, upsampled to the
-    input size and scaled to [0, 1]: (N, H, W)."""
+def grad_cam(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) for each image's predicted class (or `classes`),
+    upsampled to the input size and scaled to [0, 1]: (N, H, W). An ensemble's is the
+    mean of its members' maps for the class the ensemble predicts."""
+    from medray.train.models.ensemble import members_of
+
+    members = members_of(model)
+    if members:
+        with torch.no_grad():
+            chosen = model(inputs).argmax(dim=1)
+        return _peak_scaled(torch.from_numpy(np.mean([grad_cam(m, inputs, chosen) for m in members], axis=0)))
     captured: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
@@ -157,16 +165,20 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     try:
         with torch.enable_grad():
             logits = model(inputs)
-            chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
-            chosen.backward()
+            target = logits.argmax(dim=1) if classes is None else classes
+            logits.gather(1, target[:, None]).sum().backward()
     finally:
         hook.remove()
     maps, grads = captured["maps"], captured["maps"].grad
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * maps).sum(dim=1, keepdim=True))
     cam = torch.nn.functional.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
-    return (cam / peak).detach().numpy()
+    return _peak_scaled(cam.detach())
+
+
+def _peak_scaled(maps: torch.Tensor) -> np.ndarray:
+    peak = maps.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+    return (maps / peak).numpy()
 
 
 def model_input_pngs(inputs: torch.Tensor, preprocessor: Preprocessor) -> list[str]:

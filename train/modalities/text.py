@@ -53,6 +53,13 @@ summary is about 30,000 characters."""
 MAX_FILE_BYTES = 4 * MAX_TEXT_CHARS
 """An uploaded file, checked before it is decoded (UTF-8 takes at most 4 bytes a character)."""
 TOKEN_DROPOUT = 0.1
+_SPACES = re.compile(r"\s+")
+
+
+def normalised_document(text: str) -> str:
+    """A document with its whitespace runs made single spaces: equal ones are duplicates
+    (the importer keeps them in one split, cross-validation in one fold)."""
+    return _SPACES.sub(" ", text.strip())
 """Share of a training document's tokens replaced by [UNK] per batch (`train.augment`)."""
 TOP_EXPLANATIONS = 10
 """Tokens listed per explanation under `top`, largest weight first."""
@@ -170,6 +177,9 @@ class TextModality(Modality):
 
     def instances_from_tensors(self, preprocessor: Preprocessor, tensors: dict[str, np.ndarray]) -> list[Any]:
         return [{"text": text} for text in text_elements("text", one_tensor(tensors, "text"))]
+
+    def fold_groups(self, features: pd.DataFrame) -> np.ndarray:
+        return np.asarray([normalised_document(str(text)) for text in features["text"]], dtype=object)
 
     def explain(self, model: nn.Module, inputs: torch.Tensor, preprocessor: Preprocessor) -> list[dict[str, Any]]:
         tokenizer = load_tokenizer(preprocessor.stats)
@@ -417,14 +427,24 @@ def drop_tokens(inputs: torch.Tensor, generator: torch.Generator, share: float =
     return inputs.masked_fill(drawn & (inputs != PAD_ID), float(UNK_ID))
 
 
-def token_attributions(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
-    """Gradient x input of the predicted class's logit on each token's embedding, summed
-    over the embedding: (N, L), positive where a token pushes towards the prediction,
-    0 on padding. Needs the model's `embed_tokens` / `logits_from_embeddings` pair."""
+def token_attributions(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> np.ndarray:
+    """Gradient x input of the predicted class's (or `classes`') logit on each token's
+    embedding, summed over the embedding: (N, L), positive where a token pushes towards
+    the prediction, 0 on padding. Needs the model's `embed_tokens` /
+    `logits_from_embeddings` pair; an ensemble's is the mean of its members' for the
+    class the ensemble predicts."""
+    from medray.train.models.ensemble import members_of
+
+    members = members_of(model)
+    if members:
+        with torch.no_grad():
+            chosen = model(inputs).argmax(dim=1)
+        return np.mean([token_attributions(m, inputs, chosen) for m in members], axis=0)
     embedded = model.embed_tokens(inputs).detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model.logits_from_embeddings(embedded, inputs)
-        logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum().backward()
+        target = logits.argmax(dim=1) if classes is None else classes
+        logits.gather(1, target[:, None]).sum().backward()
     weights = (embedded.grad * embedded).sum(dim=-1)
     return weights.masked_fill(inputs == PAD_ID, 0.0).detach().double().numpy()
 

@@ -1,0 +1,335 @@
+"""K-fold cross-validation over train + val: one model per fold, the folds' models one
+ensemble (`train.folds`, `medray train CONFIG --folds K`).
+
+Medical validation splits are tiny (BreastMNIST 78 images, ECG200 15 series), so one
+split decides which epoch is kept, the temperature, the threshold and the conformal
+quantile by a handful of cases. With K folds every train and val row is held out once:
+each fold's model is chosen on its own held-out fold, and the ensemble (the mean of the
+members' probabilities, `train/models/ensemble.py`) is calibrated on the out-of-fold
+predictions of all of them, K times the cases the val split has. The test split is never
+part of a fold.
+
+    fold_assignment        the fold of every row: stratified, equal documents (and rows of
+                           a group) in one fold
+    plan_folds             train + val read once, preprocessing fitted on both
+    run_cross_validation   the folds as Ray Tune trials (as many at once as the cluster
+                           holds: each a one-worker `fit` in its Tune function, or a
+                           TorchTrainer when scaling.num_workers > 1), then the ensemble
+                           stored, evaluated and recorded as the run's checkpoint
+    cv_summary             each fold's metrics, their mean, sd and t interval
+
+The preprocessing is fitted once on train + val, not per fold: the ensemble answers
+requests through one input transform (one decode, one ONNX graph). Its statistics are
+unsupervised (means, spreads, a vocabulary), so the held-out fold's inputs shape them
+a little; the labels never do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medray.cluster.config import MedrayConfig
+from medray.cluster.errors import ConfigError, MedrayError
+from medray.cluster.storage import Storage
+from medray.train.data.dataset import read_manifest
+from medray.train.data.loading import features_and_labels, read_splits_table
+from medray.train.data.preprocess import LabelMap, Preprocessor
+from medray.train.job import DataPlan, finish_run, plan_training, run_name
+from medray.train.modalities import modality
+
+log = logging.getLogger(__name__)
+
+FOLD_PREFIX = "fold_"
+"""Each fold's folder under the run: `runs/{run}/fold_{k}/` (its checkpoints)."""
+ENSEMBLE = "ensemble"
+"""The ensemble checkpoint's folder under the run, which the run's result names."""
+CV_SPLITS = ("train", "val")
+"""The splits the folds are drawn from, in this order (the rows of `out_of_fold.npz`)."""
+CV_METRICS = ("auroc", "accuracy", "balanced_accuracy", "brier", "log_loss")
+
+
+def fold_assignment(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each row's fold in 0..folds-1: stratified by label (scikit-learn's StratifiedKFold,
+    shuffled with `seed`); with `groups`, rows of a group share a fold (StratifiedGroupKFold).
+    A class with fewer rows than folds cannot be in every fold: refused, naming it."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < folds))]
+    if short:
+        raise ConfigError(f"train.folds={folds}: class index {short[0]} has only {counts[short[0]]} rows in "
+                          f"train + val, fewer than the folds; use at most {int(counts[counts > 0].min())} folds")
+    if groups is not None and len(np.unique(groups)) < folds:
+        raise ConfigError(f"train.folds={folds}: only {len(np.unique(groups))} distinct groups in train + val")
+    splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
+                else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    assignment = np.full(len(labels), -1, dtype=np.int64)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        assignment[held] = fold
+    return assignment
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldPlan:
+    """train + val as the folds see them, prepared once in the driver."""
+
+    data: DataPlan
+    """The dataset, label map, and preprocessing fitted on train + val."""
+    inputs: np.ndarray
+    """Every train then val row, preprocessed (float32)."""
+    targets: np.ndarray
+    """Class indices, after the label map."""
+    fold: np.ndarray
+    table: Any
+    """The same rows as stored (a pyarrow Table), for folds trained by a TorchTrainer."""
+
+    def rows(self, fold: int, held_out: bool) -> np.ndarray:
+        return np.flatnonzero((self.fold == fold) == held_out)
+
+
+def _groups(manifest: dict[str, Any], features: Any) -> np.ndarray | None:
+    """What must stay in one fold (`Modality.fold_groups`). A dataset split by patient at
+    import does not keep the patient key (it is never stored), so its rows cannot be
+    folded safely: refused."""
+    options = manifest["source"].get("options") or {}
+    if options.get("group") or options.get("grouped"):
+        raise ConfigError(f"dataset '{manifest['name']}' was split by patient at import, and its rows do not keep "
+                          "the patient key, so folds could put one patient on both sides; train it without "
+                          "train.folds")
+    return modality(manifest["modality"]).fold_groups(features)
+
+
+def plan_folds(config: MedrayConfig, storage: Storage) -> FoldPlan:
+    """Read train + val, fit the preprocessing on them and draw the folds (seed
+    `train.seed`); every check that can fail does so here, before training."""
+    if not config.data.dataset:
+        raise ConfigError("no dataset chosen: set data.dataset=NAME (see `medray data list`)")
+    manifest = read_manifest(storage, config.data.dataset)
+    labels = LabelMap.build(manifest["classes"], config.data.class_groups, config.data.positive_class)
+    table = read_splits_table(storage, manifest, CV_SPLITS)
+    kind = modality(manifest["modality"])
+    features, stored_labels = features_and_labels(table, manifest)
+    targets = labels.apply(stored_labels)
+    fold = fold_assignment(targets, config.train.folds, config.train.seed, _groups(manifest, features))
+    if config.eval.subgroups:
+        from medray.train.subgroups import subgroup_masks
+
+        attributes = kind.attributes(manifest["schema"], features)
+        for spec in config.eval.subgroups:
+            subgroup_masks(spec, attributes)
+    preprocessor = Preprocessor.fit(manifest, features, config.data, targets)
+    inputs = preprocessor.transform(features)
+    return FoldPlan(DataPlan(manifest, labels, preprocessor), inputs, targets, fold, table)
+
+
+# The folds as Tune trials ---------------------------------------------------------
+
+
+def run_fold(params: dict[str, Any], *, base: dict[str, Any], root: str, run: str, folds: FoldPlan,
+             direct: bool) -> None:
+    """One fold's model, trained on the other folds and chosen on this one. `folds` comes
+    through the object store (`tune.with_parameters`), put there once for every fold."""
+    from medray.train.loop import VAL_BATCH_SIZE, ArrayFeed, fit
+    from medray.tune.spaces import apply_params
+    from medray.tune.trial import TrialRunner
+
+    launched_at = time.time()
+    config, fold = apply_params(base, {}), int(params["fold"])
+    storage = Storage(root, config.storage)
+    train, held = folds.rows(fold, held_out=False), folds.rows(fold, held_out=True)
+    plan = plan_training(config, storage, data=folds.data)
+    counts = np.bincount(folds.targets[train], minlength=len(folds.data.labels.classes))
+    worker_plan = dataclasses.replace(plan.worker_plan(progress=False, launched_at=launched_at),
+                                      train_rows=len(train), val_rows=len(held),
+                                      train_class_counts=tuple(int(c) for c in counts))
+    if direct:
+        seed = worker_plan.seed_of(0)
+        fit(worker_plan, TrialRunner(config.scaling.use_gpu), lambda: (
+            ArrayFeed.from_arrays(folds.inputs[train], folds.targets[train], worker_plan.optim.batch_size,
+                                  shuffle=True, seed=seed),
+            ArrayFeed.from_arrays(folds.inputs[held], folds.targets[held], VAL_BATCH_SIZE, shuffle=False,
+                                  seed=seed)))
+        return
+    import ray.data
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from medray.train.loop import build_trainer
+
+    filesystem, _ = storage.arrow_filesystem()
+    datasets = {"train": ray.data.from_arrow(folds.table.take(train)),
+                "val": ray.data.from_arrow(folds.table.take(held))}
+    trainer = build_trainer(worker_plan, datasets, f"{FOLD_PREFIX}{fold}", storage.arrow_path(_trainers(run)),
+                            filesystem, config.scaling, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _trainers(run: str) -> str:
+    """Where the folds' TorchTrainers keep their checkpoints (Tune keeps its own trials' folders)."""
+    return f"runs/{run}/trainers"
+
+
+def fold_folder(run: str, fold: int, direct: bool) -> str:
+    return f"runs/{run}/{FOLD_PREFIX}{fold}" if direct else f"{_trainers(run)}/{FOLD_PREFIX}{fold}"
+
+
+def _fold_name(trial) -> str:
+    return f"{FOLD_PREFIX}{trial.config['fold']}"
+
+
+def _train_folds(config: MedrayConfig, storage: Storage, run: str, folds: FoldPlan) -> None:
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from medray.tune.run import TrialLines, concurrency
+    from medray.tune.trial import trains_directly, trial_resources
+
+    direct = trains_directly(config)
+    base = config.model_dump(mode="json")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_fold, base=base, root=storage.root, run=run, folds=folds, direct=direct),
+        trial_resources(config, direct))
+    filesystem, _ = storage.arrow_filesystem()
+    metric, mode, k = config.train.metric, config.train.metric_mode, config.train.folds
+    results = tune.Tuner(
+        trainable,
+        param_space={"fold": tune.grid_search(list(range(k)))},
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode,
+            # A BasicVariantGenerator holds the concurrency itself (`tune.run._searcher`).
+            search_alg=BasicVariantGenerator(max_concurrent=concurrency(config)),
+            trial_name_creator=_fold_name, trial_dirname_creator=_fold_name, reuse_actors=direct),
+        run_config=tune.RunConfig(
+            name=run, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
+                                                    checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+            failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
+            callbacks=[TrialLines(metric, mode, config.optim.epochs, k, what="fold", name=_fold_name)]),
+    ).fit()
+    failed = [r for r in results if r.error]
+    if failed:
+        from medray.cluster.console import summarized
+
+        raise MedrayError(f"{len(failed)} of {k} folds failed: {summarized(failed[0].error)}")
+
+
+# The ensemble ----------------------------------------------------------------------
+
+
+def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
+    """Train the folds, store their ensemble with its out-of-fold logits, evaluate it
+    (calibrated on those, tested on test) and record the run; returns the run's summary
+    with `cv`: each fold's metrics on its held-out rows and their mean, sd and interval."""
+    from medray.cluster.runtime import check_placement, ensure_ray
+    from medray.tune.run import trial_record
+
+    folds = plan_folds(config, storage)
+    run = run_name(config, config_name or config.model.family)
+    ensure_ray(config.ray)
+    check_placement(config.scaling)
+    k = config.train.folds
+    log.info("cross-validating %s/%s on %s: %d folds of %d train + val rows; run %s", config.model.family,
+             config.model.preset, f"{folds.data.manifest['name']}@v{folds.data.manifest['version']}", k,
+             len(folds.targets), storage.uri(f"runs/{run}"))
+    _train_folds(config, storage, run, folds)
+    from medray.train.checkpoint import load_bundle
+
+    direct = config.scaling.num_workers == 1
+    members, records = [], []
+    for fold in range(k):
+        record = trial_record(storage, fold_folder(run, fold, direct), config.train.metric, config.train.metric_mode)
+        if record["checkpoint"] is None:
+            raise MedrayError(f"fold {fold} reported no {config.train.metric}; nothing to keep")
+        with tempfile.TemporaryDirectory(prefix="medray-fold-") as local:
+            members.append(load_bundle(storage.download_dir(storage.key_of(record["checkpoint"]), local)))
+        records.append(record)
+    oof = out_of_fold_logits(members, folds)
+    cv = cv_summary(folds, oof, members, records, folds.data.labels.classes)
+    key = store_ensemble(storage, run, members, folds, oof, cv)
+    return finish_run(storage, run, key, key, config, extra={"cv": cv})
+
+
+def out_of_fold_logits(members: list, folds: FoldPlan) -> np.ndarray:
+    """Each row's logits from the member that did not train on it: (N, K)."""
+    import torch
+
+    logits = np.zeros((len(folds.targets), len(folds.data.labels.classes)), np.float32)
+    for fold, member in enumerate(members):
+        rows = folds.rows(fold, held_out=True)
+        member.model.eval()
+        with torch.no_grad():
+            logits[rows] = torch.cat([member.model(chunk) for chunk in
+                                      torch.from_numpy(folds.inputs[rows]).split(512)]).numpy()
+    return logits
+
+
+def cv_summary(folds: FoldPlan, oof: np.ndarray, members: list, records: list[dict],
+               classes: list[str]) -> dict[str, Any]:
+    """Each fold's metrics on its held-out rows (at the most probable class, before any
+    calibration) and, over folds, the mean, sd and a 95% t interval. The folds' models
+    share most of their training rows, so the interval is narrower than a test on new
+    patients would be (Bengio & Grandvalet 2004): read it as the spread over folds."""
+    from medray.train.evaluate import apply_temperature, evaluate_split
+
+    per_fold = []
+    for fold, (member, record) in enumerate(zip(members, records)):
+        rows = folds.rows(fold, held_out=True)
+        y, z = folds.targets[rows], oof[rows]
+        figures = evaluate_split(y, z, classes, n_boot=0)
+        probs = apply_temperature(z, 1.0)
+        per_fold.append({
+            "fold": fold, "n": int(len(rows)), "auroc": figures["auroc"], "accuracy": figures["accuracy"],
+            "balanced_accuracy": figures["balanced_accuracy"], "brier": figures["brier"],
+            "log_loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)))),
+            "epochs_run": record["epochs_run"], "best_epoch": member.progress.get("epoch"),
+        })
+    return {"folds": len(members), "rows": int(len(folds.targets)), "per_fold": per_fold,
+            **{name: spread([f[name] for f in per_fold]) for name in CV_METRICS}}
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample sd and 95% t interval of the defined values."""
+    from scipy.stats import t
+
+    defined = [float(v) for v in values if v is not None and v == v]
+    if not defined:
+        return {"mean": None, "sd": None, "ci": [None, None], "n": 0}
+    mean = float(np.mean(defined))
+    if len(defined) < 2:
+        return {"mean": mean, "sd": None, "ci": [None, None], "n": len(defined)}
+    sd = float(np.std(defined, ddof=1))
+    half = float(t.ppf(0.975, len(defined) - 1)) * sd / math.sqrt(len(defined))
+    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "n": len(defined)}
+
+
+def store_ensemble(storage: Storage, run: str, members: list, folds: FoldPlan, oof: np.ndarray,
+                   cv: dict[str, Any]) -> str:
+    """The members as one checkpoint (`runs/{run}/ensemble/`) with the out-of-fold logits
+    it is calibrated on; returns its key."""
+    from medray.train.checkpoint import PROGRESS, save_checkpoint, save_out_of_fold
+    from medray.train.models.ensemble import Ensemble
+
+    first = members[0]
+    progress = {"epoch": None, "metrics": {}, "history": [],
+                "folds": [{"fold": f["fold"], "n": f["n"], "epoch": member.progress.get("epoch"),
+                           "history": member.progress.get("history", [])}
+                          for f, member in zip(cv["per_fold"], members)],
+                "finished_at": max((m.progress.get("history") or [{}])[-1].get("finished_at") or 0 for m in members)
+                or None}
+    key = f"runs/{run}/{ENSEMBLE}"
+    with tempfile.TemporaryDirectory(prefix="medray-ensemble-") as scratch:
+        folder = save_checkpoint(Path(scratch), Ensemble([m.model for m in members]), first.family,
+                                 folds.data.preprocessor, folds.data.labels, first.dataset, progress)
+        save_out_of_fold(folder, oof, folds.fold)
+        # progress.json last: a folder with it is a whole checkpoint (`tune.run.trial_record`).
+        for path in sorted(folder.iterdir(), key=lambda p: (p.name == PROGRESS, p.name)):
+            storage.put_file(f"{key}/{path.name}", path)
+    return key
