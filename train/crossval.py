@@ -292,11 +292,14 @@ def cv_summary(folds: FoldPlan, oof: np.ndarray, members: list, records: list[di
             "epochs_run": record["epochs_run"], "best_epoch": member.progress.get("epoch"),
         })
     return {"folds": len(members), "rows": int(len(folds.targets)), "per_fold": per_fold,
-            **{name: spread([f[name] for f in per_fold]) for name in CV_METRICS}}
+            **{name: spread([f[name] for f in per_fold], None if name == "log_loss" else (0.0, 1.0))
+               for name in CV_METRICS}}
 
 
-def spread(values: list[float | None]) -> dict[str, Any]:
-    """Mean, sample sd and 95% t interval of the defined values."""
+def spread(values: list[float | None], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean, sample sd and 95% t interval of the defined values; the interval clipped to
+    `bounds`, the range the metric can take (AUROC 1.0 in four folds of five otherwise
+    reads as an interval past 1)."""
     from scipy.stats import t
 
     defined = [float(v) for v in values if v is not None and v == v]
@@ -307,7 +310,8 @@ def spread(values: list[float | None]) -> dict[str, Any]:
         return {"mean": mean, "sd": None, "ci": [None, None], "n": len(defined)}
     sd = float(np.std(defined, ddof=1))
     half = float(t.ppf(0.975, len(defined) - 1)) * sd / math.sqrt(len(defined))
-    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "n": len(defined)}
+    low, high = bounds or (-math.inf, math.inf)
+    return {"mean": mean, "sd": sd, "ci": [max(low, mean - half), min(high, mean + half)], "n": len(defined)}
 
 
 def store_ensemble(storage: Storage, run: str, members: list, folds: FoldPlan, oof: np.ndarray,

@@ -124,6 +124,7 @@ def test_spread_is_the_mean_sample_sd_and_t_interval():
     assert result["sd"] == pytest.approx(sd)
     assert result["ci"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
     assert spread([0.5])["sd"] is None and spread([None])["mean"] is None
+    assert spread([1.0, 1.0, 0.8], bounds=(0.0, 1.0))["ci"][1] == 1.0
 
 
 def test_out_of_fold_logits_must_cover_train_and_val():
