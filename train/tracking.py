@@ -123,7 +123,12 @@ def connect(section: TrackingSection, experiment: str) -> Tracker | None:
         if found is not None and found.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment '{experiment}' at {shown(uri)} is deleted: restore it "
                               "or set tracking.experiment")
-        experiment_id = found.experiment_id if found else tracking.create_experiment(experiment)
+        try:
+            experiment_id = found.experiment_id if found else tracking.create_experiment(experiment)
+        except MlflowException as error:  # another job created it since
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = tracking.get_experiment_by_name(experiment).experiment_id
     except MlflowException as error:
         raise ConfigError(f"MLflow at {shown(uri)} refused experiment '{experiment}': "
                           f"{str(error).splitlines()[0]}") from None

@@ -105,6 +105,12 @@ def test_a_search_is_a_parent_run_with_a_child_run_per_trial(wdbc, ray_session, 
         # The trial's best value is one of its epochs'.
         assert min(abs(value - trial[metric]) for _, value in _history(client, child.info.run_id, metric)) <= TOLERANCE
 
+    # Resumed (here with every trial already done), the search goes on in the same parent run.
+    run_search(config, wdbc, resume="tracked-search")
+    [again] = _runs(client, "searches", "attributes.run_name = 'tracked-search'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert len(_runs(client, "searches", f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 2
+
 
 def test_a_server_that_does_not_answer_is_refused_before_training(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
