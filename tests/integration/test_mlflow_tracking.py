@@ -20,6 +20,7 @@ TOLERANCE = 1e-9
 
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory):
+    # Asked for first by the tests: without a server they skip before Ray starts.
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
 
@@ -33,7 +34,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_a_training_run_holds_its_params_epochs_final_metrics_and_plots(wdbc, ray_session, mlflow_uri, tmp_path):
+def test_a_training_run_holds_its_params_epochs_final_metrics_and_plots(mlflow_uri, wdbc, ray_session, tmp_path):
     from mlflow import MlflowClient
 
     from medray.train.job import run_training
@@ -73,7 +74,7 @@ def test_a_training_run_holds_its_params_epochs_final_metrics_and_plots(wdbc, ra
     assert roc.read_bytes() == (run_dir / "report" / "roc.png").read_bytes()
 
 
-def test_a_search_is_a_parent_run_with_a_child_run_per_trial(wdbc, ray_session, mlflow_uri):
+def test_a_search_is_a_parent_run_with_a_child_run_per_trial(mlflow_uri, wdbc, ray_session):
     from mlflow import MlflowClient
 
     from medray.tune.run import SEARCH_FILE, run_search
