@@ -309,6 +309,29 @@ class RayConfig(Section):
     """CPUs of a local Ray (default: all)."""
 
 
+class TrackingSection(Section):
+    """Experiment tracking in MLflow (`train/tracking.py`): each training run, and each
+    search with its trials as child runs, gets its parameters, per-epoch metrics, final
+    metrics and report plots. Off unless `mlflow_uri` is set. Credentials come from
+    MLflow's own variables (`MLFLOW_TRACKING_TOKEN`, or `MLFLOW_TRACKING_USERNAME` and
+    `_PASSWORD`) on the driver and the workers, never from the config."""
+
+    mlflow_uri: str | None = None
+    """The tracking server, `http(s)://host:port` (the `mlflow-skinny` client is enough:
+    `pip install 'medray[tracking]'`), or a store the full `mlflow` package writes itself
+    (`file:///path`, `sqlite:///path.db`, a database URL). None: no tracking."""
+    experiment: str | None = None
+    """MLflow experiment the runs go to (created if missing); default: the dataset's name."""
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _tracking_scheme(cls, value: str | None) -> str | None:
+        schemes = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+        if value is not None and value.split("://", 1)[0].split("+", 1)[0] not in schemes:
+            raise ValueError("not a tracking URI MLflow takes; use " + ", ".join(f"{s}://" for s in schemes))
+        return value
+
+
 class MedrayConfig(Section):
     """The whole configuration; each section validates itself."""
 
@@ -323,6 +346,7 @@ class MedrayConfig(Section):
     promote: PromoteSection = PromoteSection()
     serve: ServeSection = ServeSection()
     ray: RayConfig = RayConfig()
+    tracking: TrackingSection = TrackingSection()
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -224,23 +224,37 @@ def _train_folds(config: MedrayConfig, storage: Storage, run: str, folds: FoldPl
 # The ensemble ----------------------------------------------------------------------
 
 
-def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
+def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: str | None = None,
+                         tracker: Any = None) -> dict[str, Any]:
     """Train the folds, store their ensemble with its out-of-fold logits, evaluate it
     (calibrated on those, tested on test) and record the run; returns the run's summary
-    with `cv`: each fold's metrics on its held-out rows and their mean, sd and interval."""
+    with `cv`: each fold's metrics on its held-out rows and their mean, sd and interval.
+    With a `tracker` (`train/tracking.py`), an MLflow run holds the ensemble's figures and
+    report, and a child run per fold its epochs."""
     from medray.cluster.runtime import check_placement, ensure_ray
-    from medray.tune.run import trial_record
+    from medray.train import tracking
 
     folds = plan_folds(config, storage)
     run = run_name(config, config_name or config.model.family)
     ensure_ray(config.ray)
     check_placement(config.scaling)
-    k = config.train.folds
+    dataset = f"{folds.data.manifest['name']}@v{folds.data.manifest['version']}"
     log.info("cross-validating %s/%s on %s: %d folds of %d train + val rows; run %s", config.model.family,
-             config.model.preset, f"{folds.data.manifest['name']}@v{folds.data.manifest['version']}", k,
-             len(folds.targets), storage.uri(f"runs/{run}"))
-    _train_folds(config, storage, run, folds)
+             config.model.preset, dataset, config.train.folds, len(folds.targets), storage.uri(f"runs/{run}"))
+    tracked = tracker.start_run(run, tracking.config_params(config, extra={"dataset": dataset}),
+                                tags={"medray.run": storage.uri(f"runs/{run}")}) if tracker else None
+    with tracking.ending(tracked):
+        _train_folds(config, storage, run, folds)
+        return _ensemble_run(config, storage, run, folds, tracker, tracked)
+
+
+def _ensemble_run(config: MedrayConfig, storage: Storage, run: str, folds: FoldPlan, tracker: Any,
+                  tracked: Any) -> dict[str, Any]:
+    from medray.train import tracking
     from medray.train.checkpoint import load_bundle
+    from medray.tune.run import trial_record
+
+    k = config.train.folds
 
     direct = config.scaling.num_workers == 1
     members, records = [], []
@@ -254,7 +268,14 @@ def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: st
     oof = out_of_fold_logits(members, folds)
     cv = cv_summary(folds, oof, members, records, folds.data.labels.classes)
     key = store_ensemble(storage, run, members, folds, oof, cv)
-    return finish_run(storage, run, key, key, config, extra={"cv": cv})
+    if tracked is not None:
+        for fold, member in enumerate(members):
+            child = tracker.start_run(f"{FOLD_PREFIX}{fold}", tracking.param_values({"fold": fold}), parent=tracked)
+            with tracking.ending(child):
+                for epoch in member.progress.get("history", []):
+                    tracking.log_epoch(child, epoch)
+        tracking.log_final(tracked, {"cv": {name: cv[name] for name in CV_METRICS}})
+    return finish_run(storage, run, key, key, config, tracking=tracked, extra={"cv": cv})
 
 
 def out_of_fold_logits(members: list, folds: FoldPlan) -> np.ndarray:

@@ -27,6 +27,7 @@ from medray.train.data.dataset import read_manifest
 from medray.train.data.loading import read_split, read_split_arrays
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.models import InputSpec, model_config_for
+from medray.train.tracking import TrackedRun
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class WorkerPlan:
     """Rank 0 announces each epoch (a search reports per trial instead)."""
     launched_at: float | None = None
     """Wall time the run (or trial) was launched: each report's `startup_seconds` counts from it."""
+    tracking: TrackedRun | None = None
+    """The MLflow run rank 0 logs each epoch's metrics to (`tracking.mlflow_uri`)."""
 
     def batch_size_per_worker(self, world: int) -> int:
         """Each of `world` workers' share of `optim.batch_size` (DDP sums their gradients)."""
@@ -111,7 +114,8 @@ class TrainingPlan:
             counts[self.labels.index[source_index]] += count
         return counts
 
-    def worker_plan(self, progress: bool = True, launched_at: float | None = None) -> WorkerPlan:
+    def worker_plan(self, progress: bool = True, launched_at: float | None = None,
+                    tracking: TrackedRun | None = None) -> WorkerPlan:
         """What this run's workers are handed (each gets a pickled copy)."""
         config = self.config
         return WorkerPlan(
@@ -122,7 +126,7 @@ class TrainingPlan:
             val_rows=self.manifest["splits"].get("val", {}).get("rows", 0),
             row_bytes=int(np.prod(self.preprocessor.input_shape)) * 4 + 8,
             train_class_counts=tuple(self.train_class_counts()), schema=self.manifest["schema"], progress=progress,
-            launched_at=launched_at,
+            launched_at=launched_at, tracking=tracking,
         )
 
 
@@ -168,13 +172,14 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     """Train with Ray Train, then evaluate the best checkpoint; returns the result summary.
     With `train.folds` > 1, a cross-validated ensemble (`train/crossval.py`)."""
     from medray.cluster.runtime import check_placement, ensure_ray
+    from medray.train import tracking
     from medray.train.loop import build_trainer
 
+    tracker = tracking.connect(config.tracking, tracking.default_experiment(config))
     if config.train.folds > 1:
         from medray.train.crossval import run_cross_validation
 
-        return run_cross_validation(config, storage, config_name)
-
+        return run_cross_validation(config, storage, config_name, tracker)
     plan = plan_training(config, storage, config_name)
     ensure_ray(config.ray)
     check_placement(config.scaling)
@@ -182,16 +187,19 @@ def run_training(config: MedrayConfig, storage: Storage, config_name: str | None
     datasets = training_datasets(storage, plan)
     log.info("training %s/%s on %s with %d worker(s); run %s", config.model.family, config.model.preset,
              plan.dataset_ref, config.scaling.num_workers, storage.uri(f"runs/{plan.run_name}"))
-    trainer = build_trainer(plan.worker_plan(launched_at=time.time()), datasets, plan.run_name,
-                            storage.arrow_path("runs"), filesystem, config.scaling)
-    result = trainer.fit()
-    if result.error:
-        from medray.cluster.console import summarized
+    run = tracker.start_run(plan.run_name, tracking.config_params(config, extra={"dataset": plan.dataset_ref}),
+                            tags={"medray.run": storage.uri(f"runs/{plan.run_name}")}) if tracker else None
+    with tracking.ending(run):
+        trainer = build_trainer(plan.worker_plan(launched_at=time.time(), tracking=run), datasets, plan.run_name,
+                                storage.arrow_path("runs"), filesystem, config.scaling)
+        result = trainer.fit()
+        if result.error:
+            from medray.cluster.console import summarized
 
-        raise MedrayError(f"training failed: {summarized(result.error)}")
-    best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
-    return finish_run(storage, plan.run_name, storage.key_of(best.path), storage.key_of(result.checkpoint.path),
-                      config)
+            raise MedrayError(f"training failed: {summarized(result.error)}")
+        best = _best_checkpoint(result, config.train.metric, config.train.metric_mode)
+        return finish_run(storage, plan.run_name, storage.key_of(best.path),
+                          storage.key_of(result.checkpoint.path), config, tracking=run)
 
 
 def training_datasets(storage: Storage, plan: TrainingPlan) -> dict[str, Any]:
@@ -210,9 +218,10 @@ def _best_checkpoint(result, metric: str, mode: str):
 
 
 def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, config: MedrayConfig,
-               extra: dict[str, Any] | None = None) -> dict:
-    """Evaluate the best checkpoint, write metrics + plots under the run, record the
-    result (with `extra`, e.g. a cross-validation's `cv`)."""
+               tracking: TrackedRun | None = None, extra: dict[str, Any] | None = None) -> dict:
+    """Evaluate the best checkpoint, write metrics + plots under the run, record the result
+    (with `extra`, e.g. a cross-validation's `cv`), and give `tracking`, the run's MLflow
+    run, the final metrics and the report's files."""
     from medray.train.checkpoint import PROGRESS
 
     with tempfile.TemporaryDirectory(prefix="medray-eval-") as scratch:
@@ -220,7 +229,19 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         report = evaluate_stored_checkpoint(storage, best_key, Path(scratch) / "report", config, history)
         for name in sorted(p.name for p in (Path(scratch) / "report").iterdir()):
             storage.put_file(f"runs/{run_name}/report/{name}", Path(scratch) / "report" / name)
-    summary = {
+        summary = {**_summary(storage, run_name, best_key, config, history, report), **(extra or {})}
+        storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
+        if tracking is not None:
+            from medray.train.tracking import log_final
+
+            log_final(tracking, {**summary["metrics"], "epochs_run": summary["epochs_run"],
+                                 "best_epoch": summary["best_epoch"]}, Path(scratch) / "report")
+    return summary
+
+
+def _summary(storage: Storage, run_name: str, best_key: str, config: MedrayConfig, history: list[dict],
+             report: dict[str, Any]) -> dict[str, Any]:
+    return {
         "run": storage.uri(f"runs/{run_name}"),
         "checkpoint": storage.uri(best_key),
         "epochs_run": len(history),
@@ -234,10 +255,7 @@ def finish_run(storage: Storage, run_name: str, best_key: str, latest_key: str, 
         "report": {name: storage.uri(f"runs/{run_name}/report/{name}") for name in report["files"]},
         # What `medray evaluate RUN` re-evaluates with, unless told otherwise.
         "settings": {"eval": config.eval.model_dump(mode="json"), "seed": config.train.seed},
-        **(extra or {}),
     }
-    storage.write_json(f"runs/{run_name}/{RESULT_FILE}", summary)
-    return summary
 
 
 def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: Path, config: MedrayConfig,

@@ -387,6 +387,10 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
                 shown = ("epoch", "train_loss", "val_loss", "val_auroc", "val_accuracy", "epoch_seconds",
                          "resumed_from_epoch", "stopped_early")
                 emit_progress({**{k: metrics[k] for k in shown}, "epochs": optim.epochs})
+            if rank == 0 and plan.tracking is not None:
+                from medray.train.tracking import log_epoch
+
+                log_epoch(plan.tracking, metrics)
             saving = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
                 if rank == 0:

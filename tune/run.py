@@ -28,6 +28,7 @@ from medray.tune.trial import TRIAL_PREFIX, trains_directly, trial_key
 
 if TYPE_CHECKING:
     from medray.train.job import DataPlan
+    from medray.train.tracking import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,44 @@ class TrialLines(Callback):
                  "n/a" if startup is None else f"{startup:.1f} s")
 
 
+class TrialRuns(Callback):
+    """Each trial as a child run of the search's MLflow run (`tracking.mlflow_uri`): its
+    drawn values as parameters and every epoch's metrics, logged here in the driver, which
+    sees every trial's reports however the trial trains. A trial ASHA (or patience) stops
+    ends FINISHED like one that ran its budget, with fewer epochs in its history; a failed
+    trial ends FAILED, and reopens if Tune retries it or a resumed search runs it again."""
+
+    def __init__(self, tracker: Tracker, parent: TrackedRun) -> None:
+        self.tracker, self.parent = tracker, parent
+        self.runs: dict[str, TrackedRun] = {}
+
+    def _run(self, trial) -> TrackedRun:
+        from medray.train.tracking import param_values
+
+        if trial.trial_id not in self.runs:
+            self.runs[trial.trial_id] = self.tracker.trial_run(self.parent, trial.trial_id,
+                                                               param_values(trial.config))
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from medray.train.tracking import log_epoch
+
+        log_epoch(self._run(trial), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from medray.train.tracking import end_run
+
+        end_run(self._run(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from medray.train.tracking import end_run
+
+        end_run(self._run(trial), "FAILED")
+
+
 def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
     """The search algorithm: seeded, evaluating `start` (the base config's own point) first,
     holding at most `concurrency(config)` trials at a time.
@@ -189,7 +228,8 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
 
 
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
-           space: dict[str, dict[str, Any]], data: DataPlan, restore: bool, direct: bool, clock: TrialClock):
+           space: dict[str, dict[str, Any]], data: DataPlan, restore: bool, direct: bool, clock: TrialClock,
+           trial_runs: TrialRuns | None):
     from ray import tune
 
     from medray.tune.trial import run_trial, search_data, trial_resources
@@ -201,7 +241,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
                              shared=search_data(data, storage, direct), direct=direct),
         trial_resources(config, direct))
     filesystem, _ = storage.arrow_filesystem()
-    if restore:
+    if restore:  # with the callbacks the search started with (Tune pickled them)
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=filesystem)
     grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
@@ -228,7 +268,8 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
                 num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=metric,
                 checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
-            callbacks=[clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples)]),
+            callbacks=[clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples),
+                       *([trial_runs] if trial_runs else [])]),
     )
 
 
@@ -236,8 +277,10 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
                resume: str | None = None) -> dict[str, Any]:
     """Run (or resume) a search; returns the trial table and the best trial."""
     from medray.cluster.runtime import check_placement, ensure_ray
+    from medray.train import tracking
     from medray.train.job import plan_data
 
+    saved: dict[str, Any] = {}  # search.json of a resumed search
     if resume:
         # Resuming unpickles Tune's state from runs/NAME/: the name must stay inside runs/.
         check_run_name(resume, "--resume")
@@ -255,6 +298,7 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         space = space_for(config)
         check_space(space, base)
         direct = trains_directly(config)
+    tracker = tracking.connect(config.tracking, tracking.default_experiment(config))
     # The data are fitted once, for the checks below and for every trial (a space
     # cannot vary them: `tune.spaces.SEARCHABLE`).
     data = plan_data(config, storage)
@@ -262,18 +306,51 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         _check_models(base, data, space)
     ensure_ray(config.ray, dashboard=True)
     check_placement(config.scaling)
+    parent = _search_run(tracker, config, storage, search, space, saved.get("mlflow_run_id"))
     if not resume:
         storage.write_json(f"runs/{search}/{SEARCH_FILE}", {"base": base, "space": space,
                                                             "trials_train_directly": direct,
-                                                            "created_at": datetime.now(timezone.utc).isoformat()})
+                                                            "created_at": datetime.now(timezone.utc).isoformat(),
+                                                            **({"mlflow_run_id": parent.run_id} if parent else {})})
     log.info("search %s: %d trials of %s, budget %d epochs each, %s, results in %s", search,
              config.tune.num_samples, config.model.family, config.optim.epochs,
              "each trial in its Tune function" if direct else "a TorchTrainer per trial",
              storage.uri(f"runs/{search}"))
     clock = TrialClock()
-    results = _tuner(config, storage, search, base, space, data, restore=bool(resume), direct=direct,
-                     clock=clock).fit()
-    return summarize(results, config, storage, search, space, direct, clock)
+    with tracking.ending(parent):
+        results = _tuner(config, storage, search, base, space, data, restore=bool(resume), direct=direct,
+                         clock=clock, trial_runs=TrialRuns(tracker, parent) if parent else None).fit()
+        summary = summarize(results, config, storage, search, space, direct, clock)
+        if parent:
+            _log_search(parent, summary)
+    return summary
+
+
+def _search_run(tracker: Tracker | None, config: MedrayConfig, storage: Storage, search: str,
+                space: dict[str, dict[str, Any]], run_id: str | None) -> TrackedRun | None:
+    """The search's MLflow run, parent of its trials' runs: the one search.json names (a
+    resumed search), else a new one with the base config and the space as parameters."""
+    from medray.train.tracking import TRACKED_SECTIONS, TrackedRun, client, config_params
+
+    if tracker is None:
+        return None
+    if run_id:
+        client(tracker.uri).update_run(run_id, status="RUNNING")
+        return TrackedRun(tracker.uri, run_id)
+    params = config_params(config, (*TRACKED_SECTIONS, "tune"), extra={f"space.{k}": v for k, v in space.items()})
+    return tracker.start_run(search, params, tags={"medray.run": storage.uri(f"runs/{search}")})
+
+
+def _log_search(parent: TrackedRun, summary: dict[str, Any]) -> None:
+    """The search's outcome on its run: the best trial's value (`best.val_auroc`) and ID,
+    the trial-epochs spent, and summary.json as an artifact."""
+    from medray.train.tracking import client, log_final, set_tags
+
+    metric, best = summary["metric"], summary["best"]
+    log_final(parent, {f"best.{metric}": best[metric], "trial_epochs": summary["trial_epochs"],
+                       "stopped_by_asha": summary["stopped_by_asha"], "trials": len(summary["trials"])})
+    set_tags(parent, {"medray.best_trial": best["trial"]})
+    client(parent.uri).log_dict(parent.run_id, summary, "summary.json")
 
 
 def summarize(results, config: MedrayConfig, storage: Storage, search: str,
