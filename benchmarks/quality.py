@@ -168,7 +168,8 @@ def git_commit() -> str | None:
     import subprocess
 
     done = subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
     return (done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) if done.returncode == 0 else None
 
 
