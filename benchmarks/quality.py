@@ -98,7 +98,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         if not result["baselines"]:
             lines.append(f"{'':<28}{'':<14}{'':<16}(no same-run baseline: the modality computes none)")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
