@@ -35,6 +35,8 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT / "train" / "configs"
+PUBLISHED_COLOURS = ("#16a34a", "#9333ea", "#ea580c", "#0891b2", "#a16207", "#db2777")
+"""Dotted lines of the published results; the level's dashed line is red."""
 
 
 def run_figures(summary: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]:
@@ -139,14 +141,14 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         for level in result["levels"]:
             if level["metric"] == metric and level["at_least"] is not None:
                 ax.axhline(level["at_least"], color="#dc2626", linestyle="--", label=f"level {level['at_least']:g}")
-        for k, published in enumerate(result["published"]):
+        for colour, published in zip(PUBLISHED_COLOURS, result["published"]):
             if metric in published["figures"]:
-                ax.axhline(published["figures"][metric], color=f"C{k + 2}", linestyle=":",
+                ax.axhline(published["figures"][metric], color=colour, linestyle=":",
                            label=f"{published['method']} {published['figures'][metric]:g}")
         ax.set_xticks(ticks, labels, fontsize=7, rotation=15)
         ax.set_xlim(-0.5, max(ticks) + 0.5)
         ax.set_title(f"{stem}: test {METRIC_NAMES[metric]}, {len(values)} seeds", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
