@@ -76,7 +76,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     level and whether the mean meets it, the published results, the baselines' mean ± sd."""
     from medray.quality import METRIC_NAMES, QUALITY, mean_sd_text
 
-    header = f"{'config':<28}{'metric':<14}{'mean ± sd':<16}{'per seed':<38}{'level':<44}{'met':<5}"
+    header = f"{'config':<28}{'metric':<14}{'mean ± sd':<16}{'per seed':<42}{'level':<50}{'met':<5}"
     lines = [header, "-" * len(header)]
     for stem, result in results.items():
         quality = QUALITY[stem]
@@ -89,14 +89,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             level = levels.get(metric)
             met = "" if level is None else {True: "yes", False: "NO", None: "n/a"}[level["met"]]
             lines.append(f"{stem if i == 0 else '':<28}{METRIC_NAMES[metric]:<14}{mean_sd_text(summary):<16}"
-                         f"{values:<38}{'' if level is None else level['level']:<44}{met:<5}")
+                         f"{values:<42}{'' if level is None else level['level']:<50}{met:<5}")
             for name, figures in result["baselines"].items():
                 if metric in figures and figures[metric]["mean"] is not None:
-                    lines.append(f"{'':<28}{'':<14}{mean_sd_text(figures[metric]):<16}{'baseline ' + name:<38}")
+                    lines.append(f"{'':<28}{'':<14}{mean_sd_text(figures[metric]):<16}{'baseline ' + name:<42}")
             for published in quality.published:
                 if metric in published.figures:
                     lines.append(f"{'':<28}{'':<14}{published.figures[metric]:<16.3f}"
-                                 f"{'published ' + published.method:<38}{published.source}")
+                                 f"{'published ' + published.method:<42}{published.source}")
         if not result["baselines"]:
             lines.append(f"{'':<28}{'':<14}{'':<16}(no same-run baseline: the modality computes none)")
         lines.append("")
@@ -139,8 +139,13 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 ticks.append(j)
                 labels.append(name.replace("_", " "))
         for level in result["levels"]:
-            if level["metric"] == metric and level["at_least"] is not None:
-                ax.axhline(level["at_least"], color="#dc2626", linestyle="--", label=f"level {level['at_least']:g}")
+            if level["metric"] != metric:
+                continue
+            bar = level["at_least"] if level["baseline"] is None else \
+                result["baselines"].get(level["baseline"], {}).get(metric, {}).get("mean")
+            if bar is not None:
+                ax.axhline(bar, color="#dc2626", linestyle="--", label=f"level {bar:.3g}" + (
+                    f" ({level['baseline']}'s mean)" if level["baseline"] else ""))
         for colour, published in zip(PUBLISHED_COLOURS, result["published"]):
             if metric in published["figures"]:
                 ax.axhline(published["figures"][metric], color=colour, linestyle=":",
