@@ -31,19 +31,6 @@ CONFIGS = PROJECT / "train" / "configs"
 METHODS = ("mahalanobis", "energy")
 
 
-def import_requests(data: Path) -> dict:
-    from medray.train.data.importers import ImportRequest
-    from medray.train.data.tabular import CLEVELAND_COLUMNS
-
-    return {
-        "breastmnist": ImportRequest(kind="medmnist", source=str(data / "breastmnist.npz"), name="breastmnist"),
-        "ecg200": ImportRequest(kind="ucr", source=str(data), dataset="ECG200", name="ecg200"),
-        "cleveland": ImportRequest(kind="csv", source=str(data / "processed.cleveland.data"), name="cleveland",
-                                   target="num", columns=CLEVELAND_COLUMNS, missing=["?"]),
-        "wdbc": ImportRequest(kind="sklearn", source="breast_cancer", name="wdbc"),
-    }
-
-
 def compact(ood: dict) -> dict:
     """The figures worth reading side by side (the full ones are in the run's report)."""
     rounded = lambda x: None if x is None else round(x, 4)  # noqa: E731
@@ -75,10 +62,10 @@ def main() -> None:
 
     from medray.cluster.config import load_config
     from medray.cluster.storage import Storage
+    from medray.quality import shared_data_request
     from medray.train.data.importers import import_dataset
     from medray.train.job import evaluate_stored_checkpoint, run_training
 
-    requests = import_requests(args.data)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="medray-ood-bench-") as scratch:
         storage = Storage(args.storage or f"file://{scratch}/store")
@@ -87,7 +74,7 @@ def main() -> None:
             common = [*args.overrides, "scaling.num_workers=1", f"train.name=ood-{stem}-{int(time.time())}"]
             config = load_config(CONFIGS / f"{stem}.yaml", [*common, f"eval.ood_method={METHODS[0]}"])
             if config.data.dataset not in imported:
-                import_dataset(storage, requests[config.data.dataset])
+                import_dataset(storage, shared_data_request(config.data.dataset, args.data, Path(scratch)))
                 imported.add(config.data.dataset)
             started = time.monotonic()
             summary = run_training(config, storage)

@@ -199,11 +199,13 @@ def challenge_score(sensitivity: float | None, ppv: float | None) -> float | Non
     return float(min(sensitivity, ppv))
 
 
-def baseline_metrics(y_true: ArrayLike, scores: ArrayLike, n_boot: int = 1000, seed: int = 0) -> dict:
+def baseline_metrics(y_true: ArrayLike, scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                     threshold: float | None = None) -> dict:
     """One baseline's figures that compare with the model's on the same split.
 
     Binary (`scores` (N,) for class 1, NaN where it has none: a severity score is missing
-    for some patients): AUROC with its bootstrap CI and AUPRC, on the rows it scores.
+    for some patients): AUROC with its bootstrap CI and AUPRC, on the rows it scores, and
+    with a `threshold` (the score from which it predicts class 1) its accuracy.
     K classes (`scores` (N, K) class probabilities): macro AUROC with its CI, accuracy
     and macro-F1 of the argmax. `n` counts the rows scored."""
     s = np.asarray(scores, dtype=np.float64)
@@ -220,8 +222,9 @@ def baseline_metrics(y_true: ArrayLike, scores: ArrayLike, n_boot: int = 1000, s
         return {"auroc": None, "auroc_ci": [None, None], "auprc": None, "n": int(y.size)}
     # Ranks only: any increasing map of the scores gives the same AUROC and AUPRC.
     auroc = auroc_with_ci(y, _rank_probabilities(s), n_boot=n_boot, seed=seed)
+    accuracy = {} if threshold is None else {"accuracy": float(np.mean((s >= threshold) == (y == 1)))}
     return {"auroc": auroc["value"], "auroc_ci": [auroc["low"], auroc["high"]], "auprc": auprc(y, s),
-            "n": int(y.size)}
+            **accuracy, "n": int(y.size)}
 
 
 def _rank_probabilities(scores: np.ndarray) -> np.ndarray:

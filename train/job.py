@@ -308,7 +308,8 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
         manifest["schema"], (features["train"], labels["train"]), (features["test"], labels["test"]),
         bundle.labels, seed=config.train.seed) if baselines else {}
     metrics["baselines"] = {name: {**baseline_metrics(outputs["test"][0], b.scores, n_boot=config.eval.bootstrap,
-                                                      seed=config.train.seed), "description": b.description}
+                                                      seed=config.train.seed, threshold=b.threshold),
+                                   "description": b.description}
                             for name, b in scored.items()}
     history = history if history is not None else bundle.progress.get("history", [])
     files = write_report(out_dir, metrics, outputs["val"], outputs["test"], history, bundle.classes,

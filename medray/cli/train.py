@@ -79,8 +79,9 @@ def baselines_text(baselines: dict[str, Any] | None, test: dict[str, Any]) -> li
         return []
     number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     multiclass = any("macro_f1" in b for b in baselines.values())
-    names = ("accuracy", "macro-F1") if multiclass else ("AUPRC",)
-    keys = (("accuracy", "accuracy"), ("f1", "macro_f1")) if multiclass else (("auprc", "auprc"),)
+    names = ("accuracy", "macro-F1") if multiclass else ("accuracy", "AUPRC")
+    keys = (("accuracy", "accuracy"), ("f1", "macro_f1")) if multiclass else (("accuracy", "accuracy"),
+                                                                              ("auprc", "auprc"))
     lines = ["", f"{'on the test split':<28}{'AUROC (95% CI)':<24}" + "".join(f"{n:>10}" for n in names) + f"{'n':>7}",
              f"{'model':<28}{number(test['auroc']):<24}" + "".join(f"{number(test.get(k)):>10}" for k, _ in keys)
              + f"{test['n']:>7}"]

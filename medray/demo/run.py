@@ -31,6 +31,7 @@ from medray.cluster.local_s3 import LocalS3
 from medray.cluster.runtime import free_port
 from medray.cluster.storage import Storage
 from medray.demo.report import results_table, served_cases, write_report
+from medray.quality import QUALITY
 from medray.train.data.importers import ImportRequest, import_dataset
 from medray.train.data.medmnist import write_synthetic_medmnist
 from medray.train.data.sources import sources_dir
@@ -49,16 +50,19 @@ DEMO_BUCKET = "medray-demo"
 class DemoModel:
     dataset: str
     config: str
-    published: str
-    """The published result on the same data (../shared/data/README.md)."""
+
+    @property
+    def published(self) -> str:
+        """The published results on the same data (medray.quality, from ../shared/data/README.md)."""
+        return QUALITY[self.config.removesuffix(".yaml")].published_text()
 
 
 MODELS = (
-    DemoModel("breastmnist", "breastmnist_cnn.yaml", "ResNet-18 (28): AUC 0.901, ACC 0.863 (MedMNIST v2)"),
-    DemoModel("ecg200", "ecg200_rnn.yaml", "ACC 0.88 (1-NN Euclidean, COTE); ResNet 0.89"),
-    DemoModel("cleveland", "cleveland_attention.yaml", "ACC about 0.77 (Detrano et al. 1989)"),
+    DemoModel("breastmnist", "breastmnist_cnn.yaml"),
+    DemoModel("ecg200", "ecg200_rnn.yaml"),
+    DemoModel("cleveland", "cleveland_attention.yaml"),
 )
-TUNED = DemoModel("wdbc", "wdbc_attention.yaml", "ACC 0.975 (10-fold CV, Street et al. 1993)")
+TUNED = DemoModel("wdbc", "wdbc_attention.yaml")
 
 
 # Datasets --------------------------------------------------------------------------

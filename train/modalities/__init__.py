@@ -135,6 +135,35 @@ class Baseline(NamedTuple):
     has none. K classes: (rows, K) probabilities in the training's class order."""
     description: str
     """What it is, in a line for the report."""
+    threshold: float | None = None
+    """Two classes: the score from which it predicts class 1 (0.5 for a probability), so
+    its accuracy is reported too; None for a score with no operating point (SAPS-I)."""
+
+
+def linear_baseline(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, what: str) -> Baseline:
+    """scikit-learn's L2 logistic regression (C = 1) on standardised features, missing
+    values imputed with the train split's medians, fitted on the train split: the plain
+    linear reference for a table, a signal's samples or an image's pixels. Test scores:
+    class 1's probability for two classes, every class's otherwise."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                          LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(train_x, train_y)
+    probs = model.predict_proba(test_x)
+    if probs.shape[1] == 2:
+        return Baseline(probs[:, 1], f"L2 logistic regression (C = 1) on {what}", threshold=0.5)
+    return Baseline(probs, f"L2 logistic regression (C = 1) on {what}")
+
+
+def flat_baselines(train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray], labels: LabelMap,
+                   what: str) -> dict[str, Baseline]:
+    """A tensor modality's baselines: logistic regression on each example's values, flattened."""
+    flat = lambda x: np.asarray(x, dtype=np.float64).reshape(len(x), -1)  # noqa: E731
+    return {"logistic_regression": linear_baseline(flat(train[0]), labels.apply(train[1]), flat(test[0]), what)}
 
 
 # --- The interface --------------------------------------------------------------------

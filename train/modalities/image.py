@@ -20,11 +20,20 @@ from torch import nn
 
 from medray.cluster.errors import InputError
 from medray.train.data.decode import DecodeLimits, ImageRefused, decode_image, dicom_metadata, metadata_differences
-from medray.train.modalities import OODSet, TensorModality, check_numbers, numeric_array, numeric_rows, one_tensor
+from medray.train.modalities import (
+    Baseline,
+    OODSet,
+    TensorModality,
+    check_numbers,
+    flat_baselines,
+    numeric_array,
+    numeric_rows,
+    one_tensor,
+)
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
-    from medray.train.data.preprocess import Batch, Preprocessor
+    from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 PIXEL_RANGE = (0.0, 255.0)
 """Images are stored as uint8: their range is the dtype's, not fitted."""
@@ -58,6 +67,10 @@ class ImageModality(TensorModality):
     def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
                  rng: np.random.Generator) -> dict[str, OODSet]:
         return image_ood_sets(preprocessor, np.asarray(test_features), rng)
+
+    def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
+                  labels: LabelMap, seed: int) -> dict[str, Baseline]:
+        return flat_baselines(train, test, labels, "the pixels")
 
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
         channels, height, width = preprocessor.input_shape

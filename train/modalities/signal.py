@@ -18,10 +18,12 @@ from torch import nn
 
 from medray.cluster.errors import InputError
 from medray.train.modalities import (
+    Baseline,
     OODSet,
     TensorModality,
     check_numbers,
     finite_extremes,
+    flat_baselines,
     fitted_range,
     numeric_array,
     numeric_rows,
@@ -30,7 +32,7 @@ from medray.train.modalities import (
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
-    from medray.train.data.preprocess import Batch, Preprocessor
+    from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 
 class SignalModality(TensorModality):
@@ -60,6 +62,14 @@ class SignalModality(TensorModality):
     def ood_sets(self, preprocessor: Preprocessor, test_features: Any,
                  rng: np.random.Generator) -> dict[str, OODSet]:
         return signal_ood_sets(preprocessor, np.asarray(test_features), rng)
+
+    def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
+                  labels: LabelMap, seed: int) -> dict[str, Baseline]:
+        found = flat_baselines(train, test, labels, "the samples")
+        if len(labels.classes) == 2:
+            found["1nn_euclidean"] = nearest_neighbour_baseline(
+                np.asarray(train[0], dtype=np.float64), labels.apply(train[1]), np.asarray(test[0], dtype=np.float64))
+        return found
 
     def input_schema(self, preprocessor: Preprocessor) -> dict[str, Any]:
         length, channels = preprocessor.input_shape
@@ -250,3 +260,20 @@ def _other_ecg_cached(length: int, channels: int) -> np.ndarray:
 def _other_ecg_series(length: int, channels: int) -> np.ndarray:
     """pydicom's 12-lead ECG as z-normalised (N, length, channels) series (empty if absent)."""
     return _other_ecg_cached(length, channels).copy()
+
+
+# Evaluation --------------------------------------------------------------------------------
+
+
+def nearest_neighbour_baseline(train_signals: np.ndarray, train_labels: np.ndarray,
+                               test_signals: np.ndarray) -> Baseline:
+    """1-NN with Euclidean distance on the raw samples, the UCR archive's reference
+    classifier (two classes). Score: the distance to the nearest class-0 series minus the
+    distance to the nearest class-1 one, so it predicts class 1 from 0 on, as 1-NN does,
+    and ranks the test series for AUROC."""
+    train_flat = train_signals.reshape(len(train_signals), -1)
+    test_flat = test_signals.reshape(len(test_signals), -1)
+    distances = np.sqrt(((test_flat[:, None, :] - train_flat[None, :, :]) ** 2).sum(axis=2))
+    nearest = [distances[:, train_labels == k].min(axis=1) for k in (0, 1)]
+    return Baseline(nearest[0] - nearest[1], "1-NN, Euclidean distance on the raw samples (UCR's reference)",
+                    threshold=0.0)

@@ -21,11 +21,20 @@ import torch
 from torch import nn
 
 from medray.cluster.errors import InputError
-from medray.train.modalities import Modality, OODSet, check_numbers, finite_extremes, fitted_range, text_elements
+from medray.train.modalities import (
+    Baseline,
+    Modality,
+    OODSet,
+    check_numbers,
+    finite_extremes,
+    fitted_range,
+    linear_baseline,
+    text_elements,
+)
 
 if TYPE_CHECKING:
     from medray.cluster.config import DataConfig
-    from medray.train.data.preprocess import Batch, Preprocessor
+    from medray.train.data.preprocess import Batch, LabelMap, Preprocessor
 
 
 class TabularModality(Modality):
@@ -97,6 +106,12 @@ class TabularModality(Modality):
 
     def attributes(self, schema: dict[str, Any], features: Any) -> dict[str, np.ndarray]:
         return {f["name"]: np.asarray(features[f["name"]]) for f in schema["features"]}
+
+    def baselines(self, schema: dict[str, Any], train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray],
+                  labels: LabelMap, seed: int) -> dict[str, Baseline]:
+        return {"logistic_regression": linear_baseline(
+            baseline_matrix(schema, train[0]), labels.apply(train[1]), baseline_matrix(schema, test[0]),
+            "the features (categories as indicators)")}
 
     def feature_names(self, preprocessor: Preprocessor) -> list[str]:
         names = []
@@ -344,3 +359,21 @@ def _mapped(table: MappedTable, columns: list[dict[str, Any]], order: list[str])
         else:
             frame[column["name"]] = np.full(len(source), np.nan)
     return pd.DataFrame(frame, columns=order)
+
+
+# Evaluation --------------------------------------------------------------------------------
+
+
+def baseline_matrix(schema: dict[str, Any], features: pd.DataFrame) -> np.ndarray:
+    """The records as a float matrix for a classical model: numbers as they are, each
+    category of the schema as an indicator; NaN where a value is unknown."""
+    columns = []
+    for feature in schema["features"]:
+        values = features[feature["name"]]
+        if feature["type"] == "categorical":
+            known = values.notna().to_numpy()
+            for category in feature["categories"]:
+                columns.append(np.where(known, (values.astype(str) == str(category)).to_numpy(), np.nan))
+        else:
+            columns.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64))
+    return np.column_stack(columns)
