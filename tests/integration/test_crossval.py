@@ -17,7 +17,7 @@ from support.project import medray
 
 pytestmark = pytest.mark.integration
 
-FOLDS = 3
+FOLDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_each_fold_holds_out_its_rows_once_and_the_ensemble_is_calibrated_on_the
     assert all(f["epochs_run"] == 2 for f in cv["per_fold"])
     aurocs = [f["auroc"] for f in cv["per_fold"]]
     assert cv["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
-    assert cv["auroc"]["ci"][0] < cv["auroc"]["mean"] < cv["auroc"]["ci"][1]
+    assert cv["auroc"]["ci"][0] <= cv["auroc"]["mean"] <= cv["auroc"]["ci"][1]
     assert f"fold {FOLDS}/{FOLDS}" in stderr  # one progress line per fold
     # The run's "val" is every train + val row, out of fold; test stays the test split.
     assert summary["metrics"]["calibration_set"] == "out_of_fold"
