@@ -148,7 +148,7 @@ class TrainConfig(Section):
     """Run name under `{root}/runs/`; default: config file name + time."""
     folds: int = Field(1, ge=1, le=20)
     """1: one model, trained on train and chosen on val. K >= 2: K-fold cross-validation
-    over train + val (stratified; `train/crossval.py`), one model per fold, which together
+    over train + val (stratified; `tune/crossval.py`), one model per fold, which together
     answer as an ensemble calibrated on their out-of-fold predictions."""
 
     @property

@@ -117,6 +117,12 @@ def run_training(config: str | os.PathLike | MedrayConfig, overrides: Sequence[s
     from medray.train.job import run_training as train
 
     loaded = _config(config, overrides)
+    if loaded.train.folds > 1:  # K folds as Tune trials, their models one ensemble
+        from medray.train import tracking
+        from medray.tune.crossval import run_cross_validation
+
+        tracker = tracking.connect(loaded.tracking, tracking.default_experiment(loaded))
+        return run_cross_validation(loaded, open_storage(storage, loaded), _config_name(config), tracker)
     return train(loaded, open_storage(storage, loaded), _config_name(config))
 
 

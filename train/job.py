@@ -170,16 +170,13 @@ def plan_training(config: MedrayConfig, storage: Storage, config_name: str | Non
 
 def run_training(config: MedrayConfig, storage: Storage, config_name: str | None = None) -> dict[str, Any]:
     """Train with Ray Train, then evaluate the best checkpoint; returns the result summary.
-    With `train.folds` > 1, a cross-validated ensemble (`train/crossval.py`)."""
+    (`train.folds` > 1 is a cross-validated ensemble, `tune/crossval.py`, which
+    `medray.api.run_training` runs instead.)"""
     from medray.cluster.runtime import check_placement, ensure_ray
     from medray.train import tracking
     from medray.train.loop import build_trainer
 
     tracker = tracking.connect(config.tracking, tracking.default_experiment(config))
-    if config.train.folds > 1:
-        from medray.train.crossval import run_cross_validation
-
-        return run_cross_validation(config, storage, config_name, tracker)
     plan = plan_training(config, storage, config_name)
     ensure_ray(config.ray)
     check_placement(config.scaling)
@@ -329,7 +326,7 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
 def calibration_outputs(outputs: dict[str, tuple[np.ndarray, np.ndarray]], oof_logits: np.ndarray):
     """(labels, logits) of every train then val row, the logits out-of-fold: what a
     cross-validated ensemble's temperature, threshold and conformal quantile are fitted on
-    (`train/crossval.py`), in place of the val split alone."""
+    (`tune/crossval.py`), in place of the val split alone."""
     labels = np.concatenate([outputs["train"][0], outputs["val"][0]])
     if len(oof_logits) != len(labels):
         raise MedrayError(f"the ensemble's out-of-fold logits cover {len(oof_logits)} rows, but train + val "

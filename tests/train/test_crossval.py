@@ -10,7 +10,7 @@ from scipy import stats
 
 from medray.cluster.errors import ConfigError, MedrayError
 from medray.train.checkpoint import MODEL, load_bundle, load_out_of_fold, save_checkpoint, save_out_of_fold
-from medray.train.crossval import fold_assignment, spread
+from medray.tune.crossval import fold_assignment, spread
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.job import calibration_outputs
 from medray.train.modalities.image import grad_cam

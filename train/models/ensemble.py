@@ -1,5 +1,5 @@
 """An ensemble of one family's models, answering as one model: what cross-validation
-(`train/crossval.py`) trains, one member per fold.
+(`tune/crossval.py`) trains, one member per fold.
 
 Its "logits" are the log of the members' mean probability, so softmax of them is that
 mean exactly, and everything written for one model (temperature scaling, thresholds,
