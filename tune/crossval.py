@@ -343,12 +343,13 @@ def store_ensemble(storage: Storage, run: str, members: list, folds: FoldPlan, o
     from medray.train.models.ensemble import Ensemble
 
     first = members[0]
+    # When the last fold's last epoch ended: the model card's "trained at".
+    finished = [(m.progress.get("history") or [{}])[-1].get("finished_at") for m in members]
     progress = {"epoch": None, "metrics": {}, "history": [],
                 "folds": [{"fold": f["fold"], "n": f["n"], "epoch": member.progress.get("epoch"),
                            "history": member.progress.get("history", [])}
                           for f, member in zip(cv["per_fold"], members)],
-                "finished_at": max((m.progress.get("history") or [{}])[-1].get("finished_at") or 0 for m in members)
-                or None}
+                "finished_at": max(filter(None, finished), default=None)}
     key = f"runs/{run}/{ENSEMBLE}"
     with tempfile.TemporaryDirectory(prefix="medray-ensemble-") as scratch:
         folder = save_checkpoint(Path(scratch), Ensemble([m.model for m in members]), first.family,
