@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -55,12 +56,13 @@ def run_figures(summary: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, 
 
 def config_summary(stem: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sd over seeds of the model's and each baseline's figures, and each level met or not."""
-    from medray.quality import QUALITY, level_met, summarize
+    from medray.quality import QUALITY, level_met
+    from medray.train.evaluate import mean_sd
 
     quality = QUALITY[stem]
-    model = {m: summarize([r["test"].get(m) for r in runs]) for m in quality.metrics}
+    model = {m: mean_sd([r["test"].get(m) for r in runs]) for m in quality.metrics}
     names = sorted({name for r in runs for name in r["baselines"]})
-    baselines = {name: {m: summarize([r["baselines"].get(name, {}).get(m) for r in runs])
+    baselines = {name: {m: mean_sd([r["baselines"].get(name, {}).get(m) for r in runs])
                         for m in quality.metrics if any(m in r["baselines"].get(name, {}) for r in runs)}
                  for name in names}
     levels = [{"metric": lv.metric, "level": lv.text(), "at_least": lv.at_least, "baseline": lv.baseline,
@@ -103,6 +105,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _error_bar(summary: dict[str, Any]) -> list[float]:
+    """The sd as matplotlib's yerr; none drawn for one seed (sd None)."""
+    return [math.nan if summary["sd"] is None else summary["sd"]]
+
+
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     """Per config, one panel per levelled metric (else AUROC): the seeds' figures as
     points, their mean ± sd, the level as a dashed line, published results dotted, the
@@ -112,7 +119,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medray.quality import METRIC_NAMES
+    from medray.quality import METRIC_NAMES, mean_sd_text
 
     panels = [(stem, metric) for stem, r in results.items()
               for metric in ([lv["metric"] for lv in r["levels"]] or ["auroc"])
@@ -129,13 +136,13 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         summary = result["model"][metric]
         values = [v for v in summary["values"] if v is not None]
         ax.scatter([0] * len(values), values, color="#2563eb", alpha=0.6, label="seeds", zorder=3)
-        ax.errorbar([0.25], [summary["mean"]], yerr=[summary["sd"]], fmt="o", color="#1e3a8a", capsize=5,
-                    label=f"mean ± sd {summary['mean']:.3f} ± {summary['sd']:.3f}", zorder=3)
+        ax.errorbar([0.25], [summary["mean"]], yerr=_error_bar(summary), fmt="o", color="#1e3a8a", capsize=5,
+                    label=f"mean ± sd {mean_sd_text(summary)}", zorder=3)
         ticks, labels = [0.1], ["medray"]
         for j, (name, figures) in enumerate(result["baselines"].items(), start=1):
             if figures.get(metric, {}).get("mean") is not None:
                 b = figures[metric]
-                ax.errorbar([j], [b["mean"]], yerr=[b["sd"]], fmt="s", color="#64748b", capsize=5)
+                ax.errorbar([j], [b["mean"]], yerr=_error_bar(b), fmt="s", color="#64748b", capsize=5)
                 ticks.append(j)
                 labels.append(name.replace("_", " "))
         for level in result["levels"]:

@@ -5,14 +5,13 @@ the quality issue (a metric's mean over seeds on the test split, at least a numb
 least a same-run baseline's mean), the published results beside them
 (../shared/data/README.md), and where each config's dataset comes from in that folder.
 `benchmarks/quality.py` measures every config against it; the demo shows the published
-results beside its own. `summarize` and `level_met` are the arithmetic of the summary:
-mean and sample sd (ddof 1) over seeds.
+results beside its own. `level_met` judges a config's summary over seeds (each figure's
+`medray.train.evaluate.mean_sd`).
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,20 +115,10 @@ QUALITY: dict[str, ConfigQuality] = {
 
 
 # Summaries over seeds ----------------------------------------------------------------
-def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample sd (ddof 1; 0 for one value) of the seeds' figures, with the
-    figures; None where a seed had none (a metric that does not apply)."""
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return {"mean": None, "sd": None, "values": list(values)}
-    return {"mean": statistics.fmean(present), "sd": statistics.stdev(present) if len(present) > 1 else 0.0,
-            "values": list(values)}
-
-
 def level_met(level: Level, model: Mapping[str, dict[str, Any]],
               baselines: Mapping[str, Mapping[str, dict[str, Any]]]) -> bool | None:
-    """Whether the model's mean over seeds meets `level` (`model`: metric -> summarize();
-    `baselines`: name -> metric -> summarize()); None when a figure is missing."""
+    """Whether the model's mean over seeds meets `level` (`model`: metric -> mean_sd();
+    `baselines`: name -> metric -> mean_sd()); None when a figure is missing."""
     mean = model.get(level.metric, {}).get("mean")
     bar = level.at_least if level.baseline is None else \
         baselines.get(level.baseline, {}).get(level.metric, {}).get("mean")
@@ -141,7 +130,8 @@ def level_met(level: Level, model: Mapping[str, dict[str, Any]],
 def mean_sd_text(summary: Mapping[str, Any], digits: int = 3) -> str:
     if summary.get("mean") is None:
         return "n/a"
-    return f"{summary['mean']:.{digits}f} ± {summary['sd']:.{digits}f}"
+    sd = "n/a" if summary["sd"] is None else f"{summary['sd']:.{digits}f}"  # one seed
+    return f"{summary['mean']:.{digits}f} ± {sd}"
 
 
 # The datasets in ../shared/data --------------------------------------------------------

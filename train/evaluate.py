@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -656,6 +657,30 @@ def wilson_interval(hits: int, n: int, z: float = 1.959964) -> list[float | None
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def mean_sd(values: Sequence[float | None], interval: bool = False,
+            bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """One figure over runs (seeds, folds): the mean and sample sd (ddof 1) of the defined
+    values (None or NaN: a run without the figure), `n` of them, and `values` as given.
+    The sd is None for fewer than two values: one run says nothing of the spread. With
+    `interval`, `ci` is the mean's 95% t interval clipped to `bounds`, the range the
+    figure can take (AUROC 1.0 in four folds of five otherwise reads as an interval past
+    1); [None, None] without an sd."""
+    defined = [float(v) for v in values if v is not None and v == v]
+    n = len(defined)
+    summary: dict[str, Any] = {"mean": float(np.mean(defined)) if defined else None,
+                               "sd": float(np.std(defined, ddof=1)) if n > 1 else None, "n": n,
+                               "values": list(values)}
+    if interval:
+        summary["ci"] = [None, None]
+        if summary["sd"] is not None:
+            from scipy.stats import t
+
+            half = float(t.ppf(0.975, n - 1)) * summary["sd"] / math.sqrt(n)
+            low, high = bounds or (-math.inf, math.inf)
+            summary["ci"] = [max(low, summary["mean"] - half), min(high, summary["mean"] + half)]
+    return summary
 
 
 def ood_metrics(

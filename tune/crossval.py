@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -298,7 +297,7 @@ def cv_summary(folds: FoldPlan, oof: np.ndarray, members: list, records: list[di
     calibration) and, over folds, the mean, sd and a 95% t interval. The folds' models
     share most of their training rows, so the interval is narrower than a test on new
     patients would be (Bengio & Grandvalet 2004): read it as the spread over folds."""
-    from medray.train.evaluate import apply_temperature, evaluate_split
+    from medray.train.evaluate import apply_temperature, evaluate_split, mean_sd
 
     per_fold = []
     for fold, (member, record) in enumerate(zip(members, records)):
@@ -313,26 +312,9 @@ def cv_summary(folds: FoldPlan, oof: np.ndarray, members: list, records: list[di
             "epochs_run": record["epochs_run"], "best_epoch": member.progress.get("epoch"),
         })
     return {"folds": len(members), "rows": int(len(folds.targets)), "per_fold": per_fold,
-            **{name: spread([f[name] for f in per_fold], None if name == "log_loss" else (0.0, 1.0))
+            **{name: mean_sd([f[name] for f in per_fold], interval=True,
+                             bounds=None if name == "log_loss" else (0.0, 1.0))
                for name in CV_METRICS}}
-
-
-def spread(values: list[float | None], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
-    """Mean, sample sd and 95% t interval of the defined values; the interval clipped to
-    `bounds`, the range the metric can take (AUROC 1.0 in four folds of five otherwise
-    reads as an interval past 1)."""
-    from scipy.stats import t
-
-    defined = [float(v) for v in values if v is not None and v == v]
-    if not defined:
-        return {"mean": None, "sd": None, "ci": [None, None], "n": 0}
-    mean = float(np.mean(defined))
-    if len(defined) < 2:
-        return {"mean": mean, "sd": None, "ci": [None, None], "n": len(defined)}
-    sd = float(np.std(defined, ddof=1))
-    half = float(t.ppf(0.975, len(defined) - 1)) * sd / math.sqrt(len(defined))
-    low, high = bounds or (-math.inf, math.inf)
-    return {"mean": mean, "sd": sd, "ci": [max(low, mean - half), min(high, mean + half)], "n": len(defined)}
 
 
 def store_ensemble(storage: Storage, run: str, members: list, folds: FoldPlan, oof: np.ndarray,

@@ -1,16 +1,15 @@
 """Cross-validation's pure parts: the folds, the ensemble module, its checkpoint and
-explanations, and the fold statistics."""
+explanations (the fold statistics are `mean_sd`, tests/train/test_evaluate.py)."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from medray.cluster.errors import ConfigError, MedrayError
 from medray.train.checkpoint import MODEL, load_bundle, load_out_of_fold, save_checkpoint, save_out_of_fold
-from medray.tune.crossval import fold_assignment, spread
+from medray.tune.crossval import fold_assignment
 from medray.train.data.preprocess import LabelMap, Preprocessor
 from medray.train.job import calibration_outputs
 from medray.train.modalities.image import grad_cam
@@ -113,18 +112,6 @@ def test_an_ensembles_grad_cam_averages_its_members_maps_for_its_own_class():
     expected = mean / mean.reshape(3, -1).max(axis=1)[:, None, None]
     assert maps.shape == (3, 28, 28)
     np.testing.assert_allclose(maps, expected, atol=1e-6)
-
-
-def test_spread_is_the_mean_sample_sd_and_t_interval():
-    values = [0.91, 0.88, 0.95, 0.90, 0.86]
-    result = spread([*values, None])
-    sd = np.std(values, ddof=1)
-    half = stats.t.ppf(0.975, 4) * sd / np.sqrt(5)
-    assert result["n"] == 5 and result["mean"] == pytest.approx(np.mean(values))
-    assert result["sd"] == pytest.approx(sd)
-    assert result["ci"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
-    assert spread([0.5])["sd"] is None and spread([None])["mean"] is None
-    assert spread([1.0, 1.0, 0.8], bounds=(0.0, 1.0))["ci"][1] == 1.0
 
 
 def test_out_of_fold_logits_must_cover_train_and_val():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
@@ -30,6 +31,7 @@ from medray.train.evaluate import (
     evaluate_split,
     expected_calibration_error,
     fit_temperature,
+    mean_sd,
     net_benefit,
     write_report,
 )
@@ -467,3 +469,18 @@ def test_write_report_writes_valid_pngs_and_json(tmp_path):
         "confusion_matrix.png", "decision_curve.png", "learning_curves.png", "metrics.json", "reliability.png",
         "roc.png",
     ]
+
+
+def test_mean_sd_is_the_mean_sample_sd_and_t_interval_of_the_defined_values():
+    values = [0.91, 0.88, 0.95, 0.90, 0.86]
+    summary = mean_sd([*values, None, float("nan")], interval=True)  # runs without the figure are left out
+    sd = np.std(values, ddof=1)
+    half = stats.t.ppf(0.975, 4) * sd / np.sqrt(5)
+    assert summary["n"] == 5 and summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["sd"] == pytest.approx(sd) == pytest.approx(0.033912, abs=1e-6)
+    assert summary["ci"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
+    assert summary["values"][:5] == values and summary["values"][5] is None
+    assert "ci" not in mean_sd(values)
+    assert mean_sd([1.0, 1.0, 0.8], interval=True, bounds=(0.0, 1.0))["ci"][1] == 1.0
+    assert mean_sd([0.8], interval=True) == {"mean": 0.8, "sd": None, "n": 1, "values": [0.8], "ci": [None, None]}
+    assert mean_sd([None, None]) == {"mean": None, "sd": None, "n": 0, "values": [None, None]}
