@@ -188,30 +188,22 @@ def _train_folds(config: MedrayConfig, storage: Storage, run: str, folds: FoldPl
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from medray.tune.run import TrialLines, concurrency
-    from medray.tune.trial import trains_directly, trial_resources
+    from medray.tune.run import TrialLines, concurrency, run_config, trial_trainable
+    from medray.tune.trial import trains_directly
 
     direct = trains_directly(config)
-    base = config.model_dump(mode="json")
-    trainable = tune.with_resources(
-        tune.with_parameters(run_fold, base=base, root=storage.root, run=run, folds=folds, direct=direct),
-        trial_resources(config, direct))
-    filesystem, _ = storage.arrow_filesystem()
     metric, mode, k = config.train.metric, config.train.metric_mode, config.train.folds
     results = tune.Tuner(
-        trainable,
+        trial_trainable(run_fold, config, direct, base=config.model_dump(mode="json"), root=storage.root,
+                        run=run, folds=folds),
         param_space={"fold": tune.grid_search(list(range(k)))},
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode,
             # A BasicVariantGenerator holds the concurrency itself (`tune.run._searcher`).
             search_alg=BasicVariantGenerator(max_concurrent=concurrency(config)),
             trial_name_creator=_fold_name, trial_dirname_creator=_fold_name, reuse_actors=direct),
-        run_config=tune.RunConfig(
-            name=run, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
-                                                    checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-            failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
-            callbacks=[TrialLines(metric, mode, config.optim.epochs, k, what="fold", name=_fold_name)]),
+        run_config=run_config(config, storage, run, direct,
+                              [TrialLines(metric, mode, config.optim.epochs, k, what="fold", name=_fold_name)]),
     ).fit()
     failed = [r for r in results if r.error]
     if failed:

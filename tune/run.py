@@ -227,21 +227,46 @@ def _searcher(config: MedrayConfig, start: dict[str, Any] | None, grid: bool):
                                  points_to_evaluate=[start] if start else None, max_concurrent=limit)
 
 
+def trial_trainable(function: Callable[..., None], config: MedrayConfig, direct: bool, **shared: Any):
+    """`function(params, **shared, direct=direct)` as Tune runs each trial, holding
+    `trial_resources`; with_parameters puts `shared` in the object store once for all trials."""
+    from ray import tune
+
+    from medray.tune.trial import trial_resources
+
+    return tune.with_resources(tune.with_parameters(function, **shared, direct=direct),
+                               trial_resources(config, direct))
+
+
+def run_config(config: MedrayConfig, storage: Storage, name: str, direct: bool, callbacks: list[Callback]):
+    """Tune's run under `runs/{name}/`, a search's or a cross-validation's. The checkpoint
+    and retry settings are what a TorchTrainer's own say (`build_trainer`), for the trials
+    that train in their function; a TorchTrainer retries its workers itself, so Tune does
+    not retry its trial."""
+    from ray import tune
+
+    filesystem, _ = storage.arrow_filesystem()
+    return tune.RunConfig(
+        name=name, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=config.train.metric,
+            checkpoint_score_order=config.train.metric_mode),
+        failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
+        callbacks=callbacks)
+
+
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
            space: dict[str, dict[str, Any]], data: DataPlan, restore: bool, direct: bool, clock: TrialClock,
            trial_runs: TrialRuns | None):
     from ray import tune
 
-    from medray.tune.trial import run_trial, search_data, trial_resources
+    from medray.tune.trial import run_trial, search_data
 
     metric, mode = config.train.metric, config.train.metric_mode
-    # with_parameters puts the shared data in the object store once for all trials.
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, root=storage.root, search=search,
-                             shared=search_data(data, storage, direct), direct=direct),
-        trial_resources(config, direct))
-    filesystem, _ = storage.arrow_filesystem()
+    trainable = trial_trainable(run_trial, config, direct, base=base, root=storage.root, search=search,
+                                shared=search_data(data, storage, direct))
     if restore:  # with the callbacks the search started with (Tune pickled them)
+        filesystem, _ = storage.arrow_filesystem()
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=filesystem)
     grid = any("grid" in spec for spec in space.values())  # a grid enumerates its own points
@@ -260,16 +285,9 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
             # A one-worker trial's process (torch imported, CPU held) runs the next trial.
             reuse_actors=direct,
         ),
-        run_config=tune.RunConfig(
-            name=search, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
-            # What a TorchTrainer's own configs say for its trials (`build_trainer`), for
-            # the trials that train in their function.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode),
-            failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
-            callbacks=[clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples),
-                       *([trial_runs] if trial_runs else [])]),
+        run_config=run_config(config, storage, search, direct,
+                              [clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples),
+                               *([trial_runs] if trial_runs else [])]),
     )
 
 
