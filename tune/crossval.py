@@ -94,6 +94,13 @@ class FoldPlan:
     def rows(self, fold: int, held_out: bool) -> np.ndarray:
         return np.flatnonzero((self.fold == fold) == held_out)
 
+    def datasets(self, fold: int) -> dict[str, Any]:
+        """The fold's train and val (held-out) rows as stored, as Ray Datasets."""
+        import ray.data
+
+        return {"train": ray.data.from_arrow(self.table.take(self.rows(fold, held_out=False))),
+                "val": ray.data.from_arrow(self.table.take(self.rows(fold, held_out=True)))}
+
 
 def _groups(manifest: dict[str, Any], features: Any) -> np.ndarray | None:
     """What must stay in one fold (`Modality.fold_groups`). A dataset split by patient at
@@ -137,9 +144,8 @@ def run_fold(params: dict[str, Any], *, base: dict[str, Any], root: str, run: st
              direct: bool) -> None:
     """One fold's model, trained on the other folds and chosen on this one. `folds` comes
     through the object store (`tune.with_parameters`), put there once for every fold."""
-    from medray.train.loop import VAL_BATCH_SIZE, ArrayFeed, fit
     from medray.tune.spaces import apply_params
-    from medray.tune.trial import TrialRunner
+    from medray.tune.trial import array_feeds, train_trial
 
     launched_at = time.time()
     config, fold = apply_params(base, {}), int(params["fold"])
@@ -150,25 +156,11 @@ def run_fold(params: dict[str, Any], *, base: dict[str, Any], root: str, run: st
     worker_plan = dataclasses.replace(plan.worker_plan(progress=False, launched_at=launched_at),
                                       train_rows=len(train), val_rows=len(held),
                                       train_class_counts=tuple(int(c) for c in counts))
-    if direct:
-        seed = worker_plan.seed_of(0)
-        fit(worker_plan, TrialRunner(config.scaling.use_gpu), lambda: (
-            ArrayFeed.from_arrays(folds.inputs[train], folds.targets[train], worker_plan.optim.batch_size,
-                                  shuffle=True, seed=seed),
-            ArrayFeed.from_arrays(folds.inputs[held], folds.targets[held], VAL_BATCH_SIZE, shuffle=False,
-                                  seed=seed)))
-        return
-    import ray.data
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from medray.train.loop import build_trainer
-
-    filesystem, _ = storage.arrow_filesystem()
-    datasets = {"train": ray.data.from_arrow(folds.table.take(train)),
-                "val": ray.data.from_arrow(folds.table.take(held))}
-    trainer = build_trainer(worker_plan, datasets, f"{FOLD_PREFIX}{fold}", storage.arrow_path(_trainers(run)),
-                            filesystem, config.scaling, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    train_trial(worker_plan, storage, config.scaling, direct,
+                feeds=lambda: array_feeds(worker_plan, (folds.inputs[train], folds.targets[train]),
+                                          (folds.inputs[held], folds.targets[held])),
+                datasets=lambda: folds.datasets(fold),
+                trainer_folder=fold_folder(run, fold, direct=False))
 
 
 def _trainers(run: str) -> str:

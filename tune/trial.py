@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from medray.cluster.config import MedrayConfig
@@ -28,7 +29,8 @@ from medray.cluster.storage import Storage
 if TYPE_CHECKING:
     import numpy as np
 
-    from medray.train.job import DataPlan
+    from medray.cluster.config import ScalingSection
+    from medray.train.job import DataPlan, WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,6 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search
     import ray.tune
 
     from medray.train.job import plan_training, training_datasets
-    from medray.train.loop import fit
     from medray.tune.spaces import apply_params
 
     launched_at = time.time()
@@ -133,30 +134,52 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], root: str, search
     storage = Storage(root, config.storage)  # the search's encryption and retry settings, here too
     plan = plan_training(config, storage, data=shared.data)
     worker_plan = plan.worker_plan(progress=False, launched_at=launched_at)
+    train_trial(worker_plan, storage, config.scaling, direct,
+                feeds=lambda: _feeds(worker_plan, storage, plan, shared),
+                datasets=lambda: training_datasets(storage, plan),
+                trainer_folder=trial_key(search, ray.tune.get_context().get_trial_id(), direct=False))
+
+
+def train_trial(worker_plan: WorkerPlan, storage: Storage, scaling: ScalingSection, direct: bool,
+                feeds: Callable[[], tuple[Any, Any]], datasets: Callable[[], dict[str, Any]],
+                trainer_folder: str) -> None:
+    """A trial's training (a search's or a cross-validation fold's): here, one worker on
+    `feeds()`, its (train, val) feeds; or by a TorchTrainer on `datasets()`, Ray Datasets
+    by split, whose checkpoints go in `trainer_folder`. Either way every epoch reaches Tune."""
+    from medray.train.loop import fit
+
     if direct:
-        fit(worker_plan, TrialRunner(config.scaling.use_gpu), lambda: _feeds(worker_plan, storage, plan, shared))
+        fit(worker_plan, TrialRunner(scaling.use_gpu), feeds)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from medray.train.loop import build_trainer
 
     filesystem, _ = storage.arrow_filesystem()
-    runs, name = trial_key(search, ray.tune.get_context().get_trial_id(), direct=False).rsplit("/", 1)
-    trainer = build_trainer(worker_plan, training_datasets(storage, plan), name, storage.arrow_path(runs), filesystem,
-                            config.scaling, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    runs, name = trainer_folder.rsplit("/", 1)
+    build_trainer(worker_plan, datasets(), name, storage.arrow_path(runs), filesystem, scaling,
+                  callbacks=[TuneReportCallback()]).fit()
 
 
-def _feeds(worker_plan, storage: Storage, plan, shared: SearchData):
+def array_feeds(worker_plan: WorkerPlan, train: tuple[np.ndarray, np.ndarray],
+                val: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
+    """(train, val) feeds over (inputs, class indices) in memory, with rank 0's seed: the
+    same draws as a one-worker TorchTrainer."""
+    from medray.train.loop import VAL_BATCH_SIZE, ArrayFeed
+
+    seed = worker_plan.seed_of(0)
+    return (ArrayFeed.from_arrays(*train, worker_plan.optim.batch_size, shuffle=True, seed=seed),
+            ArrayFeed.from_arrays(*val, VAL_BATCH_SIZE, shuffle=False, seed=seed))
+
+
+def _feeds(worker_plan: WorkerPlan, storage: Storage, plan, shared: SearchData):
     """A one-worker trial's (train, val) feeds: the search's shared arrays, or its own
-    Ray Data stream when they were too large to share. Rank 0's seed: the same draws as
-    a one-worker TorchTrainer."""
+    Ray Data stream when they were too large to share."""
     from medray.train.job import training_datasets
-    from medray.train.loop import VAL_BATCH_SIZE, ArrayFeed, shard_feeds
+    from medray.train.loop import shard_feeds
 
     if shared.splits is None:
         datasets = training_datasets(storage, plan)
         return shard_feeds(worker_plan, datasets["train"], datasets["val"])
-    splits, seed = shared.shared_splits(), worker_plan.seed_of(0)
-    return (ArrayFeed.from_arrays(*splits["train"], worker_plan.optim.batch_size, shuffle=True, seed=seed),
-            ArrayFeed.from_arrays(*splits["val"], VAL_BATCH_SIZE, shuffle=False, seed=seed))
+    splits = shared.shared_splits()
+    return array_feeds(worker_plan, splits["train"], splits["val"])
