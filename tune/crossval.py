@@ -218,6 +218,7 @@ def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: st
     from medray.train import tracking
 
     folds = plan_folds(config, storage)
+    plan_training(config, storage, data=folds.data)  # a model config error ends here, before any fold trains
     run = run_name(config, config_name or config.model.family)
     ensure_ray(config.ray)
     check_placement(config.scaling)

@@ -49,6 +49,22 @@ def test_bad_configs_fail_before_training(wdbc, overrides, error, message):
         plan_training(small_wdbc_config(*overrides), wdbc)
 
 
+def test_an_option_set_to_nothing_is_unset_so_another_preset_can_be_chosen(wdbc):
+    # wdbc_attention.yaml sets model.options.dims, which the FT-Transformer does not take.
+    with pytest.raises(ConfigError, match="unknown override 'dims'"):
+        plan_training(small_wdbc_config("model.preset=ft_transformer"), wdbc)
+    plan = plan_training(small_wdbc_config("model.preset=ft_transformer", "model.options.dims="), wdbc)
+    assert plan.model_config["preset"] == "ft_transformer" and plan.model_config["d_token"] == 64
+
+
+def test_a_cross_validation_with_a_bad_model_option_fails_before_any_fold_trains(wdbc):
+    from medray.tune.crossval import run_cross_validation
+
+    # Raised in the driver, before Ray starts: the folds would each fail with it otherwise.
+    with pytest.raises(ConfigError, match="unknown override 'depth'"):
+        run_cross_validation(small_wdbc_config("train.folds=2", "model.options.depth=3"), wdbc)
+
+
 def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_path):
     """Each YAML in train/configs validates and plans against its real dataset."""
     from medray.train.data.medmnist import write_resized_medmnist

@@ -319,7 +319,8 @@ def model_config_for(
             f"not {input_spec.modality!r}; for {input_spec.modality} use: "
             f"{_presets_taking(input_spec.modality)}"
         )
-    overrides = dict(overrides or {})
+    # An option set to None (`model.options.dims=` on the command line) is unset: the preset decides.
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     allowed = spec.presets[preset]
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
