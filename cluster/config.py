@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from medray.cluster.errors import ConfigError
+
+SECRET_ERROR = "secret_in_config"
+"""The validation error of a value that holds a secret: its message never repeats the value."""
 
 
 class Section(BaseModel):
@@ -329,6 +334,11 @@ class TrackingSection(Section):
         schemes = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
         if value is not None and value.split("://", 1)[0].split("+", 1)[0] not in schemes:
             raise ValueError("not a tracking URI MLflow takes; use " + ", ".join(f"{s}://" for s in schemes))
+        if value is not None and urlsplit(value).password is not None:
+            # The config is recorded with every run (result, MLflow params): a password in it would be too.
+            raise PydanticCustomError(SECRET_ERROR, "the URI holds a password, which would be stored with every "
+                                      "run's config; give it through MLFLOW_TRACKING_USERNAME and "
+                                      "MLFLOW_TRACKING_PASSWORD, or the database's own variables (PGPASSWORD, ...)")
         return value
 
 
@@ -411,6 +421,8 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel]) ->
         elif item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(model, item["loc"]))
             lines.append(f"unknown config key '{key}'; allowed here: {allowed}")
+        elif item["type"] == SECRET_ERROR:  # the value is not repeated: it holds a secret
+            lines.append(f"config key '{key}' is not allowed: {item['msg']}")
         else:
             message = item["msg"].removeprefix("Value error, ")
             lines.append(f"config key '{key}': value {item.get('input')!r} is not allowed: {message}")

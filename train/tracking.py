@@ -99,7 +99,10 @@ def client(uri: str):
 def shown(uri: str) -> str:
     """`uri` without a user name or password, to print."""
     parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=parts.hostname or "")) if parts.username or parts.password else uri
+    if not (parts.username or parts.password):
+        return uri
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def default_experiment(config: MedrayConfig) -> str:

@@ -21,6 +21,15 @@ def test_tracking_is_off_by_default_and_takes_only_tracking_uris():
         load_config(None, ["tracking.mlflow_uri=s3://bucket/mlruns"])
 
 
+@pytest.mark.parametrize("uri", ["https://alice:s3cret-pw@mlflow.example.org", "postgresql://bob:s3cret-pw@db/mlflow"])
+def test_a_password_in_the_tracking_uri_is_refused_without_repeating_it(uri):
+    with pytest.raises(ConfigError, match="tracking.mlflow_uri.*holds a password.*MLFLOW_TRACKING_PASSWORD") as error:
+        load_config(None, [f"tracking.mlflow_uri={uri}"])
+    assert "s3cret-pw" not in str(error.value)
+    # A user name alone is no secret (MLflow's variables or a token supply the password).
+    assert load_config(None, ["tracking.mlflow_uri=https://alice@mlflow.example.org"]).tracking.mlflow_uri
+
+
 def test_params_are_the_training_settings_flattened():
     config = load_config(PROJECT / "train/configs/wdbc_attention.yaml",
                          ["model.options={dropout: 0.2}", "data.class_groups={benign: ['0'], 'not benign!': ['1']}"])
@@ -43,7 +52,8 @@ def test_final_metrics_are_every_number_by_its_path():
 
 
 def test_a_printed_uri_has_no_password():
-    assert shown("https://alice:secret@mlflow.example.org:8443/x") == "https://mlflow.example.org/x"
+    assert shown("https://alice:secret@mlflow.example.org:8443/x") == "https://mlflow.example.org:8443/x"
+    assert shown("https://alice@mlflow.example.org/x") == "https://mlflow.example.org/x"
     assert shown("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
