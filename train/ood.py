@@ -49,19 +49,31 @@ class OODDetector:
     """mahalanobis: per-class means of the training features (K, D)."""
     precision: np.ndarray | None = field(default=None, repr=False)
     """mahalanobis: inverse of the shrunk shared covariance (D, D)."""
+    columns: tuple[int, int] | None = None
+    """mahalanobis: the [start, stop) columns of the embeddings it reads; None: all. A
+    cross-validated ensemble's detector reads its first member's features."""
+    threshold_set: str = "val"
+    """The cases the threshold was chosen on: "val", or "fold_0" (the rows an ensemble's
+    first member held out: in no part of its training)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"OOD method must be one of: {', '.join(METHODS)}; got {self.method!r}")
         if self.method == "mahalanobis" and (self.means is None or self.precision is None):
             raise ValueError("a mahalanobis detector needs its class means and precision matrix")
+        if self.columns is not None and (self.method != "mahalanobis" or not 0 <= self.columns[0] < self.columns[1]
+                                         or self.columns[1] - self.columns[0] != self.means.shape[1]):
+            raise ValueError(f"OOD columns {list(self.columns)} do not match a mahalanobis detector of "
+                             f"{self.dim} features")
 
     def score(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """One score per row (N,); higher = less like the training data."""
         if self.method == "energy":
             return energy_score(logits)
-        return mahalanobis_score(np.asarray(embeddings, dtype=np.float64), self.means, self.precision,
-                                 self._mean_terms)
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        if self.columns is not None:
+            embeddings = embeddings[:, self.columns[0]:self.columns[1]]
+        return mahalanobis_score(embeddings, self.means, self.precision, self._mean_terms)
 
     @cached_property
     def _mean_terms(self) -> np.ndarray | None:
@@ -81,7 +93,10 @@ class OODDetector:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "threshold": float(self.threshold),
                                "false_alarm_target": float(self.false_alarm_target),
-                               "val_false_alarm": float(self.val_false_alarm), "n_val": int(self.n_val)}
+                               "val_false_alarm": float(self.val_false_alarm), "n_val": int(self.n_val),
+                               "threshold_set": self.threshold_set}
+        if self.columns is not None:
+            out["columns"] = list(self.columns)
         if self.method == "mahalanobis":
             # float32 precision is plenty for a distance compared with a threshold, and
             # halves what a 512-wide precision matrix costs in calibration.json.
@@ -95,14 +110,17 @@ class OODDetector:
         return cls(method=d["method"], threshold=float(d["threshold"]),
                    false_alarm_target=float(d["false_alarm_target"]),
                    val_false_alarm=float(d.get("val_false_alarm", math.nan)), n_val=int(d.get("n_val", 0)),
-                   **arrays)
+                   columns=tuple(int(c) for c in d["columns"]) if d.get("columns") else None,
+                   threshold_set=str(d.get("threshold_set", "val")), **arrays)
 
     def summary(self) -> dict[str, Any]:
         """What the report, model card and registry metadata show (no fitted arrays)."""
         return {"method": self.method, "threshold": float(self.threshold),
                 "false_alarm_target": float(self.false_alarm_target),
                 "val_false_alarm": float(self.val_false_alarm), "n_val": int(self.n_val),
-                **({"features": self.dim} if self.dim is not None else {})}
+                "threshold_set": self.threshold_set,
+                **({"features": self.dim} if self.dim is not None else {}),
+                **({"columns": list(self.columns)} if self.columns is not None else {})}
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
@@ -157,16 +175,21 @@ def threshold_for(val_scores: np.ndarray, false_alarm: float) -> float:
 
 
 def fit_detector(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
-                 val_logits: np.ndarray, false_alarm: float = 0.05, method: str = "mahalanobis") -> OODDetector:
+                 val_logits: np.ndarray, false_alarm: float = 0.05, method: str = "mahalanobis",
+                 columns: tuple[int, int] | None = None, threshold_set: str = "val") -> OODDetector:
     """A detector fitted on the train split and thresholded on the val split to flag at
-    most `false_alarm` of in-distribution cases."""
+    most `false_alarm` of in-distribution cases; with `columns`, on those embedding
+    columns alone (mahalanobis)."""
     if not 0 < false_alarm < 1:
         raise ValueError(f"false_alarm must lie in (0, 1), got {false_alarm}")
     if method not in METHODS:
         raise ValueError(f"OOD method must be one of: {', '.join(METHODS)}; got {method!r}")
-    fitted: dict[str, np.ndarray] = {}
+    fitted: dict[str, Any] = {}
     if method == "mahalanobis":
         x = np.asarray(train_embeddings, dtype=np.float64)
+        if columns is not None:
+            x = x[:, columns[0]:columns[1]]
+            fitted["columns"] = tuple(columns)
         y = np.asarray(train_labels)
         classes = np.unique(y)
         means = np.stack([x[y == k].mean(axis=0) for k in classes])
@@ -175,12 +198,13 @@ def fit_detector(train_embeddings: np.ndarray, train_labels: np.ndarray, val_emb
         # The shrinkage keeps the smallest eigenvalue at about its weight times the mean
         # variance; the jitter covers features that are exactly constant (dead ReLUs).
         covariance += 1e-6 * max(np.trace(covariance) / len(covariance), 1e-12) * np.eye(len(covariance))
-        fitted = {"means": means, "precision": np.linalg.inv(covariance)}
+        fitted.update(means=means, precision=np.linalg.inv(covariance))
     probe = OODDetector(method, math.inf, false_alarm, math.nan, 0, **fitted)
     val_scores = probe.score(val_embeddings, val_logits)
     threshold = threshold_for(val_scores, false_alarm)
     flagged = float(np.mean(~(val_scores <= threshold)))
-    return OODDetector(method, threshold, false_alarm, flagged, int(len(val_scores)), **fitted)
+    return OODDetector(method, threshold, false_alarm, flagged, int(len(val_scores)), threshold_set=threshold_set,
+                       **fitted)
 
 
 __all__ = ["METHODS", "OODDetector", "energy_score", "fit_detector", "mahalanobis_score", "threshold_for"]

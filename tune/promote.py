@@ -189,13 +189,22 @@ def _net_benefit_section(rows: list[dict[str, float]] | None) -> list[str]:
             *(f"| {r['threshold']:.2f} | {r['model']:.3f} | {r['treat_all']:.3f} | 0 |" for r in rows), ""]
 
 
+OOD_FITTED_ON = {
+    "val": ("fitted on train", "val"),
+    "fold_0": ("the ensemble's first member's features, fitted on the rows it trained on",
+               "the fold it held out"),
+}
+"""How the model card names where a detector was fitted and thresholded (`OODDetector.threshold_set`)."""
+
+
 def _ood_section(ood: dict[str, Any] | None, figures: Any) -> list[str]:
     if ood is None:
         return ["## Out-of-distribution detection", "- none: inputs unlike the training data are not flagged", ""]
     lines = [
         "## Out-of-distribution detection",
-        f"- score: {ood['method']} (fitted on train), threshold {_fmt(ood['threshold'])} chosen on val to flag "
-        f"{ood['false_alarm_target']:.0%} of in-distribution cases (flagged on val: {ood['val_false_alarm']:.1%} "
+        f"- score: {ood['method']} ({OOD_FITTED_ON[ood.get('threshold_set', 'val')][0]}), threshold "
+        f"{_fmt(ood['threshold'])} chosen on {OOD_FITTED_ON[ood.get('threshold_set', 'val')][1]} to flag "
+        f"{ood['false_alarm_target']:.0%} of in-distribution cases (flagged there: {ood['val_false_alarm']:.1%} "
         f"of {ood['n_val']})",
         "- an input scoring above the threshold is answered `out_of_distribution: true` and referred to a "
         "clinician, whatever its prediction set",

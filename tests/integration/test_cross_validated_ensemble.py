@@ -72,6 +72,9 @@ def test_the_ensemble_is_promoted_as_one_version_and_answers_as_one_model(cross_
     model = api.load_model("wdbc@1", storage=storage)
     members = model.bundle.model.members
     assert len(members) == FOLDS
+    # Its OOD threshold is set on the rows its first member held out, in that member's features.
+    assert model.ood.threshold_set == "fold_0" and model.ood.n_val == summary["cv"]["per_fold"][0]["n"]
+    assert model.ood.columns == (0, model.ood.dim)
     features, _ = read_split_arrays(storage, "wdbc", "test")
     inputs = model.decode(features.head(4).to_dict(orient="records"))
     answers = model.predict(inputs)

@@ -84,3 +84,21 @@ def test_bad_settings_are_refused():
         fit_detector(None, None, None, np.zeros((3, 2)), method="knn")
     with pytest.raises(ValueError, match="class means"):
         OODDetector("mahalanobis", 1.0, 0.05, 0.05, 10)
+
+
+def test_a_detector_on_some_columns_scores_as_one_fitted_on_those_columns_alone():
+    # An ensemble's detector reads its first member's block of the concatenated features.
+    rng = np.random.default_rng(3)
+    train_x, train_y = gaussian_classes(rng, 200)
+    val_x, _ = gaussian_classes(rng, 100)
+    noise = lambda x: np.hstack([x, rng.standard_normal((len(x), 5)) * 100])  # a second member's block
+    alone = fit_detector(train_x, train_y, val_x, None)
+    block = fit_detector(noise(train_x), train_y, noise(val_x), None, columns=(0, DIM), threshold_set="fold_0")
+    assert block.threshold == pytest.approx(alone.threshold) and block.dim == DIM
+    probe = rng.standard_normal((10, DIM))
+    np.testing.assert_allclose(block.score(noise(probe), None), alone.score(probe, None))
+    again = OODDetector.from_dict(json.loads(json.dumps(block.to_dict())))
+    assert again.columns == (0, DIM) and again.threshold_set == "fold_0"
+    assert again.summary() == block.summary() and block.summary()["columns"] == [0, DIM]
+    with pytest.raises(ValueError, match="do not match"):
+        OODDetector("mahalanobis", 1.0, 0.05, 0.05, 10, means=block.means, precision=block.precision, columns=(0, 3))
