@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import tempfile
@@ -57,11 +58,12 @@ FT-Transformer preset."""
 
 
 def parse_candidate(text: str) -> tuple[str, list[str]]:
-    """NAME=key=value,key=value → (NAME, [key=value, ...]); NAME= alone is the shipped config."""
+    """NAME=key=value,key=value → (NAME, [key=value, ...]); NAME= alone is the shipped config.
+    A comma starts a new override only before `key=`, so a list value (`dims=[64,32]`) stays whole."""
     name, _, overrides = text.partition("=")
     if not name:
         raise argparse.ArgumentTypeError(f"a candidate is NAME=key=value,...; got {text!r}")
-    return name, [o for o in overrides.split(",") if o]
+    return name, [o for o in re.split(r",(?=[\w.]+=)", overrides) if o]
 
 
 def ranking(results: dict[str, dict[str, Any]]) -> list[str]:

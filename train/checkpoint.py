@@ -149,7 +149,10 @@ def load_out_of_fold(directory: str | Path) -> tuple[np.ndarray, np.ndarray] | N
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as stored:
-        return stored["logits"], stored["fold"]
+        logits, fold = stored["logits"], stored["fold"]
+    if len(logits) != len(fold):
+        raise ValueError(f"{OUT_OF_FOLD} holds {len(logits)} rows of logits but {len(fold)} folds")
+    return logits, fold
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -279,9 +279,12 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
         features[split], labels[split] = read_split_arrays(storage, manifest, split)
         embeddings[split], logits = bundle.predict_embeddings(features[split])
         outputs[split] = (bundle.labels.apply(labels[split]), logits)
-    ood_detector = ood_detector_for(config, bundle, embeddings, outputs, out_of_fold)
+    calibration = outputs["val"]
     if out_of_fold is not None:  # a cross-validated ensemble is calibrated on its held-out predictions
-        outputs["val"] = calibration_outputs(outputs, out_of_fold[0])
+        calibration = calibration_outputs(outputs, out_of_fold[0])
+    ood_detector = ood_detector_for(config, bundle, embeddings, outputs,
+                                    None if out_of_fold is None else out_of_fold[1])
+    outputs["val"] = calibration
     metrics = evaluate_model_outputs(
         outputs["val"], outputs["test"], bundle.classes, threshold_method=config.eval.threshold_method,
         target_sensitivity=config.eval.target_sensitivity, n_boot=config.eval.bootstrap, seed=config.train.seed,
@@ -320,7 +323,7 @@ def evaluate_stored_checkpoint(storage: Storage, checkpoint_key: str, out_dir: P
 
 
 def ood_detector_for(config: MedrayConfig, bundle: Any, embeddings: dict[str, np.ndarray],
-                     outputs: dict[str, tuple[np.ndarray, np.ndarray]], out_of_fold: tuple | None):
+                     outputs: dict[str, tuple[np.ndarray, np.ndarray]], folds: np.ndarray | None):
     """The checkpoint's out-of-distribution detector: fitted on train, thresholded on val.
 
     A cross-validated ensemble's val rows were in the training of all but one member, so
@@ -330,24 +333,22 @@ def ood_detector_for(config: MedrayConfig, bundle: Any, embeddings: dict[str, np
     rows that member trained on and thresholded on the fold it held out, which no part of
     the detector saw: the split-conformal guarantee holds again, on more cases than val.
     The energy score reads the ensemble's logits, which have no such held-out rows: it is
-    thresholded on val, as for one model."""
+    thresholded on val, as for one model. `folds`: an ensemble's fold of each train then
+    val row (`out_of_fold.npz`, its row count checked by `calibration_outputs`)."""
     from medray.train.models.ensemble import members_of
     from medray.train.ood import fit_detector
 
     settings = {"false_alarm": config.eval.ood_false_alarm, "method": config.eval.ood_method}
     members = members_of(bundle.model)
-    if out_of_fold is None or members is None or config.eval.ood_method != "mahalanobis":
+    if folds is None or members is None or config.eval.ood_method != "mahalanobis":
         return fit_detector(embeddings["train"], outputs["train"][0], embeddings["val"], outputs["val"][1],
                             **settings)
     pooled = np.concatenate([embeddings["train"], embeddings["val"]])
     labels = np.concatenate([outputs["train"][0], outputs["val"][0]])
-    logits = np.concatenate([outputs["train"][1], outputs["val"][1]])
-    if len(out_of_fold[1]) != len(labels):
-        raise MedrayError(f"the ensemble's fold of each row covers {len(out_of_fold[1])} rows, but train + val "
-                          f"have {len(labels)}: it was not trained on this dataset version")
-    held = out_of_fold[1] == 0
+    held = folds == 0
     width = pooled.shape[1] // len(members)
-    return fit_detector(pooled[~held], labels[~held], pooled[held], logits[held], columns=(0, width),
+    # The Mahalanobis score reads no logits.
+    return fit_detector(pooled[~held], labels[~held], pooled[held], None, columns=(0, width),
                         threshold_set="fold_0", **settings)
 
 

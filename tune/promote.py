@@ -200,10 +200,10 @@ OOD_FITTED_ON = {
 def _ood_section(ood: dict[str, Any] | None, figures: Any) -> list[str]:
     if ood is None:
         return ["## Out-of-distribution detection", "- none: inputs unlike the training data are not flagged", ""]
+    fitted_on, threshold_on = OOD_FITTED_ON[ood.get("threshold_set", "val")]
     lines = [
         "## Out-of-distribution detection",
-        f"- score: {ood['method']} ({OOD_FITTED_ON[ood.get('threshold_set', 'val')][0]}), threshold "
-        f"{_fmt(ood['threshold'])} chosen on {OOD_FITTED_ON[ood.get('threshold_set', 'val')][1]} to flag "
+        f"- score: {ood['method']} ({fitted_on}), threshold {_fmt(ood['threshold'])} chosen on {threshold_on} to flag "
         f"{ood['false_alarm_target']:.0%} of in-distribution cases (flagged there: {ood['val_false_alarm']:.1%} "
         f"of {ood['n_val']})",
         "- an input scoring above the threshold is answered `out_of_distribution: true` and referred to a "
