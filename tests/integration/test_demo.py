@@ -113,14 +113,14 @@ def test_quick_demo_without_sources_or_network(quick_demo):
 def test_the_report_renders_in_a_browser_with_every_plot(quick_demo):
     """The report as a browser shows it (headless Chromium): every plot loads, and the
     results and the trials are tables."""
-    from support.browser import screenshot, start_chromium
+    from support.browser import images_once_loaded, screenshot, start_chromium
 
     out, _, report_dir = quick_demo
     page = (report_dir / "report.html").read_text()
     browser = start_chromium()
     try:
         browser.get((report_dir / "report.html").as_uri())
-        loaded = browser.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        loaded = images_once_loaded(browser)
         assert len(loaded) == page.count("<img ") >= 5 * 3 and all(loaded)
         assert browser.execute_script("return document.querySelectorAll('#results tbody tr').length") == len(
             out["results"])

@@ -60,3 +60,13 @@ def screenshot(browser, name: str, folder: str = "web-page") -> Path:
         "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
+
+
+def images_once_loaded(browser, timeout: float = 30.0) -> list[bool]:
+    """Whether each image on the page decoded (it has a width), asked once every image has
+    finished loading or failed: on a loaded machine, `get` can return before the last one."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(
+        lambda b: b.execute_script("return [...document.images].every(i => i.complete)"))
+    return browser.execute_script("return [...document.images].map(i => i.naturalWidth > 0)")
