@@ -230,6 +230,12 @@ class TuneSection(Section):
     time_budget_s: float | None = Field(None, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Default: as many trials as the cluster's CPUs (or GPUs) can hold at once."""
+    folds: int = Field(1, ge=1, le=20)
+    """1: each trial trains once and is judged on val. K >= 2: each trial trains its
+    config on K folds of train + val (`tune/cv_trials.py`), one after another, and is
+    judged by the mean of its folds' best validation metric; ASHA's rungs count folds, and
+    the best trial that ran all K becomes the search's result as an ensemble of its K
+    models, like `train.folds`."""
     space: dict[str, dict[str, Any]] | None = None
     """Overrides the family's space in tune/spaces.py: `{"optim.lr": {"loguniform": [1e-4, 1e-2]},
     "model.preset": {"choice": ["seed", "resnet"]}}` (also uniform, randint, quniform)."""

@@ -224,7 +224,7 @@ class Runner(Protocol):
         """How many nodes the run spans."""
 
 
-def _improved(value: float | None, best: float | None, mode: str) -> bool:
+def improved(value: float | None, best: float | None, mode: str) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
     return best is None or (value > best if mode == "max" else value < best)
@@ -376,7 +376,7 @@ def fit(plan: WorkerPlan, runner: Runner, open_feeds: Callable[[], tuple[Feed, F
             metrics = {"epoch": epoch, "train_loss": train_loss, **epoch_metrics(logits, targets),
                        "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.perf_counter() - started,
                        "resumed_from_epoch": resumed_from, "worker_nodes": nodes}
-            if _improved(metrics[metric], best, mode):
+            if improved(metrics[metric], best, mode):
                 best, stale = metrics[metric], 0
             else:
                 stale += 1

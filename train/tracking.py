@@ -196,14 +196,15 @@ _unanswered: set[str] = set()
 """Runs whose epoch logging failed in this process: not retried every epoch."""
 
 
-def log_epoch(run: TrackedRun, metrics: dict[str, Any]) -> None:
-    """One epoch's metrics (`EPOCH_METRICS`) at step = epoch. A failure is a warning, not
-    the end of training: the run's results are on storage whether MLflow has them or not."""
+def log_epoch(run: TrackedRun, metrics: dict[str, Any], step: str = "epoch") -> None:
+    """One epoch's metrics (`EPOCH_METRICS`) at step = `metrics[step]`, the epoch (or a
+    cross-validated trial's fold). A failure is a warning, not the end of training: the
+    run's results are on storage whether MLflow has them or not."""
     if run.run_id in _unanswered:
         return
     values = {key: float(metrics[key]) for key in EPOCH_METRICS if metrics.get(key) is not None}
     try:
-        _log_batch(run, metrics=values, step=int(metrics["epoch"]))
+        _log_batch(run, metrics=values, step=int(metrics[step]))
     except Exception as error:  # MLflow's own errors and the connection's alike
         _unanswered.add(run.run_id)
         log.warning("MLflow run %s: epoch metrics not logged, and no more will be (%s)", run.run_id,

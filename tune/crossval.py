@@ -55,20 +55,22 @@ CV_SPLITS = ("train", "val")
 CV_METRICS = ("auroc", "accuracy", "balanced_accuracy", "brier", "log_loss")
 
 
-def fold_assignment(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+def fold_assignment(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None,
+                    setting: str = "train.folds") -> np.ndarray:
     """Each row's fold in 0..folds-1: stratified by label (scikit-learn's StratifiedKFold,
     shuffled with `seed`); with `groups`, rows of a group share a fold (StratifiedGroupKFold).
-    A class with fewer rows than folds cannot be in every fold: refused, naming it."""
+    A class with fewer rows than folds cannot be in every fold: refused, naming it and the
+    `setting` that asked for the folds."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < folds))]
     if short:
-        raise ConfigError(f"train.folds={folds}: class index {short[0]} has only {counts[short[0]]} rows in "
+        raise ConfigError(f"{setting}={folds}: class index {short[0]} has only {counts[short[0]]} rows in "
                           f"train + val, fewer than the folds; use at most {int(counts[counts > 0].min())} folds")
     if groups is not None and len(np.unique(groups)) < folds:
-        raise ConfigError(f"train.folds={folds}: only {len(np.unique(groups))} distinct groups in train + val")
+        raise ConfigError(f"{setting}={folds}: only {len(np.unique(groups))} distinct groups in train + val")
     splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
                 else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
     assignment = np.full(len(labels), -1, dtype=np.int64)
@@ -114,9 +116,10 @@ def _groups(manifest: dict[str, Any], features: Any) -> np.ndarray | None:
     return modality(manifest["modality"]).fold_groups(features)
 
 
-def plan_folds(config: MedrayConfig, storage: Storage) -> FoldPlan:
-    """Read train + val, fit the preprocessing on them and draw the folds (seed
-    `train.seed`); every check that can fail does so here, before training."""
+def plan_folds(config: MedrayConfig, storage: Storage, setting: str = "train.folds") -> FoldPlan:
+    """Read train + val, fit the preprocessing on them and draw the folds (as many as
+    `setting` says, `train.folds` or a search's `tune.folds`; seed `train.seed`); every
+    check that can fail does so here, before training."""
     if not config.data.dataset:
         raise ConfigError("no dataset chosen: set data.dataset=NAME (see `medray data list`)")
     manifest = read_manifest(storage, config.data.dataset)
@@ -125,7 +128,8 @@ def plan_folds(config: MedrayConfig, storage: Storage) -> FoldPlan:
     kind = modality(manifest["modality"])
     features, stored_labels = features_and_labels(table, manifest)
     targets = labels.apply(stored_labels)
-    fold = fold_assignment(targets, config.train.folds, config.train.seed, _groups(manifest, features))
+    k = config.tune.folds if setting == "tune.folds" else config.train.folds
+    fold = fold_assignment(targets, k, config.train.seed, _groups(manifest, features), setting)
     if config.eval.subgroups:
         from medray.train.subgroups import subgroup_masks
 
@@ -145,22 +149,33 @@ def run_fold(params: dict[str, Any], *, base: dict[str, Any], root: str, run: st
     """One fold's model, trained on the other folds and chosen on this one. `folds` comes
     through the object store (`tune.with_parameters`), put there once for every fold."""
     from medray.tune.spaces import apply_params
-    from medray.tune.trial import array_feeds, train_trial
+    from medray.tune.trial import train_trial
 
     launched_at = time.time()
     config, fold = apply_params(base, {}), int(params["fold"])
     storage = Storage(root, config.storage)
+    worker_plan = fold_worker_plan(config, storage, folds, fold, launched_at)
+    train_trial(worker_plan, storage, config.scaling, direct, feeds=lambda: fold_feeds(worker_plan, folds, fold),
+                datasets=lambda: folds.datasets(fold), trainer_folder=fold_folder(run, fold, direct=False))
+
+
+def fold_worker_plan(config: MedrayConfig, storage: Storage, folds: FoldPlan, fold: int, launched_at: float):
+    """The `WorkerPlan` that trains `config` on every fold but `fold` and chooses its epoch on `fold`."""
     train, held = folds.rows(fold, held_out=False), folds.rows(fold, held_out=True)
     plan = plan_training(config, storage, data=folds.data)
     counts = np.bincount(folds.targets[train], minlength=len(folds.data.labels.classes))
-    worker_plan = dataclasses.replace(plan.worker_plan(progress=False, launched_at=launched_at),
-                                      train_rows=len(train), val_rows=len(held),
-                                      train_class_counts=tuple(int(c) for c in counts))
-    train_trial(worker_plan, storage, config.scaling, direct,
-                feeds=lambda: array_feeds(worker_plan, (folds.inputs[train], folds.targets[train]),
-                                          (folds.inputs[held], folds.targets[held])),
-                datasets=lambda: folds.datasets(fold),
-                trainer_folder=fold_folder(run, fold, direct=False))
+    return dataclasses.replace(plan.worker_plan(progress=False, launched_at=launched_at),
+                               train_rows=len(train), val_rows=len(held),
+                               train_class_counts=tuple(int(c) for c in counts))
+
+
+def fold_feeds(worker_plan, folds: FoldPlan, fold: int) -> tuple[Any, Any]:
+    """(train, held-out) feeds of `fold` from the arrays in memory."""
+    from medray.tune.trial import array_feeds
+
+    train, held = folds.rows(fold, held_out=False), folds.rows(fold, held_out=True)
+    return array_feeds(worker_plan, (folds.inputs[train], folds.targets[train]),
+                       (folds.inputs[held], folds.targets[held]))
 
 
 def _trainers(run: str) -> str:

@@ -23,11 +23,14 @@ from medray.cluster.config import MedrayConfig, validate_config
 from medray.cluster.errors import ConfigError, MedrayError, NotFoundError
 from medray.cluster.names import check_run_name
 from medray.cluster.storage import Storage
+from medray.tune.crossval import plan_folds
+from medray.tune.cv_trials import best_trial_ensemble, check_cv_search, cv_trial_record, run_cv_trial
 from medray.tune.spaces import apply_params, base_point, check_space, space_for, to_tune
 from medray.tune.trial import TRIAL_PREFIX, trains_directly, trial_key
 
 if TYPE_CHECKING:
     from medray.train.job import DataPlan
+    from medray.tune.crossval import FoldPlan
     from medray.train.tracking import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
@@ -130,12 +133,14 @@ class TrialClock(Callback):
 class TrialLines(Callback):
     """One line per finished trial (in the driver): its epochs, best value, and why it
     ended. `what` the trials are called and `name` each one's (a cross-validation's
-    trials are folds, named by their number)."""
+    trials are folds, named by their number). `step` is what each report counts, epochs
+    or, for cross-validated trials, folds, whose reports are a running mean: the line
+    then shows the last, the mean over all the trial's folds."""
 
-    def __init__(self, metric: str, mode: str, epochs: int, trials: int, what: str = "trial",
-                 name: Callable[[Any], str] = lambda trial: trial.trial_id) -> None:
-        self.metric, self.mode, self.epochs, self.trials = metric, mode, epochs, trials
-        self.what, self.name = what, name
+    def __init__(self, metric: str, mode: str, budget: int, trials: int, what: str = "trial",
+                 name: Callable[[Any], str] = lambda trial: trial.trial_id, step: str = "epoch") -> None:
+        self.metric, self.mode, self.budget, self.trials = metric, mode, budget, trials
+        self.what, self.name, self.step = what, name, step
         self.best: dict[str, float] = {}
         self.finished = 0
 
@@ -143,7 +148,7 @@ class TrialLines(Callback):
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and value == value:
             best = self.best.get(trial.trial_id)
-            if best is None or (value > best if self.mode == "max" else value < best):
+            if self.step == "fold" or best is None or (value > best if self.mode == "max" else value < best):
                 self.best[trial.trial_id] = value
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -155,13 +160,13 @@ class TrialLines(Callback):
     def _line(self, trial, failure: str | None) -> None:
         self.finished += 1
         result = trial.last_result or {}
-        epochs = int(result.get("epoch", -1)) + 1
+        steps = int(result.get(self.step, -1)) + 1
         ended = failure or ("stopped early (patience)" if result.get("stopped_early") else
-                            "stopped by ASHA" if 0 < epochs < self.epochs else "full budget")
+                            "stopped by ASHA" if 0 < steps < self.budget else "full budget")
         best = self.best.get(trial.trial_id)
         startup = result.get("startup_seconds")
-        log.info("%s %d/%d %s: %d epochs, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
-                 self.name(trial), epochs, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
+        log.info("%s %d/%d %s: %d %ss, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
+                 self.name(trial), steps, self.step, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
                  "n/a" if startup is None else f"{startup:.1f} s")
 
 
@@ -172,8 +177,8 @@ class TrialRuns(Callback):
     ends FINISHED like one that ran its budget, with fewer epochs in its history; a failed
     trial ends FAILED, and reopens if Tune retries it or a resumed search runs it again."""
 
-    def __init__(self, tracker: Tracker, parent: TrackedRun) -> None:
-        self.tracker, self.parent = tracker, parent
+    def __init__(self, tracker: Tracker, parent: TrackedRun, step: str = "epoch") -> None:
+        self.tracker, self.parent, self.step = tracker, parent, step
         self.runs: dict[str, TrackedRun] = {}
 
     def _run(self, trial) -> TrackedRun:
@@ -190,7 +195,7 @@ class TrialRuns(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from medray.train.tracking import log_epoch
 
-        log_epoch(self._run(trial), result)
+        log_epoch(self._run(trial), result, step=self.step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from medray.train.tracking import end_run
@@ -238,33 +243,44 @@ def trial_trainable(function: Callable[..., None], config: MedrayConfig, direct:
                                trial_resources(config, direct))
 
 
-def run_config(config: MedrayConfig, storage: Storage, name: str, direct: bool, callbacks: list[Callback]):
+def run_config(config: MedrayConfig, storage: Storage, name: str, direct: bool, callbacks: list[Callback],
+               latest_only: bool = False):
     """Tune's run under `runs/{name}/`, a search's or a cross-validation's. The checkpoint
     and retry settings are what a TorchTrainer's own say (`build_trainer`), for the trials
     that train in their function; a TorchTrainer retries its workers itself, so Tune does
-    not retry its trial."""
+    not retry its trial. `latest_only`: each trial keeps only its latest checkpoint (a
+    cross-validated trial's, which holds all it has done)."""
     from ray import tune
 
     filesystem, _ = storage.arrow_filesystem()
+    kept = tune.CheckpointConfig(num_to_keep=1) if latest_only else tune.CheckpointConfig(
+        num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=config.train.metric,
+        checkpoint_score_order=config.train.metric_mode)
     return tune.RunConfig(
         name=name, storage_path=storage.arrow_path("runs"), storage_filesystem=filesystem,
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=config.train.metric,
-            checkpoint_score_order=config.train.metric_mode),
+        checkpoint_config=kept,
         failure_config=tune.FailureConfig(max_failures=config.scaling.max_failures if direct else 0),
         callbacks=callbacks)
 
 
 def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, Any],
-           space: dict[str, dict[str, Any]], data: DataPlan, restore: bool, direct: bool, clock: TrialClock,
-           trial_runs: TrialRuns | None):
+           space: dict[str, dict[str, Any]], data: DataPlan, folds: FoldPlan | None, restore: bool, direct: bool,
+           clock: TrialClock, trial_runs: TrialRuns | None):
+    """The search's Tuner. With `folds` (`tune.folds`) each trial is cross-validated
+    (`tune/cv_trials.py`) and reports once per fold, so ASHA's budget is the folds."""
     from ray import tune
 
     from medray.tune.trial import run_trial, search_data
 
     metric, mode = config.train.metric, config.train.metric_mode
-    trainable = trial_trainable(run_trial, config, direct, base=base, root=storage.root, search=search,
-                                shared=search_data(data, storage, direct))
+    if folds is not None:
+        trainable = trial_trainable(run_cv_trial, config, direct, base=base, root=storage.root, search=search,
+                                    folds=folds)
+        budget, grace, step = config.tune.folds, 1, "fold"
+    else:
+        trainable = trial_trainable(run_trial, config, direct, base=base, root=storage.root, search=search,
+                                    shared=search_data(data, storage, direct))
+        budget, grace, step = config.optim.epochs, min(config.tune.grace_period, config.optim.epochs), "epoch"
     if restore:  # with the callbacks the search started with (Tune pickled them)
         filesystem, _ = storage.arrow_filesystem()
         return tune.Tuner.restore(storage.arrow_path(f"runs/{search}"), trainable, resume_unfinished=True,
@@ -277,8 +293,7 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, num_samples=config.tune.num_samples, search_alg=searcher,
-            scheduler=IncumbentASHA(start, time_attr="training_iteration", max_t=config.optim.epochs,
-                                      grace_period=min(config.tune.grace_period, config.optim.epochs),
+            scheduler=IncumbentASHA(start, time_attr="training_iteration", max_t=budget, grace_period=grace,
                                       reduction_factor=config.tune.reduction_factor),
             time_budget_s=config.tune.time_budget_s,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
@@ -286,8 +301,8 @@ def _tuner(config: MedrayConfig, storage: Storage, search: str, base: dict[str, 
             reuse_actors=direct,
         ),
         run_config=run_config(config, storage, search, direct,
-                              [clock, TrialLines(metric, mode, config.optim.epochs, config.tune.num_samples),
-                               *([trial_runs] if trial_runs else [])]),
+                              [clock, TrialLines(metric, mode, budget, config.tune.num_samples, step=step),
+                               *([trial_runs] if trial_runs else [])], latest_only=folds is not None),
     )
 
 
@@ -316,10 +331,14 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
         space = space_for(config)
         check_space(space, base)
         direct = trains_directly(config)
+    cross_validated = config.tune.folds > 1
+    if cross_validated:
+        check_cv_search(config)
     tracker = tracking.connect(config.tracking, tracking.default_experiment(config))
     # The data are fitted once, for the checks below and for every trial (a space
-    # cannot vary them: `tune.spaces.SEARCHABLE`).
-    data = plan_data(config, storage)
+    # cannot vary them: `tune.spaces.SEARCHABLE`); cross-validated trials share the folds too.
+    folds = plan_folds(config, storage, setting="tune.folds") if cross_validated else None
+    data = folds.data if folds else plan_data(config, storage)
     if not resume:
         _check_models(base, data, space)
     ensure_ray(config.ray, dashboard=True)
@@ -330,15 +349,17 @@ def run_search(config: MedrayConfig, storage: Storage, config_name: str | None =
                                                             "trials_train_directly": direct,
                                                             "created_at": datetime.now(timezone.utc).isoformat(),
                                                             **({"mlflow_run_id": parent.run_id} if parent else {})})
-    log.info("search %s: %d trials of %s, budget %d epochs each, %s, results in %s", search,
+    log.info("search %s: %d trials of %s, budget %d epochs each%s, %s, results in %s", search,
              config.tune.num_samples, config.model.family, config.optim.epochs,
+             f" on each of {config.tune.folds} folds" if cross_validated else "",
              "each trial in its Tune function" if direct else "a TorchTrainer per trial",
              storage.uri(f"runs/{search}"))
     clock = TrialClock()
     with tracking.ending(parent):
-        results = _tuner(config, storage, search, base, space, data, restore=bool(resume), direct=direct,
-                         clock=clock, trial_runs=TrialRuns(tracker, parent) if parent else None).fit()
-        summary = summarize(results, config, storage, search, space, direct, clock)
+        trial_runs = TrialRuns(tracker, parent, step="fold" if folds else "epoch") if parent else None
+        results = _tuner(config, storage, search, base, space, data, folds, restore=bool(resume), direct=direct,
+                         clock=clock, trial_runs=trial_runs).fit()
+        summary = summarize(results, config, storage, search, space, direct, clock, folds)
         if parent:
             _log_search(parent, summary)
     return summary
@@ -372,30 +393,42 @@ def _log_search(parent: TrackedRun, summary: dict[str, Any]) -> None:
 
 
 def summarize(results, config: MedrayConfig, storage: Storage, search: str,
-              space: dict[str, dict[str, Any]], direct: bool, clock: TrialClock | None = None) -> dict[str, Any]:
-    metric = config.train.metric
+              space: dict[str, dict[str, Any]], direct: bool, clock: TrialClock | None = None,
+              folds: FoldPlan | None = None) -> dict[str, Any]:
+    """The trial table and the best trial, written to the search's summary.json. With
+    `folds`, a trial's value is its mean over folds, only a trial that ran all of them can
+    be best, and its fold models are stored as the ensemble the best trial's checkpoint
+    names (`cv` in the summary: its folds' figures)."""
+    metric, k = config.train.metric, config.tune.folds
     trials = []
     for result in results:
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix(TRIAL_PREFIX)
-        record = trial_record(storage, trial_key(search, trial_id, direct), metric, config.train.metric_mode)
+        folder = trial_key(search, trial_id, direct)
+        record = cv_trial_record(storage, folder) if folds else \
+            trial_record(storage, folder, metric, config.train.metric_mode)
         patience_stop = record["stopped_by_patience"]
+        spent, budget = (len(record["folds"]), k) if folds else (record["epochs_run"], config.optim.epochs)
         trials.append({
             "trial": trial_id,
             "config": {key: result.config.get(key) for key in space},
             "epochs_run": record["epochs_run"],
+            **({"folds_run": len(record["folds"]), "folds": record["folds"]} if folds else {}),
             metric: record["best_value"],
-            "stopped_by_asha": 0 < record["epochs_run"] < config.optim.epochs and not patience_stop and
-                               result.error is None,
+            "stopped_by_asha": 0 < spent < budget and not patience_stop and result.error is None,
             "stopped_by_patience": patience_stop,
             "seconds": _trial_seconds(result) or record["seconds"],
             "error": str(result.error).splitlines()[0] if result.error else None,
             "checkpoint": record["checkpoint"],
             "timings": trial_timings(result.metrics or {}, record["seconds"], clock, trial_id),
         })
-    finished = [t for t in trials if t[metric] is not None]
+    finished = [t for t in trials if t[metric] is not None and (not folds or t["folds_run"] == k)]
     if not finished:
-        raise MedrayError(f"no trial of search '{search}' reported {metric}")
+        raise MedrayError(f"no trial of search '{search}' reported {metric}" + (f" on all {k} folds" if folds else ""))
     best = (max if config.train.metric_mode == "max" else min)(finished, key=lambda t: t[metric])
+    cv = None
+    if folds:
+        key, cv = best_trial_ensemble(config, storage, search, folds, best)
+        best["checkpoint"] = storage.uri(key)
     summary = {
         "search": search,
         "runs": storage.uri(f"runs/{search}"),
@@ -408,6 +441,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
         # Wall time before Tune started the first trial (preparing and sharing the data,
         # starting Tune), and from then until the last trial ended.
         "search_seconds": clock.spans() if clock else None,
+        **({"folds": k, "cv": cv} if folds else {}),
     }
     storage.write_json(f"runs/{search}/summary.json", summary)
     return summary
@@ -479,8 +513,9 @@ def _is_number(value: Any) -> bool:
 def trial_table(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
     keys = list(summary["trials"][0]["config"]) if summary["trials"] else []
-    header = f"{'trial':<12}{'epochs':>7}  {metric:>10}  {'stopped':<10}{'start-up':>9}" + \
-        "".join(f"{k.split('.')[-1]:>14}" for k in keys)
+    folds = "folds" in summary  # cross-validated trials: how many folds each ran
+    header = f"{'trial':<12}{'epochs':>7}" + (f"{'folds':>6}" if folds else "") + \
+        f"  {metric:>10}  {'stopped':<10}{'start-up':>9}" + "".join(f" {k.split('.')[-1]:>14}" for k in keys)
     lines = [header]
     for t in summary["trials"]:
         stopped = "ASHA" if t["stopped_by_asha"] else "patience" if t["stopped_by_patience"] else \
@@ -488,9 +523,11 @@ def trial_table(summary: dict[str, Any]) -> str:
         value = "n/a" if t[metric] is None else f"{t[metric]:.4f}"
         startup = (t.get("timings") or {}).get("startup")
         startup = "n/a" if startup is None else f"{startup:.1f} s"
-        cells = "".join(f"{_cell(t['config'].get(k)):>14}" for k in keys)
-        lines.append(f"{t['trial']:<12}{t['epochs_run']:>7}  {value:>10}  {stopped:<10}{startup:>9}{cells}")
-    lines.append(f"best: {summary['best']['trial']} ({metric} {summary['best'][metric]:.4f}); "
+        cells = "".join(f" {_cell(t['config'].get(k)):>14}" for k in keys)
+        ran = f"{t['folds_run']:>6}" if folds else ""
+        lines.append(f"{t['trial']:<12}{t['epochs_run']:>7}{ran}  {value:>10}  {stopped:<10}{startup:>9}{cells}")
+    over = f" over {summary['folds']} folds" if folds else ""
+    lines.append(f"best: {summary['best']['trial']} ({metric} {summary['best'][metric]:.4f}{over}); "
                  f"{summary['stopped_by_asha']} of {len(summary['trials'])} trials stopped early by ASHA; "
                  f"{summary['trial_epochs']} trial-epochs in all")
     return "\n".join(lines)

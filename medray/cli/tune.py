@@ -10,13 +10,14 @@ from medray.cli.common import add_common, emit
 
 def tune(args: argparse.Namespace) -> None:
     from medray.api import run_search
+    from medray.cli.train import cv_text
     from medray.tune.run import trial_table
 
     summary = run_search(args.config, args.overrides, storage=args.storage, samples=args.samples,
                          promote=args.promote, resume=args.resume)
 
     def human() -> str:
-        text = trial_table(summary)
+        text = "\n".join([trial_table(summary), *cv_text(summary.get("cv"))])
         promotion = summary.get("promotion")
         if promotion:
             text += "\n" + promotion_text(promotion)

@@ -113,6 +113,25 @@ def test_a_search_is_a_parent_run_with_a_child_run_per_trial(mlflow_uri, wdbc, r
     assert len(_runs(client, "searches", f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 2
 
 
+def test_a_cross_validated_trial_logs_its_running_mean_once_per_fold(mlflow_uri, wdbc, ray_session):
+    from mlflow import MlflowClient
+
+    from medray.tune.run import run_search
+
+    config = small_wdbc_config("tune.num_samples=1", "tune.folds=2", "optim.epochs=1", "scaling.num_workers=1",
+                               "tune.searcher=random", "train.name=tracked-cv-search",
+                               f"tracking.mlflow_uri={mlflow_uri}", "tracking.experiment=cv-searches")
+    summary = run_search(config, wdbc)
+    client = MlflowClient(mlflow_uri)
+    [parent] = _runs(client, "cv-searches", "attributes.run_name = 'tracked-cv-search'")
+    [child] = _runs(client, "cv-searches", f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    [trial], metric = summary["trials"], summary["metric"]
+    history = _history(client, child.info.run_id, metric)
+    assert [step for step, _ in history] == [0, 1]  # one step per fold
+    assert history[0][1] == pytest.approx(trial["folds"][0]["best_value"], abs=TOLERANCE)
+    assert history[1][1] == pytest.approx(trial[metric], abs=TOLERANCE)  # the mean over both folds
+
+
 def test_a_server_that_does_not_answer_is_refused_before_training(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {"MEDRAY_STORAGE": str(tmp_path / "store")}
