@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from medray.train.evaluate import mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +35,6 @@ def train(config: Path, seed: int, workers: int, cpus: int, storage: str | None,
         raise SystemExit(f"{config.name} seed {seed}, {workers} workers failed:\n{result.stderr[-3000:]}")
     metrics = json.loads(result.stdout)["metrics"]["test"]
     return {"seed": seed, "auroc": metrics["auroc"], "accuracy": metrics["accuracy"]}
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.mean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
 def main() -> None:
@@ -60,8 +56,8 @@ def main() -> None:
             for seed in seeds:
                 print(f"{name}: {workers} worker(s), seed {seed} ...", file=sys.stderr, flush=True)
                 runs.append(train(config, seed, workers, args.cpus, args.storage, args.overrides))
-            by_workers[str(workers)] = {"runs": runs, "auroc": summary([r["auroc"] for r in runs]),
-                                        "accuracy": summary([r["accuracy"] for r in runs])}
+            by_workers[str(workers)] = {"runs": runs, "auroc": mean_sd([r["auroc"] for r in runs]),
+                                        "accuracy": mean_sd([r["accuracy"] for r in runs])}
         first = by_workers[min(by_workers, key=int)]["auroc"]["mean"]
         for entry in by_workers.values():
             entry["auroc_gap_to_fewest_workers"] = round(entry["auroc"]["mean"] - first, 4)
