@@ -13,7 +13,7 @@ JSON (every per-seed figure, the command line, versions, machine) and a PNG besi
 
     python benchmarks/quality.py [--configs breastmnist_cnn,ecg200_rnn,...] [--seeds 5]
         [--data ../shared/data] [--storage URI] [--out benchmarks/results/quality.json]
-        [--set key=value ...]
+        [--set key=value ...] [--search SAMPLES]
     python benchmarks/quality.py --from-json benchmarks/results/quality.json   # the table again
 
 On 2 CPU cores: BreastMNIST about 3 min a run, ECG200 1.5 min, WDBC and Cleveland under
@@ -51,7 +51,8 @@ def run_figures(summary: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, 
                                                                                   "n": b.get("n")}
                  for name, b in (summary["metrics"].get("baselines") or {}).items()}
     return {"test": figures, "n_test": test.get("n"), "baselines": baselines,
-            "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch")}
+            "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+            **({"search": summary["search"]} if "search" in summary else {})}
 
 
 def config_summary(stem: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -187,6 +188,24 @@ def git_commit() -> str | None:
     return (done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) if done.returncode == 0 else None
 
 
+def searched(stem: str, overrides: list[str], storage, samples: int) -> dict[str, Any]:
+    """A search of `samples` trials over the config, and its best checkpoint (a
+    cross-validated search's ensemble) evaluated with the best trial's own config, as
+    `medray tune --promote` would: what `run_figures` reads from a training run."""
+    from medray import api
+    from medray.train.job import evaluate_stored_checkpoint
+    from medray.tune.spaces import apply_params
+
+    summary = api.run_search(CONFIGS / f"{stem}.yaml", overrides, storage=storage, samples=samples)
+    best = summary["best"]
+    config = apply_params(storage.read_json(f"runs/{summary['search']}/search.json")["base"], best["config"])
+    with tempfile.TemporaryDirectory(prefix="medray-quality-eval-") as scratch:
+        report = evaluate_stored_checkpoint(storage, storage.key_of(best["checkpoint"]), Path(scratch), config)
+    return {"metrics": report["metrics"], "epochs_run": best["epochs_run"], "best_epoch": report["best_epoch"],
+            "search": {"trial": best["trial"], "config": best["config"], summary["metric"]: best[summary["metric"]],
+                       "trial_epochs": summary["trial_epochs"]}}
+
+
 def main() -> None:
     from medray.quality import QUALITY
 
@@ -200,6 +219,9 @@ def main() -> None:
                         help="the JSON; the PNG is written beside it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
                         help="a config override for every run (repeatable)")
+    parser.add_argument("--search", type=int, metavar="SAMPLES",
+                        help="each seed runs a search of SAMPLES trials (`medray tune`, the config's tune: "
+                             "section and --set) and measures its best checkpoint, chosen on train + val")
     parser.add_argument("--from-json", type=Path, metavar="JSON",
                         help="train nothing: print the table and redraw the PNG of a finished run's JSON")
     args = parser.parse_args()
@@ -237,7 +259,8 @@ def main() -> None:
         "benchmark": "quality", "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
         "versions": versions(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "seeds": list(range(args.seeds)), "overrides": args.overrides, "configs": results,
+        "seeds": list(range(args.seeds)), "overrides": args.overrides, "search_samples": args.search,
+        "configs": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medray-quality-") as scratch:
@@ -254,9 +277,9 @@ def main() -> None:
             runs = []
             for seed in range(args.seeds):
                 run_started = time.monotonic()
-                summary = api.run_training(CONFIGS / f"{stem}.yaml",
-                                           [*args.overrides, f"train.seed={seed}",
-                                            f"train.name=quality-{stem}-seed{seed}-{stamp}"], storage=storage)
+                overrides = [*args.overrides, f"train.seed={seed}", f"train.name=quality-{stem}-seed{seed}-{stamp}"]
+                summary = (searched(stem, overrides, storage, args.search) if args.search else
+                           api.run_training(CONFIGS / f"{stem}.yaml", overrides, storage=storage))
                 run = {"seed": seed, **run_figures(summary, QUALITY[stem].metrics),
                        "seconds": round(time.monotonic() - run_started, 1)}
                 runs.append(run)

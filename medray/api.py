@@ -152,8 +152,9 @@ def run_search(config: str | os.PathLike | MedrayConfig | None = None, overrides
                resume: str | None = None) -> dict[str, Any]:
     """`medray tune`: a Ray Tune search (ASHA + Optuna) over the config's tune: space, or
     the interrupted search `resume` continued; returns the trial table and the best
-    trial. `promote`: the best trial then goes through the gate (`promotion` in the
-    result)."""
+    trial. With `tune.folds=K` each trial is cross-validated and the best one's checkpoint
+    is the ensemble of its K fold models (`cv` in the result). `promote`: the best trial
+    then goes through the gate (`promotion` in the result)."""
     from medray.tune.run import run_search as search
 
     if config is None and not resume:

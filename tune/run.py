@@ -165,8 +165,8 @@ class TrialLines(Callback):
                             "stopped by ASHA" if 0 < steps < self.budget else "full budget")
         best = self.best.get(trial.trial_id)
         startup = result.get("startup_seconds")
-        log.info("%s %d/%d %s: %d %ss, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
-                 self.name(trial), steps, self.step, self.metric, "n/a" if best is None else f"{best:.4f}", ended,
+        log.info("%s %d/%d %s: %d %s%s, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
+                 self.name(trial), steps, self.step, "" if steps == 1 else "s", self.metric, "n/a" if best is None else f"{best:.4f}", ended,
                  "n/a" if startup is None else f"{startup:.1f} s")
 
 
