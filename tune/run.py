@@ -2,10 +2,11 @@
 
 A one-worker trial trains in its function; a multi-worker trial launches a TorchTrainer
 (Ray Train V2) whose workers report through `TuneReportCallback`. Either way every epoch
-reaches Tune, so ASHA can stop a trial early. Everything lands under
-`{root}/runs/{search}/`: Tune's state (what `--resume` restores), each trial's
-checkpoints (`trial_key`), and `search.json` (the base config, the space and how the
-trials run) written before the first trial.
+reaches Tune, so ASHA can stop a trial early. A cross-validated trial (`tune.folds`,
+`tune/cv_trials.py`) reports once per fold instead, and ASHA's rungs count folds.
+Everything lands under `{root}/runs/{search}/`: Tune's state (what `--resume`
+restores), each trial's checkpoints (`trial_key`), and `search.json` (the base config,
+the space and how the trials run) written before the first trial.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ class TrialLines(Callback):
         best = self.best.get(trial.trial_id)
         startup = result.get("startup_seconds")
         log.info("%s %d/%d %s: %d %s%s, best %s %s, %s, start-up %s", self.what, self.finished, self.trials,
-                 self.name(trial), steps, self.step, "" if steps == 1 else "s", self.metric, "n/a" if best is None else f"{best:.4f}", ended,
-                 "n/a" if startup is None else f"{startup:.1f} s")
+                 self.name(trial), steps, self.step, "" if steps == 1 else "s", self.metric,
+                 "n/a" if best is None else f"{best:.4f}", ended, "n/a" if startup is None else f"{startup:.1f} s")
 
 
 class TrialRuns(Callback):
