@@ -61,3 +61,42 @@ def test_a_cross_validated_search_promotes_its_best_trials_ensemble(tmp_path):
     assert promotion["metrics"]["val"]["n"] == train_val  # out of fold, not the val split
     version = Registry(storage).version_info("wdbc", 1)
     assert version["source"]["search"] == "cvsearch" and version["source"]["trial"] == best["trial"]
+
+
+def test_an_interrupted_cross_validated_trial_resumes_at_its_next_fold(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from support.project import PROJECT
+
+    root = tmp_path / "store"
+    env = {**os.environ, "MEDRAY_STORAGE": str(root)}
+    medray("data", "import", "sklearn", "breast_cancer", "--name", "wdbc", env=env)
+    search = ["tune", "train/configs/wdbc_attention.yaml", "--samples", "2", f"tune.folds={FOLDS}",
+              "optim.epochs=4", "train.patience=0", "scaling.num_workers=1", "eval.bootstrap=20",
+              "train.name=cvresume"]
+    process = subprocess.Popen([sys.executable, "-m", "medray.cli", *search], cwd=PROJECT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = root / "runs" / "cvresume"
+    deadline = time.monotonic() + 300
+    states = []
+    while time.monotonic() < deadline and not states and process.poll() is None:
+        states = sorted(runs.glob("trial_*/checkpoint_*/cv_state.json"))
+        time.sleep(0.2)
+    assert process.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=120)
+    [state] = states[:1]
+    trial = state.parents[1].name.removeprefix("trial_")
+    first_fold = json.loads(state.read_text())["folds"][0]
+    assert first_fold["fold"] == 0
+
+    resumed = json.loads(medray("tune", "--resume", "cvresume", "--json", env=env, timeout=600).stdout)
+    [again] = [t for t in resumed["trials"] if t["trial"] == trial]
+    assert again["folds"][0] == first_fold  # fold 0 was not trained again (its epoch_seconds would differ)
+    assert again["folds_run"] == FOLDS or again["stopped_by_asha"]
+    assert all(t["error"] is None for t in resumed["trials"])
+    assert resumed["best"]["checkpoint"].endswith("/runs/cvresume/ensemble")
