@@ -250,23 +250,19 @@ def run_cross_validation(config: MedrayConfig, storage: Storage, config_name: st
 def _ensemble_run(config: MedrayConfig, storage: Storage, run: str, folds: FoldPlan, tracker: Any,
                   tracked: Any) -> dict[str, Any]:
     from medray.train import tracking
-    from medray.train.checkpoint import load_bundle
     from medray.tune.run import trial_record
+    from medray.tune.trial import trains_directly
 
     k = config.train.folds
 
-    direct = config.scaling.num_workers == 1
-    members, records = [], []
+    direct = trains_directly(config)
+    records = []
     for fold in range(k):
         record = trial_record(storage, fold_folder(run, fold, direct), config.train.metric, config.train.metric_mode)
         if record["checkpoint"] is None:
             raise MedrayError(f"fold {fold} reported no {config.train.metric}; nothing to keep")
-        with tempfile.TemporaryDirectory(prefix="medray-fold-") as local:
-            members.append(load_bundle(storage.download_dir(storage.key_of(record["checkpoint"]), local)))
         records.append(record)
-    oof = out_of_fold_logits(members, folds)
-    cv = cv_summary(folds, oof, members, records, folds.data.labels.classes)
-    key = store_ensemble(storage, run, members, folds, oof, cv)
+    key, cv, members = ensemble_from_folds(storage, run, folds, records)
     if tracked is not None:
         for fold, member in enumerate(members):
             child = tracker.start_run(f"{FOLD_PREFIX}{fold}", tracking.param_values({"fold": fold}), parent=tracked)
@@ -275,6 +271,22 @@ def _ensemble_run(config: MedrayConfig, storage: Storage, run: str, folds: FoldP
                     tracking.log_epoch(child, epoch)
         tracking.log_final(tracked, {"cv": {name: cv[name] for name in CV_METRICS}})
     return finish_run(storage, run, key, key, config, tracking=tracked, extra={"cv": cv})
+
+
+def ensemble_from_folds(storage: Storage, run: str, folds: FoldPlan,
+                        records: list[dict[str, Any]]) -> tuple[str, dict[str, Any], list]:
+    """Each fold's kept model (`records[k]["checkpoint"]`, with its `epochs_run`) loaded,
+    their out-of-fold logits and `cv_summary`, stored as one ensemble under the run;
+    returns its key, the summary and the members."""
+    from medray.train.checkpoint import load_bundle
+
+    members = []
+    for record in records:
+        with tempfile.TemporaryDirectory(prefix="medray-fold-") as local:
+            members.append(load_bundle(storage.download_dir(storage.key_of(record["checkpoint"]), local)))
+    oof = out_of_fold_logits(members, folds)
+    cv = cv_summary(folds, oof, members, records, folds.data.labels.classes)
+    return store_ensemble(storage, run, members, folds, oof, cv), cv, members
 
 
 def out_of_fold_logits(members: list, folds: FoldPlan) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 from medray.cluster.config import MedrayConfig
 from medray.cluster.errors import ConfigError, MedrayError
 from medray.cluster.storage import Storage
-from medray.tune.crossval import FOLD_PREFIX, FoldPlan, fold_feeds, fold_worker_plan
+from medray.tune.crossval import FOLD_PREFIX, FoldPlan, ensemble_from_folds, fold_feeds, fold_worker_plan
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +167,11 @@ def cv_trial_record(storage: Storage, folder: str) -> dict[str, Any]:
             "checkpoint": None}
 
 
-def best_trial_ensemble(config: MedrayConfig, storage: Storage, search: str, folds: FoldPlan,
-                        best: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def best_trial_ensemble(storage: Storage, search: str, folds: FoldPlan, best: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The `best` trial's K fold models as one ensemble under the search
     (`runs/{search}/ensemble/`), with their out-of-fold logits; returns its key and the
     cross-validation summary (`tune.crossval.cv_summary`)."""
-    from medray.train.checkpoint import load_bundle
-    from medray.tune.crossval import cv_summary, out_of_fold_logits, store_ensemble
-
-    members, records = [], []
-    for fold in best["folds"]:
-        with tempfile.TemporaryDirectory(prefix="medray-fold-") as local:
-            members.append(load_bundle(storage.download_dir(storage.key_of(fold["checkpoint"]), local)))
-        records.append(fold)
-    oof = out_of_fold_logits(members, folds)
-    cv = cv_summary(folds, oof, members, records, folds.data.labels.classes)
-    key = store_ensemble(storage, search, members, folds, oof, cv)
+    key, cv, members = ensemble_from_folds(storage, search, folds, best["folds"])
     log.info("search %s: trial %s's %d fold models stored as one ensemble, %s", search, best["trial"],
              len(members), storage.uri(key))
     return key, cv

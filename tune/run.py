@@ -428,7 +428,7 @@ def summarize(results, config: MedrayConfig, storage: Storage, search: str,
     best = (max if config.train.metric_mode == "max" else min)(finished, key=lambda t: t[metric])
     cv = None
     if folds:
-        key, cv = best_trial_ensemble(config, storage, search, folds, best)
+        key, cv = best_trial_ensemble(storage, search, folds, best)
         best["checkpoint"] = storage.uri(key)
     summary = {
         "search": search,

@@ -32,15 +32,20 @@ def interrupted_after_a_fold(env: dict[str, str], runs) -> dict:
     """Start the search, Ctrl-C it once a trial has finished a fold; that trial's state."""
     process = subprocess.Popen([sys.executable, "-m", "medray.cli", *SEARCH], cwd=PROJECT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, states = time.monotonic() + 300, []
-    while time.monotonic() < deadline and not states and process.poll() is None:
-        states = sorted(runs.glob("trial_*/checkpoint_*/cv_state.json"))
+    deadline, seen = time.monotonic() + 300, None
+    while time.monotonic() < deadline and seen is None and process.poll() is None:
+        for state in sorted(runs.glob("trial_*/checkpoint_*/cv_state.json")):
+            try:  # read at once: Tune keeps only a trial's latest checkpoint and deletes the one before
+                seen = (state.parents[1].name.removeprefix("trial_"), json.loads(state.read_text())["folds"][0])
+                break
+            except FileNotFoundError:
+                continue
         time.sleep(0.2)
     assert process.poll() is None, "the search ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=120)
-    return {"trial": states[0].parents[1].name.removeprefix("trial_"),
-            "first_fold": json.loads(states[0].read_text())["folds"][0]}
+    assert seen is not None, "no trial finished a fold in time"
+    return {"trial": seen[0], "first_fold": seen[1]}
 
 
 def test_a_cross_validated_search_resumes_and_promotes_its_best_trials_ensemble(tmp_path):
