@@ -21,7 +21,7 @@ from medray.serve.export import export_version, raw_example
 from medray.serve.model import ServedModel
 from medray.train.data.preprocess import Preprocessor
 from support.project import PROJECT
-from support.serving import register
+from support.serving import SIGNAL, register
 
 ROWS = 16
 
@@ -78,6 +78,19 @@ def test_each_family_exports_with_its_preprocessing_and_temperature(registry, ca
     uncalibrated = np.array([list(a["probabilities"].values()) for a in model.predict(model.decode(cases["ecg"]))])
     assert model.temperature == 1.5
     assert np.abs(run_graph(fmt, tmp_path / f"ecg-{fmt}", raw_example(model, cases["ecg"])) - uncalibrated).max() > 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_inception_time_signal_model_exports_and_answers_as_served(local_storage, cases, tmp_path, fmt):
+    """The CNN family's 1-D preset (Conv1d, a same-padded max-pool, residual sums)."""
+    register(local_storage, tmp_path, "ecg_cnn", "cnn", "inception_time", SIGNAL, ["normal", "infarction"], seed=5)
+    registry = Registry(local_storage)
+    model = ServedModel.from_registry(registry, "ecg_cnn", 1)
+    exported = export_version(registry, "ecg_cnn", 1, fmt, tmp_path / "ecg_cnn")
+    assert exported["family"] == "cnn"
+    raw = raw_example(model, cases["ecg"])
+    np.testing.assert_allclose(run_graph(fmt, tmp_path / "ecg_cnn", raw), calibrated(model, cases["ecg"]),
+                               rtol=0, atol=1e-5)
 
 
 def test_records_with_a_category_export_from_the_preprocessed_tensor(local_storage, tmp_path):

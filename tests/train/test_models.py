@@ -146,6 +146,11 @@ def test_resnet_stem_downsamples_only_images_that_stay_at_least_28_wide():
 #   MHA(64) 4*64*64+4*64; LN 128; head 130.
 # attention ft: tokenizer 2*F*64 + CLS 64; 3 blocks of MHA 16640 + FFN (64*170+170 +
 #   85*64+64) + LNs (128 in the first block, 256 in the others); readout LN 128; head 130.
+# cnn inception_time (C=1): block 1 module 1 has no bottleneck (one channel): convs
+#   32*(39+19+9) + pool conv 32 + BN 256; modules 2-3 bottleneck 128*32, convs
+#   32*32*67, pool conv 128*32, BN 256 (77,056 each); shortcut 128+256; block 2: three
+#   modules of 77,056 and a 128*128+256 shortcut; head 258. C=3: module 1 gains a
+#   3*32 bottleneck (convs 32*32*67), pool conv 96, shortcut 384+256.
 # Time series (T, V, 3) with V=6: rnn seed and bigru read 18 channels per step, as above.
 # rnn grud (H=64): input decay 2*V; hidden decay V*64+64; GRUCell 3*64*2V + 3*64*64 +
 #   6*64; dense 64*64+64; head 130.
@@ -156,6 +161,8 @@ EXPECTED_PARAMS = {
     ("cnn", "seed", IMAGE_RGB): 1_143_362,
     ("cnn", "resnet", IMAGE_SMALL): 695_010,
     ("cnn", "resnet", IMAGE_RGB): 695_586,
+    ("cnn", "inception_time", SIGNAL_1): 404_994,
+    ("cnn", "inception_time", SIGNAL_3): 471_874,
     ("rnn", "seed", SIGNAL_1): 75_458,
     ("rnn", "seed", SIGNAL_3): 76_482,
     ("rnn", "bigru", SIGNAL_1): 116_802,
@@ -223,6 +230,50 @@ def test_resnet_matches_a_functional_reference():
     x = _batch(IMAGE_SMALL, 3).double()
     with torch.no_grad():
         torch.testing.assert_close(model(x), _resnet_reference(model, x))
+
+
+def _inception_time_reference(model, x):
+    """InceptionTime written out with torch.nn.functional from the state dict: per module
+    a bottleneck (skipped on one channel), three long convolutions and a max-pooled 1x1
+    branch, concatenated, BatchNorm, ReLU; a shortcut around every three modules."""
+    sd = model.state_dict()
+
+    def bn(h, prefix):
+        return F.batch_norm(h, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
+                            sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=1e-5)
+
+    h = x.transpose(1, 2)
+    for block in (1, 2):
+        p = f"features.block{block}"
+        block_input = h
+        for m in range(3):
+            q = f"{p}.inception.{m}"
+            narrowed = F.conv1d(h, sd[f"{q}.bottleneck.weight"]) if f"{q}.bottleneck.weight" in sd else h
+            branches = [F.conv1d(narrowed, sd[f"{q}.convs.{i}.weight"], padding=k // 2)
+                        for i, k in enumerate((39, 19, 9))]
+            branches.append(F.conv1d(F.max_pool1d(h, 3, stride=1, padding=1), sd[f"{q}.pool_conv.weight"]))
+            h = F.relu(bn(torch.cat(branches, dim=1), f"{q}.bn"))
+        h = F.relu(h + bn(F.conv1d(block_input, sd[f"{p}.shortcut.0.weight"]), f"{p}.shortcut.1"))
+    return F.linear(h.mean(dim=2), sd["head.3.weight"], sd["head.3.bias"])
+
+
+@pytest.mark.parametrize("spec", [SIGNAL_1, SIGNAL_3])
+def test_inception_time_matches_a_functional_reference(spec):
+    model = _randomize(_model("cnn", "inception_time", spec))
+    assert ("features.block1.inception.0.bottleneck.weight" in model.state_dict()) == (spec.shape[1] > 1)
+    x = _batch(spec, 3).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _inception_time_reference(model, x))
+        # Convolutions and global pooling take any length, not only the trained one.
+        shorter = x[:, :50]
+        torch.testing.assert_close(model(shorter), _inception_time_reference(model, shorter))
+
+
+def test_inception_time_groups_a_depth_that_is_not_a_multiple_of_three_into_a_last_shorter_block():
+    model = _model("cnn", "inception_time", SIGNAL_1, overrides={"depth": 4})
+    blocks = [len(model.features.block1.inception), len(model.features.block2.inception)]
+    assert blocks == [3, 1] and not hasattr(model.features, "block3")
+    assert model(_batch(SIGNAL_1, 2)).shape == (2, 2)
 
 
 def _lstm_last_hidden(x, w_ih, w_hh, b_ih, b_hh):
@@ -403,6 +454,7 @@ def test_same_seed_builds_the_same_model(family, preset):
 OVERFIT_SPECS = {
     ("cnn", "seed"): IMAGE_SMALL,
     ("cnn", "resnet"): IMAGE_SMALL,
+    ("cnn", "inception_time"): InputSpec("signal", (32, 1)),
     ("rnn", "seed"): SIGNAL_1,
     ("rnn", "bigru"): InputSpec("signal", (32, 1)),
     ("attention", "seed"): TABLE_13,
@@ -514,6 +566,14 @@ def _bad(id, call, *needles):
         _bad("even conv kernel",
              lambda: build_model("rnn", "bigru", SIGNAL_1, 2, {"conv_channels": 8, "conv_kernel": 4}),
              "conv_kernel", "odd", "4"),
+        _bad("even inception kernel",
+             lambda: build_model("cnn", "inception_time", SIGNAL_1, 2, {"kernel_sizes": [40, 20, 10]}),
+             "kernel_sizes", "odd", "40"),
+        _bad("inception on images",
+             lambda: build_model("cnn", "inception_time", IMAGE_SMALL, 2), "'inception_time'", "signal", "image"),
+        _bad("stored image config without its width",
+             lambda: build_model_from_config("cnn", {k: v for k, v in CNN_SEED_28.items() if k != "width"}),
+             "height, width", "height"),
         _bad("conv on the seed preset",
              lambda: build_model("rnn", "seed", SIGNAL_1, 2, {"conv_channels": 8}),
              "'conv_channels'", "allowed"),

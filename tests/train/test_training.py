@@ -120,7 +120,7 @@ def test_every_shipped_config_loads_and_plans(local_storage, shared_data, tmp_pa
     assert all(df >= frequencies["min_documents"] for _, df in frequencies["char_ngrams"])
 
 
-@pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn"])
+@pytest.mark.parametrize("name", ["breastmnist_cnn", "ecg200_rnn", "ecg200_cnn"])
 def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, tmp_path, name):
     """The driver-side evaluation feeds bare arrays (not Ray batches) to the preprocessor."""
     from medray.train.job import evaluate_stored_checkpoint
@@ -130,7 +130,7 @@ def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, 
         "breastmnist_cnn": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"),
                                          name="breastmnist"),
         "ecg200_rnn": ImportRequest(kind="ucr", source=str(shared_data), dataset="ECG200", name="ecg200"),
-    }[name]
+    }[name.replace("ecg200_cnn", "ecg200_rnn")]
     import_dataset(local_storage, request)
     config = load_config(CONFIGS / f"{name}.yaml", ["eval.bootstrap=20"])
     plan = plan_training(config, local_storage)
@@ -144,7 +144,7 @@ def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, 
     # The OOD figures: on test and every set the modality builds, plotted beside the others.
     ood = json.loads((tmp_path / "report" / "metrics.json").read_text())["ood"]
     assert ood["n_in_distribution"] == plan.manifest["splits"]["test"]["rows"]
-    assert {"noise", "time_reversed" if name == "ecg200_rnn" else "pydicom_ct"} <= set(ood["sets"])
+    assert {"noise", "time_reversed" if name.startswith("ecg200") else "pydicom_ct"} <= set(ood["sets"])
     assert ood["detector"]["method"] == config.eval.ood_method and "ood_scores.png" in report["files"]
     detector = report["ood_detector"]  # fitted on train, thresholded on val
     assert detector.method == "mahalanobis" and detector.n_val == plan.manifest["splits"]["val"]["rows"]

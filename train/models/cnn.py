@@ -1,6 +1,8 @@
-"""Convolutional networks for images: the seed's reference CNN and a small ResNet.
+"""Convolutional networks: for images the seed's reference CNN and a small ResNet, for
+signals InceptionTime.
 
-Input: float tensor (B, C, H, W). Output: logits (B, num_classes).
+Input: an image (B, C, H, W) or a signal (B, L, C), length then channels as the signal
+modality hands it. Output: logits (B, num_classes).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from medray.train.models import (
     ModelConfigError,
     apply_preset,
     check_fractions,
+    check_input_sizes,
     check_num_classes,
     check_positive_int_tuple,
     check_positive_ints,
@@ -29,9 +32,17 @@ PRESETS: dict[str, dict[str, object]] = {
     # A small ResNet (He et al. 2016) sized for 28x28 and up: BasicBlocks, BatchNorm,
     # global average pooling.
     "resnet": {"channels": (32, 64, 128), "blocks_per_stage": 2, "stem": "auto", "dropout": 0.2},
+    # InceptionTime (Ismail Fawaz et al. 2020), the network of that paper as published:
+    # six Inception modules of four 32-filter branches (a 1x1 bottleneck to 32 channels,
+    # then convolutions of 39, 19 and 9 steps; and a 3-step max-pool with a 1x1 conv),
+    # BatchNorm and ReLU over their 128 channels, a residual shortcut around every three
+    # modules (and around a last, shorter run), global average pooling. Odd kernels (the paper's 40, 20, 10 less one) keep
+    # "same" padding symmetric, so a step's output is centred on that step.
+    "inception_time": {"filters": 32, "kernel_sizes": (39, 19, 9), "bottleneck": 32, "depth": 6,
+                       "dropout": 0.0},
 }
-PRESET_MODALITIES = {"seed": ("image",), "resnet": ("image",)}
-AXIS_FIELDS = {"channels": "in_channels", "height": "height", "width": "width"}
+PRESET_MODALITIES = {"seed": ("image",), "resnet": ("image",), "inception_time": ("signal",)}
+AXIS_FIELDS = {"channels": "in_channels", "height": "height", "width": "width", "length": "length"}
 SHAPE_FIELDS = input_shape_fields(PRESET_MODALITIES, AXIS_FIELDS)
 
 # The smallest side that the stage-1 feature map should keep: a 28x28 image (MedMNIST)
@@ -42,15 +53,18 @@ _STEM_MIN_SIDE = 28
 @dataclass
 class CNNConfig:
     preset: str
-    """Architecture: a key of PRESETS ("seed" or "resnet")."""
+    """Architecture: a key of PRESETS ("seed", "resnet" or "inception_time")."""
     in_channels: int
-    """Image channels: 1 for greyscale, 3 for RGB."""
-    height: int
-    """Image height in pixels."""
-    width: int
-    """Image width in pixels."""
+    """Image channels (1 for greyscale, 3 for RGB), or a signal's channels (leads)."""
     num_classes: int
     """Number of logits."""
+    height: int | None = None
+    """Image height in pixels (images only)."""
+    width: int | None = None
+    """Image width in pixels (images only)."""
+    length: int | None = None
+    """Time steps of a signal (signals only). InceptionTime takes any length; this records
+    the one it was trained on."""
     channels: tuple[int, ...] | None = None
     """Conv width per stage. seed: one conv and a 2x2 max-pool each; resnet: BasicBlocks,
     every stage after the first halving the resolution."""
@@ -65,17 +79,32 @@ class CNNConfig:
     """resnet: "plain" (3x3 conv, full resolution), "strided" (3x3 conv stride 2 and a
     max-pool: a quarter of the resolution), or "auto" (stored resolved): "strided" when
     the image stays at least 28 pixels a side after it."""
+    filters: int | None = None
+    """inception_time: filters per branch; a module outputs four branches' worth."""
+    kernel_sizes: tuple[int, ...] | None = None
+    """inception_time: the convolution branches' kernel sizes (odd), one branch each."""
+    bottleneck: int | None = None
+    """inception_time: channels of the 1x1 convolution before the long kernels (applied
+    when the module's input has more than one channel, as in the paper)."""
+    depth: int | None = None
+    """inception_time: Inception modules; a residual shortcut spans every three."""
     dropout: float | None = None
     """Dropout before the classifier."""
 
     def __post_init__(self) -> None:
         apply_preset(self, PRESETS)
+        check_input_sizes(self, PRESET_MODALITIES, SHAPE_FIELDS)
         check_positive_ints(
-            self, "in_channels", "height", "width", "dense_units", "max_spatial", "blocks_per_stage"
+            self, "in_channels", "dense_units", "max_spatial", "blocks_per_stage", "filters", "bottleneck", "depth"
         )
         check_positive_int_tuple(self, "channels")
+        check_positive_int_tuple(self, "kernel_sizes")
         check_num_classes(self)
         check_fractions(self, "dropout")
+        if self.kernel_sizes is not None and any(k % 2 == 0 for k in self.kernel_sizes):
+            raise ModelConfigError(f"CNNConfig.kernel_sizes must be odd, got {list(self.kernel_sizes)}")
+        if self.preset == "inception_time":
+            return
         smallest = min(self.height, self.width)
         if self.preset == "seed" and smallest < 2 ** len(self.channels):
             raise ModelConfigError(
@@ -96,8 +125,8 @@ class CNN(nn.Module):
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         self.config = config
-        build = _seed_layers if config.preset == "seed" else _resnet_layers
-        self.features, self.head, self._cam_layer_name = build(config)
+        build = {"seed": _seed_layers, "resnet": _resnet_layers, "inception_time": _inception_time_layers}
+        self.features, self.head, self._cam_layer_name = build[config.preset](config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -108,7 +137,7 @@ class CNN(nn.Module):
 
     def grad_cam_layer(self) -> nn.Module:
         """The module whose output is the last convolutional feature map (after its
-        activation, before any pooling): hook it for Grad-CAM."""
+        activation, before any pooling): hook it for Grad-CAM (images)."""
         return self.get_submodule(self._cam_layer_name)
 
 
@@ -185,3 +214,72 @@ def _resnet_layers(config: CNNConfig) -> tuple[nn.Module, nn.Module, str]:
     )
     last = f"features.stage{len(config.channels)}.{config.blocks_per_stage - 1}"
     return nn.Sequential(layers), head, last
+
+
+class ChannelsFirst(nn.Module):
+    """(B, L, C), the signal modality's layout, to (B, C, L), Conv1d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
+class InceptionModule(nn.Module):
+    """Parallel convolutions of several lengths over one input, concatenated, then
+    BatchNorm and ReLU: each module sees shapes a few steps and a few dozen steps long."""
+
+    def __init__(self, in_channels: int, config: CNNConfig) -> None:
+        super().__init__()
+        # The paper skips the bottleneck on a one-channel input (nothing to mix).
+        self.bottleneck: nn.Module = nn.Identity()
+        branch_in = in_channels
+        if in_channels > 1:
+            self.bottleneck = nn.Conv1d(in_channels, config.bottleneck, 1, bias=False)
+            branch_in = config.bottleneck
+        self.convs = nn.ModuleList(
+            nn.Conv1d(branch_in, config.filters, k, padding=k // 2, bias=False) for k in config.kernel_sizes
+        )
+        self.pool = nn.MaxPool1d(3, stride=1, padding=1)
+        self.pool_conv = nn.Conv1d(in_channels, config.filters, 1, bias=False)
+        self.out_channels = config.filters * (len(config.kernel_sizes) + 1)
+        self.bn = nn.BatchNorm1d(self.out_channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        narrowed = self.bottleneck(x)
+        branches = [conv(narrowed) for conv in self.convs] + [self.pool_conv(self.pool(x))]
+        return self.relu(self.bn(torch.cat(branches, dim=1)))
+
+
+class InceptionBlock(nn.Module):
+    """Up to three Inception modules with a residual shortcut (a 1x1 conv and BatchNorm)
+    from the block's input to its output."""
+
+    def __init__(self, in_channels: int, modules: int, config: CNNConfig) -> None:
+        super().__init__()
+        layers, channels = [], in_channels
+        for _ in range(modules):
+            layers.append(InceptionModule(channels, config))
+            channels = layers[-1].out_channels
+        self.inception = nn.Sequential(*layers)
+        self.shortcut = nn.Sequential(nn.Conv1d(in_channels, channels, 1, bias=False), nn.BatchNorm1d(channels))
+        self.relu = nn.ReLU()
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.inception(x) + self.shortcut(x))
+
+
+def _inception_time_layers(config: CNNConfig) -> tuple[nn.Module, nn.Module, str]:
+    layers: OrderedDict[str, nn.Module] = OrderedDict(channels_first=ChannelsFirst())
+    channels, left, block = config.in_channels, config.depth, 0
+    while left:
+        block += 1
+        layers[f"block{block}"] = InceptionBlock(channels, min(3, left), config)
+        channels, left = layers[f"block{block}"].out_channels, left - min(3, left)
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Dropout(config.dropout),
+        nn.Linear(channels, config.num_classes),
+    )
+    return nn.Sequential(layers), head, f"features.block{block}"
