@@ -36,8 +36,9 @@ PRESETS: dict[str, dict[str, object]] = {
     # six Inception modules of four 32-filter branches (a 1x1 bottleneck to 32 channels,
     # then convolutions of 39, 19 and 9 steps; and a 3-step max-pool with a 1x1 conv),
     # BatchNorm and ReLU over their 128 channels, a residual shortcut around every three
-    # modules (and around a last, shorter run), global average pooling. Odd kernels (the paper's 40, 20, 10 less one) keep
-    # "same" padding symmetric, so a step's output is centred on that step.
+    # modules (and around a last, shorter run), global average pooling. Odd kernels (the
+    # paper's 40, 20, 10 less one) keep "same" padding symmetric, so a step's output is
+    # centred on that step.
     "inception_time": {"filters": 32, "kernel_sizes": (39, 19, 9), "bottleneck": 32, "depth": 6,
                        "dropout": 0.0},
 }
