@@ -278,7 +278,7 @@ def test_signal_presets_read_each_steps_variables_flattened(preset):
 
 @pytest.mark.parametrize("family,preset,spec,needles", [
     ("rnn", "grud", InputSpec("signal", (96, 1)),
-     ["'rnn'", "'grud'", "takes timeseries", "not 'signal'", "for signal use: rnn (seed, bigru)"]),
+     ["'rnn'", "'grud'", "takes timeseries", "not 'signal'", "for signal use: cnn (inception_time); rnn (seed, bigru)"]),
     ("attention", "time_transformer", InputSpec("tabular", (13,)),
      ["'attention'", "'time_transformer'", "takes timeseries", "not 'tabular'",
       "for tabular use: attention (seed, ft_transformer)"]),
