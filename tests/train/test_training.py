@@ -126,13 +126,13 @@ def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, 
     from medray.train.job import evaluate_stored_checkpoint
     from medray.train.models import build_model_from_config
 
-    request = {
-        "breastmnist_cnn": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"),
-                                         name="breastmnist"),
-        "ecg200_rnn": ImportRequest(kind="ucr", source=str(shared_data), dataset="ECG200", name="ecg200"),
-    }[name.replace("ecg200_cnn", "ecg200_rnn")]
-    import_dataset(local_storage, request)
     config = load_config(CONFIGS / f"{name}.yaml", ["eval.bootstrap=20"])
+    request = {  # by the dataset the config trains on
+        "breastmnist": ImportRequest(kind="medmnist", source=str(shared_data / "breastmnist.npz"),
+                                     name="breastmnist"),
+        "ecg200": ImportRequest(kind="ucr", source=str(shared_data), dataset="ECG200", name="ecg200"),
+    }[config.data.dataset]
+    import_dataset(local_storage, request)
     plan = plan_training(config, local_storage)
     model = build_model_from_config(config.model.family, plan.model_config)
     root = Path(local_storage.root.removeprefix("file://"))
@@ -144,7 +144,7 @@ def test_evaluation_of_image_and_signal_checkpoints(local_storage, shared_data, 
     # The OOD figures: on test and every set the modality builds, plotted beside the others.
     ood = json.loads((tmp_path / "report" / "metrics.json").read_text())["ood"]
     assert ood["n_in_distribution"] == plan.manifest["splits"]["test"]["rows"]
-    assert {"noise", "time_reversed" if name.startswith("ecg200") else "pydicom_ct"} <= set(ood["sets"])
+    assert {"noise", "time_reversed" if plan.preprocessor.modality == "signal" else "pydicom_ct"} <= set(ood["sets"])
     assert ood["detector"]["method"] == config.eval.ood_method and "ood_scores.png" in report["files"]
     detector = report["ood_detector"]  # fitted on train, thresholded on val
     assert detector.method == "mahalanobis" and detector.n_val == plan.manifest["splits"]["val"]["rows"]

@@ -272,11 +272,10 @@ class InceptionBlock(nn.Module):
 
 def _inception_time_layers(config: CNNConfig) -> tuple[nn.Module, nn.Module, str]:
     layers: OrderedDict[str, nn.Module] = OrderedDict(channels_first=ChannelsFirst())
-    channels, left, block = config.in_channels, config.depth, 0
-    while left:
-        block += 1
-        layers[f"block{block}"] = InceptionBlock(channels, min(3, left), config)
-        channels, left = layers[f"block{block}"].out_channels, left - min(3, left)
+    channels = config.in_channels
+    for block, first in enumerate(range(0, config.depth, 3), start=1):
+        layers[f"block{block}"] = InceptionBlock(channels, min(3, config.depth - first), config)
+        channels = layers[f"block{block}"].out_channels
     head = nn.Sequential(
         nn.AdaptiveAvgPool1d(1),
         nn.Flatten(),
